@@ -1,0 +1,414 @@
+"""Exact peak memory of one training step, on CUDA, on CPU, or with no memory at all.
+
+The papers' central numbers are peak training memory, read on a GPU with
+``torch.cuda.max_memory_allocated()``. This module measures the same quantity
+three ways:
+
+``cuda``
+    the papers' method (allocator peak after a reset), plus the break-down below;
+``cpu``
+    real tensors on the CPU; every tensor storage is tracked from creation to
+    release and the peak of the live bytes is reported;
+``fake``
+    the same tracking on fake tensors (:mod:`torch._subclasses.fake_tensor`):
+    shapes and dtypes propagate, nothing is allocated or computed, so a paper-size
+    3-D U-Net at 160x192x160 is measured in seconds on a laptop.
+
+``cpu`` and ``fake`` agree to the byte. The peak is broken down into
+parameters, buffers, gradients, optimizer state, inputs and activations (every
+other live tensor: saved activations and temporaries). Tracking happens at the
+tensor level: workspace a kernel allocates internally (cuDNN) is only seen by
+the ``cuda`` allocator figure, which is why that figure is reported beside the
+tracked one.
+
+A step is measured as in training: a warm-up step first creates the optimizer
+state (Adam's moments), the gradients are released, then the measured step
+runs forward, loss, backward and ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MODES = ("cuda", "cpu", "fake")
+CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "activations")
+PHASES = ("setup", "forward", "backward", "optimizer")
+MIB = 2**20
+CUDA_BLOCK_BYTES = 512  # the CUDA caching allocator rounds every request up to this
+
+
+class LiveTensorTracker(TorchDispatchMode):
+    """Tracks the bytes of every live tensor storage while active, and their peak.
+
+    Storages that exist before the tracker starts are added with :meth:`add`.
+    Every storage an operator returns is added automatically; a storage leaves
+    the count when it is freed (a finalizer on the storage object, which PyTorch
+    keeps alive exactly as long as the storage itself). Views share their base's
+    storage and cost nothing.
+
+    Besides the exact byte count, a second count rounds every storage up to the
+    CUDA caching allocator's 512-byte blocks, the figure comparable to
+    ``torch.cuda.max_memory_allocated()``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key = f"_revunet_storage_id_{id(self)}"
+        self._live: dict[int, int] = {}  # storage id -> bytes, live storages only
+        self._sizes: dict[int, int] = {}  # storage id -> bytes, every storage ever seen
+        self.current = 0
+        self.peak = 0
+        self.current_rounded = 0
+        self.peak_rounded = 0
+        self.phase = "setup"
+        self.peak_phase = "setup"
+        self._events: list[int] = []  # +id on allocation, -id on release (ids start at 1)
+        self._events_at_peak = 0
+
+    def storage_id(self, tensor: torch.Tensor) -> int | None:
+        """The tracker's id of ``tensor``'s storage, or ``None`` if not tracked."""
+        return getattr(tensor.untyped_storage(), self._key, None)
+
+    def add(self, tensor: torch.Tensor) -> int:
+        """Count ``tensor``'s storage (once, however many tensors view it)."""
+        storage = tensor.untyped_storage()
+        nbytes = storage.nbytes()
+        sid = getattr(storage, self._key, None)
+        if sid is None:
+            sid = len(self._sizes) + 1
+            setattr(storage, self._key, sid)
+            weakref.finalize(storage, self._release, sid)
+            self._events.append(sid)
+            self._change(sid, nbytes)
+        elif sid in self._live and self._live[sid] != nbytes:  # resized in place (out=, resize_)
+            self._change(sid, nbytes)
+        return sid
+
+    def _change(self, sid: int, nbytes: int) -> None:
+        old = self._live.get(sid, 0)
+        self._live[sid] = self._sizes[sid] = nbytes
+        self.current += nbytes - old
+        self.current_rounded += _cuda_block(nbytes) - _cuda_block(old)
+        self.peak_rounded = max(self.peak_rounded, self.current_rounded)
+        if self.current > self.peak:
+            self.peak = self.current
+            self.peak_phase = self.phase
+            self._events_at_peak = len(self._events)
+
+    def _release(self, sid: int) -> None:
+        nbytes = self._live.pop(sid, None)
+        if nbytes is not None:
+            self.current -= nbytes
+            self.current_rounded -= _cuda_block(nbytes)
+            self._events.append(-sid)
+
+    def live_at_peak(self) -> dict[int, int]:
+        """Storage id -> bytes of every storage live at the (exact) peak."""
+        live: dict[int, None] = {}
+        for event in self._events[: self._events_at_peak]:
+            if event > 0:
+                live[event] = None
+            else:
+                live.pop(-event, None)
+        return {sid: self._sizes[sid] for sid in live}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_flatten(out)[0]:
+            if isinstance(leaf, torch.Tensor):
+                self.add(leaf)
+        return out
+
+
+def _cuda_block(nbytes: int) -> int:
+    return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Peak memory of one training step and what occupied it.
+
+    All sizes in bytes; ``*_mib`` properties divide by 2**20, the unit the papers
+    call "MB" (they read ``torch.cuda.max_memory_allocated()`` and divided by 1024²).
+    """
+
+    mode: str
+    input_shape: tuple[int, ...]
+    peak_bytes: int
+    breakdown: dict[str, int]
+    peak_phase: str
+    cuda_rounded_peak_bytes: int
+    allocator_peak_bytes: int | None = None
+    device: str = "cpu"
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / MIB
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat dictionary (for CSV/JSON), sizes in bytes and MiB."""
+        row: dict[str, Any] = {
+            "mode": self.mode,
+            "device": self.device,
+            "input_shape": "x".join(str(s) for s in self.input_shape),
+            "peak_bytes": self.peak_bytes,
+            "peak_mib": round(self.peak_mib, 3),
+            "cuda_rounded_peak_mib": round(self.cuda_rounded_peak_bytes / MIB, 3),
+            "allocator_peak_mib": None
+            if self.allocator_peak_bytes is None
+            else round(self.allocator_peak_bytes / MIB, 3),
+            "peak_phase": self.peak_phase,
+        }
+        for category in CATEGORIES:
+            row[f"{category}_bytes"] = self.breakdown.get(category, 0)
+            row[f"{category}_mib"] = round(self.breakdown.get(category, 0) / MIB, 3)
+        return row
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{c} {self.breakdown.get(c, 0) / MIB:.1f}" for c in CATEGORIES)
+        text = f"peak {self.peak_mib:.1f} MiB during {self.peak_phase} ({parts})"
+        if self.allocator_peak_bytes is not None:
+            text += f"; CUDA allocator peak {self.allocator_peak_bytes / MIB:.1f} MiB"
+        return text
+
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def adam(lr: float = 1e-4, weight_decay: float = 1e-5) -> OptimizerFactory:
+    """Adam as Brügger et al. configure it (the default optimizer of a measurement)."""
+    return lambda params: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def sum_of_outputs(output: Any) -> torch.Tensor:
+    """The cheapest scalar that reaches every floating output (the default loss)."""
+    leaves = [t for t in _tensors_in(output) if t.is_floating_point()]
+    if not leaves:
+        raise TypeError(f"the model returned no floating-point tensor (got {type(output).__name__})")
+    return sum(t.float().sum() for t in leaves)  # type: ignore[return-value]
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    leaves, _ = tree_flatten(value)
+    found: list[torch.Tensor] = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            found.append(leaf)
+        elif dataclasses.is_dataclass(leaf) and not isinstance(leaf, type):
+            found.extend(_tensors_in(leaf))
+    return found
+
+
+def measure_training_step(
+    model: nn.Module,
+    input_shape: Iterable[int],
+    mode: str = "fake",
+    optimizer: OptimizerFactory | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    target_shape: Iterable[int] | None = None,
+    input_dtype: torch.dtype = torch.float32,
+    autocast_dtype: torch.dtype | None = None,
+    extra: Callable[[nn.Module, LiveTensorTracker], None] | None = None,
+) -> MemoryReport:
+    """Peak memory of one steady-state training step of ``model`` on an input of ``input_shape``.
+
+    Args:
+        model: left untouched; a copy is measured (build it on ``device="meta"`` to
+            make the copy free for fake measurements of large models).
+        input_shape: full input shape including batch and channels, e.g. ``(1, 4, 160, 192, 160)``.
+        mode: ``"fake"`` (no memory, any size), ``"cpu"`` (real tensors) or ``"cuda"``.
+        optimizer: factory building the optimizer from the parameters (default Adam).
+        loss_fn: ``loss_fn(output)`` or, with ``target_shape``, ``loss_fn(output, target)``;
+            default sums every floating output.
+        target_shape: shape of a target tensor (zeros/ones pattern, created with the input
+            and counted as an input).
+        input_dtype: dtype of the input tensor.
+        autocast_dtype: run forward and loss under autocast with this dtype.
+        extra: called after the optimizer step inside the measurement, as
+            ``extra(model_copy, tracker)``, e.g. to add a validation pass to the peak.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    shape = tuple(int(s) for s in input_shape)
+    if any(s <= 0 for s in shape):
+        raise ValueError(f"input_shape must be positive integers, got {shape}")
+    if mode == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("mode='cuda' needs a CUDA device; use mode='fake' to measure without one")
+    make_optimizer = optimizer or adam()
+    loss_fn = loss_fn or sum_of_outputs
+
+    device = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
+    inputs: list[torch.Tensor] = []
+
+    def training_step(net: nn.Module, opt: torch.optim.Optimizer, tracker: LiveTensorTracker | None) -> None:
+        def enter(phase: str) -> None:
+            if tracker is not None:
+                tracker.phase = phase
+
+        enter("setup")
+        x = torch.randn(shape, dtype=input_dtype, device=device)
+        batch = [x]
+        if target_shape is not None:
+            batch.append((torch.rand(tuple(target_shape), device=device) > 0.5).to(input_dtype))
+        if tracker is not None:
+            inputs[:] = batch
+        enter("forward")
+        with _autocast(device.type, autocast_dtype):
+            output = net(x)
+            loss = loss_fn(output, *batch[1:])
+        del output
+        enter("backward")
+        loss.backward()
+        del loss, x, batch
+        enter("optimizer")
+        opt.step()
+
+    with torch.random.fork_rng(devices=[]), _tensor_world(mode) as fake_mode:
+        net = _private_copy(model, device, fake_mode)
+        net.train()
+        opt = make_optimizer([p for p in net.parameters() if p.requires_grad])
+        training_step(net, opt, None)  # warm-up: creates the optimizer state of a steady-state step
+        opt.zero_grad(set_to_none=True)
+
+        tracker = LiveTensorTracker()
+        if mode == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        for tensor in _existing_tensors(net, opt):
+            tracker.add(tensor)
+        with tracker:
+            training_step(net, opt, tracker)
+            if extra is not None:
+                tracker.phase = "extra"
+                extra(net, tracker)
+            labels = _labels(tracker, net, opt, inputs)  # while gradients and inputs still exist
+            inputs.clear()
+        allocator_peak = None
+        if mode == "cuda":
+            torch.cuda.synchronize(device)
+            allocator_peak = torch.cuda.max_memory_allocated(device)
+
+    breakdown = dict.fromkeys(CATEGORIES, 0)
+    for sid, nbytes in tracker.live_at_peak().items():
+        breakdown[labels.get(sid, "activations")] += nbytes
+    return MemoryReport(
+        mode=mode,
+        input_shape=shape,
+        peak_bytes=tracker.peak,
+        breakdown=breakdown,
+        peak_phase=tracker.peak_phase,
+        cuda_rounded_peak_bytes=tracker.peak_rounded,
+        allocator_peak_bytes=allocator_peak,
+        device=str(device),
+    )
+
+
+@contextlib.contextmanager
+def _tensor_world(mode: str) -> Iterator[Any]:
+    """Inside: a FakeTensorMode for ``fake`` (yielded), nothing special otherwise."""
+    if mode != "fake":
+        yield None
+        return
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as fake_mode:
+        yield fake_mode
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _private_copy(model: nn.Module, device: torch.device, fake_mode: Any) -> nn.Module:
+    """A copy of ``model`` on ``device`` (fake tensors in fake mode); the original is untouched.
+
+    Shared parameters stay shared. In fake mode the copy is made from a meta-device
+    skeleton, so no parameter memory is allocated however large the model.
+    """
+    if fake_mode is None:
+        with _outside_fake_mode():
+            return copy.deepcopy(model).to(device)
+    with _outside_fake_mode():
+        skeleton = copy.deepcopy(model) if _on_meta(model) else _meta_copy(model)
+    replaced: dict[int, torch.Tensor] = {}
+
+    def fake_like(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in replaced:
+            replaced[id(t)] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+        return replaced[id(t)]
+
+    for module in skeleton.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                key = id(param)
+                if key not in replaced:
+                    replaced[key] = nn.Parameter(fake_like(param), requires_grad=param.requires_grad)
+                module._parameters[name] = replaced[key]  # type: ignore[assignment]
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = fake_like(buffer)
+    return skeleton
+
+
+def _on_meta(model: nn.Module) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return bool(tensors) and all(t.is_meta for t in tensors)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """Deep-copy the module structure with every parameter and buffer on the meta device."""
+    memo: dict[int, Any] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(
+            tensor, nn.Parameter
+        ) else meta
+    return copy.deepcopy(model, memo)
+
+
+@contextlib.contextmanager
+def _outside_fake_mode() -> Iterator[None]:
+    """Temporarily leave any active dispatch mode (to copy real modules)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        yield
+
+
+def _existing_tensors(net: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    tensors = [*net.parameters(), *net.buffers()]
+    tensors += [p.grad for p in net.parameters() if p.grad is not None]
+    tensors += [t for state in opt.state.values() for t in _tensors_in(state)]
+    return tensors
+
+
+def _labels(
+    tracker: LiveTensorTracker, net: nn.Module, opt: torch.optim.Optimizer, inputs: list[torch.Tensor]
+) -> dict[int, str]:
+    """Storage id -> category for everything that is not an activation."""
+    groups = {
+        "inputs": inputs,
+        "optimizer_state": [t for state in opt.state.values() for t in _tensors_in(state)],
+        "gradients": [p.grad for p in net.parameters() if p.grad is not None],
+        "buffers": list(net.buffers()),
+        "parameters": list(net.parameters()),
+    }
+    labels: dict[int, str] = {}
+    for category, tensors in groups.items():
+        for tensor in tensors:
+            sid = tracker.storage_id(tensor)
+            if sid is not None:
+                labels[sid] = category
+    return labels

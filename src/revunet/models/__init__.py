@@ -1,0 +1,1 @@
+"""Building blocks and architectures of the three papers."""

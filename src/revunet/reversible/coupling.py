@@ -1,0 +1,122 @@
+"""Additive coupling (Gomez et al. 2017): the reversible block all three papers use.
+
+The channels are split into halves ``x1, x2`` and
+
+    y1 = x1 + F(x2)        x2 = y2 - G(y1)
+    y2 = x2 + G(y1)        x1 = y1 - F(x2)
+
+so the input is recovered from the output whatever F and G are, as long as
+they keep the shape of a half.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from revunet.reversible.base import InvertibleModule, ParamGrads, gradients, trainable_parameters
+from revunet.reversible.replay import RandomState, replaying, running_stats_frozen
+
+
+def _halves(tensor: torch.Tensor, dim: int, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    size = tensor.shape[dim]
+    if size % 2:
+        raise ValueError(
+            f"{owner} splits dimension {dim} into two halves, but the input has {size} "
+            f"(odd) entries along it (shape {tuple(tensor.shape)})"
+        )
+    first, second = tensor.split(size // 2, dim=dim)
+    return first, second
+
+
+class AdditiveCoupling(InvertibleModule):
+    """``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)`` over the two halves of dimension ``split_dim``.
+
+    Args:
+        f: maps a half to a tensor of the same shape (any module, e.g. GN-LeakyReLU-Conv).
+        g: likewise; pass a different module instance from ``f``.
+        split_dim: dimension split into halves (1, the channels, for NC... tensors).
+    """
+
+    def __init__(self, f: nn.Module, g: nn.Module, split_dim: int = 1) -> None:
+        super().__init__()
+        self.f = f
+        self.g = g
+        self.split_dim = split_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = _halves(x, self.split_dim, type(self).__name__)
+        y1 = x1 + self.f(x2)
+        y2 = x2 + self.g(y1)
+        return torch.cat([y1, y2], dim=self.split_dim)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        y1, y2 = _halves(y, self.split_dim, type(self).__name__)
+        x2 = y2 - self.g(y1)
+        x1 = y1 - self.f(x2)
+        return torch.cat([x1, x2], dim=self.split_dim)
+
+    def forward_recording(
+        self, x: torch.Tensor, preserve_rng_state: bool = True
+    ) -> tuple[torch.Tensor, tuple[RandomState | None, RandomState | None]]:
+        # Writes each half straight into the output: no concatenation copy.
+        y = torch.empty_like(x)
+        x1, x2 = _halves(x, self.split_dim, type(self).__name__)
+        y1, y2 = _halves(y, self.split_dim, type(self).__name__)
+        f_state = RandomState.capture(x) if preserve_rng_state else None
+        torch.add(x1, self.f(x2), out=y1)
+        g_state = RandomState.capture(x) if preserve_rng_state else None
+        torch.add(x2, self.g(y1), out=y2)
+        return y, (f_state, g_state)
+
+    def backward_from_output(
+        self,
+        y: torch.Tensor,
+        grad_y: torch.Tensor,
+        record: tuple[RandomState | None, RandomState | None],
+        inplace: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, ParamGrads]:
+        """Invert and differentiate together: F and G are each evaluated once, with grad.
+
+        G is recomputed from ``y1`` (which is known), giving ``x2`` and the gradient
+        flowing into ``y1``; then F is recomputed from ``x2``, giving ``x1``. With
+        ``inplace`` (the caller owns ``y`` and ``grad_y``) the input and its gradient
+        overwrite them, so a deep sequence allocates nothing per block.
+        """
+        f_state, g_state = record
+        name = type(self).__name__
+        y1, y2 = _halves(y, self.split_dim, name)
+        dy1, dy2 = _halves(grad_y, self.split_dim, name)
+        x = y if inplace else torch.empty_like(y)
+        grad_x = grad_y if inplace else torch.empty_like(grad_y)
+        x1, x2 = _halves(x, self.split_dim, name)
+        dx1, dx2 = _halves(grad_x, self.split_dim, name)
+        g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
+
+        with running_stats_frozen(self):
+            with torch.enable_grad(), replaying(g_state):
+                y1_leaf = y1.detach().requires_grad_(True)
+                g_out = self.g(y1_leaf)
+            grad_through_g, *g_grads = gradients(g_out, [y1_leaf, *g_params], dy2)
+            # Only now (G's graph is released) may y's storage be overwritten.
+            torch.sub(y2, g_out.detach(), out=x2)
+            del g_out, y1_leaf
+            _add_or_copy(dy1, grad_through_g, out=dx1)  # total gradient reaching y1 (= x1)
+            del grad_through_g
+
+            with torch.enable_grad(), replaying(f_state):
+                x2_leaf = x2.detach().requires_grad_(True)
+                f_out = self.f(x2_leaf)
+            grad_through_f, *f_grads = gradients(f_out, [x2_leaf, *f_params], dx1)
+            torch.sub(y1, f_out.detach(), out=x1)
+            del f_out, x2_leaf
+            _add_or_copy(dy2, grad_through_f, out=dx2)
+
+        return x, grad_x, [*zip(g_params, g_grads), *zip(f_params, f_grads)]
+
+
+def _add_or_copy(base: torch.Tensor, extra: torch.Tensor | None, out: torch.Tensor) -> None:
+    if extra is not None:
+        torch.add(base, extra, out=out)
+    elif out is not base:
+        out.copy_(base)

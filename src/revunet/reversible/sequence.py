@@ -1,0 +1,130 @@
+"""A chain of invertible blocks that stores one tensor for backward, whatever its depth.
+
+With ``memory_saving=True`` the whole chain is a single autograd node. Its
+forward runs the blocks without building a graph and keeps only the chain's
+output; its backward walks the blocks in reverse, reconstructing each block's
+input from its output and differentiating that one block at a time. Activation
+memory therefore does not grow with depth.
+
+Differences from RevTorch, MemCNN and revlib that this design buys:
+
+* every trainable parameter is an explicit input of the autograd node, so the
+  parameters get gradients even when the chain's input does not require grad
+  (the first layer on raw images), and DistributedDataParallel's gradient hooks
+  fire exactly as for ordinary layers;
+* the input is never freed or overwritten, so it may feed a skip connection;
+* random-number generator states are recorded and replayed inside
+  ``fork_rng`` (dropout reproduces its masks, global generators are untouched);
+* the autocast state of the forward is re-entered for the recomputation.
+
+With ``memory_saving=False`` the same blocks run under plain autograd: the
+non-reversible twin used to check gradients and to measure what is saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from revunet.reversible.base import InvertibleModule, trainable_parameters
+from revunet.reversible.replay import AutocastState, check_supported_norms
+
+
+class ReversibleSequence(nn.Module):
+    """Run invertible blocks in order, optionally without storing their activations.
+
+    Args:
+        blocks: :class:`InvertibleModule` instances (couplings, squeezes, channel mixing...).
+        memory_saving: keep only the output for backward and reconstruct the rest
+            (``True``), or run as ordinary autograd (``False``, the twin).
+        preserve_rng_state: record generator states so that randomness inside the
+            blocks (dropout) is replayed identically. Disable only for blocks that
+            draw no random numbers, to save the small recording cost.
+    """
+
+    def __init__(
+        self,
+        blocks: Iterable[InvertibleModule],
+        memory_saving: bool = True,
+        preserve_rng_state: bool = True,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        if len(self.blocks) == 0:
+            raise ValueError("ReversibleSequence needs at least one block")
+        for index, block in enumerate(self.blocks):
+            if not isinstance(block, InvertibleModule):
+                raise TypeError(
+                    f"block {index} of ReversibleSequence is a {type(block).__name__}; every "
+                    "block must be an InvertibleModule (e.g. AdditiveCoupling(f, g))"
+                )
+            check_supported_norms(block)
+        self.memory_saving = memory_saving
+        self.preserve_rng_state = preserve_rng_state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = trainable_parameters(self)
+        needs_graph = torch.is_grad_enabled() and (x.requires_grad or bool(params))
+        if not (self.memory_saving and needs_graph):
+            for block in self.blocks:
+                x = block(x)
+            return x
+        return _ReversibleFunction.apply(x, self, *params)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """The input that produced ``y`` (exact up to floating-point rounding)."""
+        for block in reversed(self.blocks):
+            y = block.inverse(y)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"memory_saving={self.memory_saving}, preserve_rng_state={self.preserve_rng_state}"
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    """One autograd node for the whole sequence; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, sequence: ReversibleSequence, *params: nn.Parameter) -> torch.Tensor:
+        ctx.sequence = sequence
+        ctx.autocast = AutocastState.capture(x.device.type)
+        ctx.param_index = {id(p): i for i, p in enumerate(params)}
+        records = []
+        y = x
+        for block in sequence.blocks:
+            y, record = block.forward_recording(y, sequence.preserve_rng_state)
+            records.append(record)
+        ctx.records = records
+        if y.untyped_storage() is x.untyped_storage():
+            y = y.clone()  # an output aliasing the input would be saved under the input's version
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (y,) = ctx.saved_tensors
+        param_grads: list[torch.Tensor | None] = [None] * len(ctx.param_index)
+        # The saved output may be shared with later layers and the incoming gradient
+        # with other branches: never overwrite those. Tensors a block returns that
+        # are neither are ours, and the next block may reuse them in place.
+        foreign = (y.untyped_storage(), grad_y.untyped_storage())
+        owned = False
+        with ctx.autocast.restored():
+            for block, record in zip(reversed(ctx.sequence.blocks), reversed(ctx.records)):
+                y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=owned)
+                owned = not any(t.untyped_storage() is s for t in (y, grad_y) for s in foreign) and (
+                    y.untyped_storage() is not grad_y.untyped_storage()
+                )
+                for param, grad in block_grads:
+                    if grad is None:
+                        continue
+                    slot = ctx.param_index[id(param)]
+                    param_grads[slot] = grad if param_grads[slot] is None else param_grads[slot] + grad
+        ctx.records = None
+        grad_x = grad_y if ctx.needs_input_grad[0] else None
+        return (grad_x, None, *param_grads)
