@@ -23,7 +23,8 @@ non-reversible twin used to check gradients and to measure what is saved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -93,6 +94,8 @@ class _ReversibleFunction(torch.autograd.Function):
         ctx.sequence = sequence
         ctx.autocast = AutocastState.capture(x.device.type)
         ctx.param_index = {id(p): i for i, p in enumerate(params)}
+        ctx.bindings = _parameter_bindings(sequence, ctx.param_index)
+        ctx.versions = [(p, p._version) for p in params]
         records = []
         y = x
         for block in sequence.blocks:
@@ -108,13 +111,14 @@ class _ReversibleFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (y,) = ctx.saved_tensors
+        _check_unmodified(ctx.bindings, ctx.versions)
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.param_index)
         # The saved output may be shared with later layers and the incoming gradient
         # with other branches: never overwrite those. Tensors a block returns that
         # are neither are ours, and the next block may reuse them in place.
         foreign = (y.untyped_storage(), grad_y.untyped_storage())
         owned = False
-        with ctx.autocast.restored():
+        with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
             for block, record in zip(reversed(ctx.sequence.blocks), reversed(ctx.records)):
                 y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=owned)
                 owned = not any(t.untyped_storage() is s for t in (y, grad_y) for s in foreign) and (
@@ -125,6 +129,50 @@ class _ReversibleFunction(torch.autograd.Function):
                         continue
                     slot = ctx.param_index[id(param)]
                     param_grads[slot] = grad if param_grads[slot] is None else param_grads[slot] + grad
-        ctx.records = None
         grad_x = grad_y if ctx.needs_input_grad[0] else None
         return (grad_x, None, *param_grads)
+
+
+Binding = tuple[nn.Module, str, torch.Tensor]
+
+
+def _parameter_bindings(sequence: nn.Module, param_index: dict[int, int]) -> list[Binding]:
+    """Where each parameter handed to the autograd node lives: (module, attribute, tensor)."""
+    return [
+        (module, name, tensor)
+        for module in sequence.modules()
+        for name, tensor in module._parameters.items()
+        if tensor is not None and id(tensor) in param_index
+    ]
+
+
+def _check_unmodified(bindings: list[Binding], versions: list[tuple[torch.Tensor, int]]) -> None:
+    """Recomputing with parameters changed since the forward would give wrong gradients."""
+    for tensor, version in versions:
+        if tensor._version != version:
+            module, name = next((m, n) for m, n, t in bindings if t is tensor)
+            raise RuntimeError(
+                f"parameter '{name}' of {type(module).__name__} was modified in place between the "
+                "forward and the backward of a memory-saving ReversibleSequence (e.g. an optimizer "
+                "step before backward); its blocks cannot be recomputed. Run backward first."
+            )
+
+
+@contextlib.contextmanager
+def _parameters_bound(bindings: list[Binding]) -> Iterator[None]:
+    """Recompute with the very tensors the forward used.
+
+    They differ from the modules' current attributes when the forward ran under
+    ``torch.func.functional_call`` (or any reparametrisation) that has since ended.
+    """
+    swapped = []
+    for module, name, tensor in bindings:
+        current = module._parameters.get(name)
+        if current is not tensor:
+            swapped.append((module, name, current))
+            module._parameters[name] = tensor  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for module, name, current in reversed(swapped):
+            module._parameters[name] = current
