@@ -118,10 +118,15 @@ def test_dropout_replayed_and_global_rng_untouched():
     x = torch.randn(2, 8, 6, 6, 6)
     assert_grads_match(seq, twin, x, tol=1e-5, seed=7)
 
-    # The backward pass must leave the global generator exactly where the forward left it.
+    # The forward draws exactly what the twin draws, and the backward's replay leaves
+    # the global generator where the forward left it (no reseeding, no extra draws).
+    torch.manual_seed(3)
+    twin(x)
+    state_after_twin = torch.get_rng_state()
     torch.manual_seed(3)
     y = seq(x.clone().requires_grad_(True))
     state_after_forward = torch.get_rng_state()
+    assert torch.equal(state_after_forward, state_after_twin)
     y.sum().backward()
     assert torch.equal(torch.get_rng_state(), state_after_forward)
 
