@@ -19,7 +19,11 @@ parameters, buffers, gradients, optimizer state, inputs and activations (every
 other live tensor: saved activations and temporaries). Tracking happens at the
 tensor level: workspace a kernel allocates internally (cuDNN) is only seen by
 the ``cuda`` allocator figure, which is why that figure is reported beside the
-tracked one.
+tracked one. The few host-side copies of random-generator states that a
+memory-saving sequence records (5 KiB per coupling function) are made outside
+the dispatcher and are not counted; they never occupy accelerator memory.
+Tensors a model keeps as plain attributes are converted for ``fake`` mode but,
+like the generator states, not counted; register them as buffers to count them.
 
 A step is measured as in training: a warm-up step first creates the optimizer
 state (Adam's moments), the gradients are released, then the measured step
@@ -31,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -42,7 +47,7 @@ from torch.utils._pytree import tree_flatten
 
 MODES = ("cuda", "cpu", "fake")
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "activations")
-PHASES = ("setup", "forward", "backward", "optimizer")
+PHASES = ("setup", "forward", "backward", "optimizer", "extra")
 MIB = 2**20
 CUDA_BLOCK_BYTES = 512  # the CUDA caching allocator rounds every request up to this
 
@@ -241,7 +246,11 @@ def measure_training_step(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    shape = tuple(int(s) for s in input_shape)
+    requested = tuple(input_shape)
+    try:
+        shape = tuple(operator.index(s) for s in requested)
+    except TypeError:
+        raise ValueError(f"input_shape must be positive integers, got {requested}") from None
     if any(s <= 0 for s in shape):
         raise ValueError(f"input_shape must be positive integers, got {shape}")
     if mode == "cuda" and not torch.cuda.is_available():
@@ -359,6 +368,9 @@ def _private_copy(model: nn.Module, device: torch.device, fake_mode: Any) -> nn.
         for name, buffer in module._buffers.items():
             if buffer is not None:
                 module._buffers[name] = fake_like(buffer)
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                setattr(module, name, fake_like(value))  # a plain tensor attribute (not a buffer)
     return skeleton
 
 
