@@ -284,3 +284,23 @@ def test_parameter_changed_before_backward_is_an_error():
         seq.blocks[1].g[2].weight.mul_(2)
     with pytest.raises(RuntimeError, match="'weight' of Conv3d was modified in place"):
         y.sum().backward()
+
+
+def test_output_modified_in_place_is_an_error():
+    seq = residual_coupling_sequence(4, 2, 1)
+    y = seq(torch.randn(1, 4, 3, 3, 3))
+    out = torch.relu_(y)
+    with pytest.raises(RuntimeError, match="output of a memory-saving ReversibleSequence was modified"):
+        out.sum().backward()
+
+
+def test_second_backward_needs_retain_graph():
+    seq = residual_coupling_sequence(4, 2, 1)
+    x = torch.randn(1, 4, 3, 3, 3, requires_grad=True)
+    loss = seq(x).square().sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()  # the graph was kept: a second backward works and doubles the gradient
+    assert torch.allclose(x.grad, 2 * first, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="retain_graph|second time|freed"):
+        loss.backward()

@@ -87,36 +87,50 @@ class AdditiveCoupling(InvertibleModule):
         name = type(self).__name__
         y1, y2 = _halves(y, self.split_dim, name)
         dy1, dy2 = _halves(grad_y, self.split_dim, name)
-        x = y if inplace else torch.empty_like(y)
-        grad_x = grad_y if inplace else torch.empty_like(grad_y)
-        x1, x2 = _halves(x, self.split_dim, name)
-        dx1, dx2 = _halves(grad_x, self.split_dim, name)
         g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
 
+        # Buffers are allocated as late as possible: the peak of this step (reached
+        # while F or G is differentiated) then holds half a gradient, not a whole one.
         with running_stats_frozen(self):
             with torch.enable_grad(), replaying(g_state):
                 y1_leaf = y1.detach().requires_grad_(True)
                 g_out = self.g(y1_leaf)
             grad_through_g, *g_grads = gradients(g_out, [y1_leaf, *g_params], dy2)
-            # Only now (G's graph is released) may y's storage be overwritten.
+            del y1_leaf  # G's graph is released: from here on y's storage may be overwritten
+            x = y if inplace else torch.empty_like(y)
+            x1, x2 = _halves(x, self.split_dim, name)
             torch.sub(y2, g_out.detach(), out=x2)
-            del g_out, y1_leaf
-            _add_or_copy(dy1, grad_through_g, out=dx1)  # total gradient reaching y1 (= x1)
+            del g_out
+            dx1 = _plus(dy1, grad_through_g, may_overwrite_base=inplace)  # total gradient reaching y1
             del grad_through_g
 
             with torch.enable_grad(), replaying(f_state):
                 x2_leaf = x2.detach().requires_grad_(True)
                 f_out = self.f(x2_leaf)
             grad_through_f, *f_grads = gradients(f_out, [x2_leaf, *f_params], dx1)
+            del x2_leaf
             torch.sub(y1, f_out.detach(), out=x1)
-            del f_out, x2_leaf
-            _add_or_copy(dy2, grad_through_f, out=dx2)
+            del f_out
 
+        if inplace:  # dx1 already is dy1, overwritten
+            _plus(dy2, grad_through_f, may_overwrite_base=True)
+            grad_x = grad_y
+        else:
+            grad_x = torch.empty_like(grad_y)
+            gx1, gx2 = _halves(grad_x, self.split_dim, name)
+            gx1.copy_(dx1)
+            del dx1
+            if grad_through_f is None:
+                gx2.copy_(dy2)
+            else:
+                torch.add(dy2, grad_through_f, out=gx2)
         return x, grad_x, [*zip(g_params, g_grads), *zip(f_params, f_grads)]
 
 
-def _add_or_copy(base: torch.Tensor, extra: torch.Tensor | None, out: torch.Tensor) -> None:
-    if extra is not None:
-        torch.add(base, extra, out=out)
-    elif out is not base:
-        out.copy_(base)
+def _plus(base: torch.Tensor, extra: torch.Tensor | None, may_overwrite_base: bool) -> torch.Tensor:
+    """``base + extra`` (``extra`` may be missing), in ``base``'s storage when allowed."""
+    if extra is None:
+        return base
+    if may_overwrite_base:
+        return base.add_(extra)
+    return base + extra

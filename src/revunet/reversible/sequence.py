@@ -103,27 +103,44 @@ class _ReversibleFunction(torch.autograd.Function):
             records.append(record)
         ctx.records = records
         if y.untyped_storage() is x.untyped_storage():
-            y = y.clone()  # an output aliasing the input would be saved under the input's version
-        ctx.save_for_backward(y)
+            y = y.clone()  # never hand out the input itself as the output
+        # The output is kept as a detached alias rather than through save_for_backward,
+        # so that backward can drop it as soon as the last block's input is rebuilt
+        # (it is usually referenced nowhere else by then). The alias shares the
+        # output's version counter, so in-place changes are still caught.
+        ctx.output = y.detach()
+        ctx.output_version = y._version
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (y,) = ctx.saved_tensors
+        y = ctx.output
+        if y is None:
+            raise RuntimeError(
+                "backward through a memory-saving ReversibleSequence ran a second time, but the "
+                "first backward released its output (call backward with retain_graph=True to run it again)"
+            )
+        if y._version != ctx.output_version:
+            raise RuntimeError(
+                "the output of a memory-saving ReversibleSequence was modified in place after the "
+                "forward (e.g. an inplace activation); its blocks cannot be reconstructed from it. "
+                "Use an out-of-place operation after the sequence."
+            )
+        if not _graph_kept():
+            ctx.output = None
         _check_unmodified(ctx.bindings, ctx.versions)
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.param_index)
         # The saved output may be shared with later layers and the incoming gradient
         # with other branches: never overwrite those. Tensors a block returns that
         # are neither are ours, and the next block may reuse them in place.
-        foreign = (y.untyped_storage(), grad_y.untyped_storage())
+        foreign = {id(y.untyped_storage()), id(grad_y.untyped_storage())}  # ids: no reference kept
         owned = False
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
             for block, record in zip(reversed(ctx.sequence.blocks), reversed(ctx.records)):
                 y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=owned)
-                owned = not any(t.untyped_storage() is s for t in (y, grad_y) for s in foreign) and (
-                    y.untyped_storage() is not grad_y.untyped_storage()
-                )
+                storages = {id(y.untyped_storage()), id(grad_y.untyped_storage())}
+                owned = len(storages) == 2 and not storages & foreign
                 for param, grad in block_grads:
                     if grad is None:
                         continue
@@ -134,6 +151,12 @@ class _ReversibleFunction(torch.autograd.Function):
 
 
 Binding = tuple[nn.Module, str, torch.Tensor]
+
+
+def _graph_kept() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``); True if unknown."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep_graph is None else bool(keep_graph())
 
 
 def _parameter_bindings(sequence: nn.Module, param_index: dict[int, int]) -> list[Binding]:
