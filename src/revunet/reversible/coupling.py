@@ -89,17 +89,18 @@ class AdditiveCoupling(InvertibleModule):
         dy1, dy2 = _halves(grad_y, self.split_dim, name)
         g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
 
-        # Buffers are allocated as late as possible: the peak of this step (reached
-        # while F or G is differentiated) then holds half a gradient, not a whole one.
+        # Buffers are allocated as late as possible: while F and G are differentiated
+        # (where the peak lies) only the halves still needed are alive.
         with running_stats_frozen(self):
             with torch.enable_grad(), replaying(g_state):
                 y1_leaf = y1.detach().requires_grad_(True)
                 g_out = self.g(y1_leaf)
             grad_through_g, *g_grads = gradients(g_out, [y1_leaf, *g_params], dy2)
             del y1_leaf  # G's graph is released: from here on y's storage may be overwritten
-            x = y if inplace else torch.empty_like(y)
-            x1, x2 = _halves(x, self.split_dim, name)
-            torch.sub(y2, g_out.detach(), out=x2)
+            if inplace:
+                x2 = torch.sub(y2, g_out.detach(), out=y2)
+            else:
+                x2 = y2 - g_out.detach()
             del g_out
             dx1 = _plus(dy1, grad_through_g, may_overwrite_base=inplace)  # total gradient reaching y1
             del grad_through_g
@@ -109,8 +110,15 @@ class AdditiveCoupling(InvertibleModule):
                 f_out = self.f(x2_leaf)
             grad_through_f, *f_grads = gradients(f_out, [x2_leaf, *f_params], dx1)
             del x2_leaf
-            torch.sub(y1, f_out.detach(), out=x1)
-            del f_out
+            if inplace:
+                x = y
+                torch.sub(y1, f_out.detach(), out=y1)
+            else:
+                x = torch.empty_like(y)
+                x1_part, x2_part = _halves(x, self.split_dim, name)
+                torch.sub(y1, f_out.detach(), out=x1_part)
+                x2_part.copy_(x2)
+            del f_out, x2
 
         if inplace:  # dx1 already is dy1, overwritten
             _plus(dy2, grad_through_f, may_overwrite_base=True)
