@@ -385,8 +385,9 @@ def test_memory_saving_peak_does_not_grow_with_depth_but_twin_activations_do() -
         allowed = 4 * added_params + ADAM_STEP_BYTES * added_tensors
         growth = saving[depth].peak_bytes - saving[1].peak_bytes
         assert growth <= allowed, (depth, growth, allowed)
-        # and the activations at the peak are exactly those of one block
-        assert saving[depth].breakdown["activations"] == saving[1].breakdown["activations"]
+        # and the activations at the peak are those of one block: equal up to the few bytes
+        # of GroupNorm statistics held at that instant (a block's tensors are 128 KiB)
+        assert abs(saving[depth].breakdown["activations"] - saving[1].breakdown["activations"]) <= 1024
         assert saving[depth].breakdown["inputs"] == input_bytes
 
     # Memory saving needs only a handful of input-sized tensors, whatever the depth.
