@@ -24,6 +24,7 @@ non-reversible twin used to check gradients and to measure what is saved.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -134,13 +135,16 @@ class _ReversibleFunction(torch.autograd.Function):
         # The saved output may be shared with later layers and the incoming gradient
         # with other branches: never overwrite those. Tensors a block returns that
         # are neither are ours, and the next block may reuse them in place.
-        foreign = {id(y.untyped_storage()), id(grad_y.untyped_storage())}  # ids: no reference kept
+        # Weak references: holding the storages would keep the released output alive,
+        # and bare ids could be reused by new storages once it is freed.
+        foreign = [weakref.ref(y.untyped_storage()), weakref.ref(grad_y.untyped_storage())]
         owned = False
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
             for block, record in zip(reversed(ctx.sequence.blocks), reversed(ctx.records)):
                 y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=owned)
-                storages = {id(y.untyped_storage()), id(grad_y.untyped_storage())}
-                owned = len(storages) == 2 and not storages & foreign
+                mine = (y.untyped_storage(), grad_y.untyped_storage())
+                owned = mine[0] is not mine[1] and not any(ref() is s for ref in foreign for s in mine)
+                del mine
                 for param, grad in block_grads:
                     if grad is None:
                         continue
