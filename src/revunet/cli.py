@@ -1,108 +1,26 @@
 """`revunet <command>`: one sub-command per workflow step.
 
-Today: ``revunet memory`` measures the peak memory of one training step of any
-model factory at any input size (see :mod:`revunet.memory`).
+Each command lives in its own module of :mod:`revunet.commands`; this module only
+assembles the parser and dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
-
-import torch
+from collections.abc import Sequence
 
 from revunet import __version__
-
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-shape must be integers like 1,4,128,128,128; got {text!r}")
-    if len(shape) < 2 or any(s <= 0 for s in shape):
-        raise argparse.ArgumentTypeError(f"--input-shape needs positive batch, channels and sizes; got {text!r}")
-    return shape
-
-
-def _factory(spec: str) -> Callable[..., torch.nn.Module]:
-    """Resolve ``package.module:callable`` to the callable that builds the model."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise SystemExit(f"--model must look like 'package.module:factory', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise SystemExit(f"--model {spec!r}: cannot import module {module_name!r} ({error})")
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise SystemExit(f"--model {spec!r}: module {module_name!r} has no callable {attribute!r}")
-    return factory
-
-
-def _memory(args: argparse.Namespace) -> int:
-    from revunet.atomic import write_text_atomic
-    from revunet.memory import measure_training_step
-
-    try:
-        kwargs: dict[str, Any] = json.loads(args.kwargs)
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"--kwargs must be a JSON object, e.g. '{{\"depth\": 4}}': {error}")
-    if not isinstance(kwargs, dict):
-        raise SystemExit(f"--kwargs must be a JSON object, got {args.kwargs!r}")
-    factory = _factory(args.model)
-    # On the meta device nothing is allocated: a fake measurement of any size stays free.
-    with torch.device("meta") if args.mode == "fake" else torch.device("cpu"):
-        try:
-            model = factory(**kwargs)
-        except TypeError as error:
-            raise SystemExit(f"--model {args.model} rejected --kwargs {kwargs}: {error}")
-    report = measure_training_step(
-        model,
-        args.input_shape,
-        mode=args.mode,
-        autocast_dtype=AUTOCAST_DTYPES.get(args.autocast) if args.autocast else None,
-    )
-    row = {"model": args.model, "kwargs": json.dumps(kwargs, sort_keys=True), **report.as_dict()}
-    print(f"{args.model} {kwargs} at {'x'.join(map(str, args.input_shape))} ({args.mode}): {report.summary()}")
-    if args.out:
-        out = Path(args.out)
-        if out.suffix == ".json":
-            write_text_atomic(out, json.dumps(row, indent=2) + "\n")
-        elif out.suffix == ".csv":
-            import pandas as pd
-
-            write_text_atomic(out, pd.DataFrame([row]).to_csv(index=False))
-        else:
-            raise SystemExit(f"--out must end in .json or .csv, got {args.out!r}")
-    return 0
+from revunet.commands import command_modules
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revunet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"revunet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    memory = commands.add_parser(
-        "memory",
-        help="peak memory of one training step (forward, loss, backward, Adam step)",
-        description="Measure the peak memory of one steady-state training step with exact "
-        "tensor accounting: 'fake' needs no memory at any size, 'cpu' runs real tensors, "
-        "'cuda' also reads torch.cuda.max_memory_allocated().",
-    )
-    memory.add_argument("--model", required=True, help="model factory as 'package.module:callable'")
-    memory.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
-    memory.add_argument("--input-shape", required=True, type=_shape, help="e.g. 1,4,160,192,160")
-    memory.add_argument("--mode", choices=("fake", "cpu", "cuda"), default="fake")
-    memory.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), help="mixed precision dtype")
-    memory.add_argument("--out", help="write the result as .json or .csv (atomically)")
-    memory.set_defaults(run=_memory)
+    for name in command_modules():
+        importlib.import_module(f"revunet.commands.{name}").register(commands)
     return parser
 
 
