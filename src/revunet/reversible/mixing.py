@@ -33,7 +33,9 @@ class OrthogonalChannelMix3d(InvertibleModule):
         self.generator = nn.Parameter(torch.zeros(channels, channels))
         start = torch.eye(channels)
         if init == "random":
-            start = torch.linalg.qr(torch.randn(channels, channels)).Q
+            # QR in float64: a float32 QR is orthogonal only to ~1e-6, which would show as
+            # reconstruction error through the transpose used as the inverse.
+            start = torch.linalg.qr(torch.randn(channels, channels).double()).Q.float()
         self.register_buffer("start", start)
 
     def weight(self) -> torch.Tensor:
@@ -55,7 +57,10 @@ class OrthogonalChannelMix3d(InvertibleModule):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y)
-        return F.conv3d(y, self.weight().T.to(y.dtype)[:, :, None, None, None])
+        # The exact inverse, not the transpose: ``start`` is orthogonal only to the precision
+        # it was stored in (float32 even after ``.double()``), and a C x C inverse is cheap.
+        inverse = torch.linalg.inv(self.weight().double())
+        return F.conv3d(y, inverse.to(y.dtype)[:, :, None, None, None])
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
