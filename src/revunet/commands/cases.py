@@ -1,0 +1,59 @@
+"""`revunet cases`: list the cases of a real dataset folder in a case table (CSV).
+
+See :mod:`revunet.data.layouts` for the folder layouts it recognises and the table's columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+LAYOUT_HELP = "auto, brats2018, brats2020, brats2021, brats2023, msd, iseg"
+
+
+def _cases(args: argparse.Namespace) -> int:
+    from revunet.data.layouts import LayoutError, find_cases, load_case, write_case_table
+
+    try:
+        table = find_cases(args.path, layout=args.layout)
+    except (LayoutError, OSError) as error:
+        raise SystemExit(f"revunet cases: {error}")
+    out = write_case_table(table, args.out)
+    labelled = int((table["label"] != "").sum())
+    layout = table["layout"].iloc[0]
+    print(
+        f"{layout}: {len(table)} cases ({labelled} labelled, {len(table) - labelled} unlabelled) in {args.path} -> {out}"
+    )
+    if not args.check:
+        return 0
+    # Every case is read on its own: one broken case is reported and the others are still checked.
+    failures = []
+    for _, row in table.iterrows():
+        try:
+            load_case(row)
+        except ValueError as error:  # CaseError and its subclasses
+            failures.append(str(error))
+            print(error, file=sys.stderr)
+    print(f"checked {len(table)} cases: {len(table) - len(failures)} readable, {len(failures)} broken")
+    return 1 if failures else 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``revunet cases`` to the command-line parser."""
+    cases = commands.add_parser(
+        "cases",
+        help="list the cases of a BraTS/Decathlon/iSeg folder in a case table",
+        description="Recognise the layout of a dataset folder (BraTS 2018/2020/2021/2023, Decathlon "
+        "Task01, iSeg 2017/2019) and write its case table: one row per case with absolute paths "
+        "to each modality and the label (empty for unlabelled cases).",
+    )
+    cases.add_argument("path", help="the dataset folder (e.g. MICCAI_BraTS2020_TrainingData)")
+    # Names are checked by find_cases; spelled out here so that building the parser imports no data code.
+    cases.add_argument("--layout", default="auto", help=f"one of {LAYOUT_HELP} (default: auto, detect it)")
+    cases.add_argument("--out", required=True, help="case table to write (CSV, written atomically)")
+    cases.add_argument(
+        "--check",
+        action="store_true",
+        help="also read every case and report broken ones (slow: reads every volume); exit 1 if any",
+    )
+    cases.set_defaults(run=_cases)
