@@ -199,8 +199,14 @@ def test_bfloat16_autocast_cpu_and_fake_agree(memory_saving: bool) -> None:
 
 
 def test_bfloat16_autocast_shrinks_saved_activations_of_plain_network() -> None:
+    """Convolutions save half-precision inputs under autocast.
+
+    (A GroupNorm after a bfloat16 convolution runs in float32 and saves a float32 copy of
+    its input, so a norm-activation-conv stack with in-place activations does *not* shrink;
+    that is autocast's behaviour, not the tracker's, and the plain conv stack isolates it.)
+    """
     torch.manual_seed(0)
-    model = residual_coupling_sequence(16, 3, 4, memory_saving=False)
+    model = nn.Sequential(*(layer for _ in range(3) for layer in (nn.Conv3d(16, 16, 3, padding=1), nn.LeakyReLU())))
     shape = (1, 16, 16, 16, 16)
     bf16 = measure_training_step(model, shape, mode="fake", autocast_dtype=torch.bfloat16)
     fp32 = measure_training_step(model, shape, mode="fake")

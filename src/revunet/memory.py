@@ -226,6 +226,9 @@ def measure_training_step(
     input_dtype: torch.dtype = torch.float32,
     autocast_dtype: torch.dtype | None = None,
     extra: Callable[[nn.Module, LiveTensorTracker], None] | None = None,
+    target_dtype: torch.dtype | None = None,
+    gradients_persist: bool = False,
+    loss_needs_input: bool = False,
 ) -> MemoryReport:
     """Peak memory of one steady-state training step of ``model`` on an input of ``input_shape``.
 
@@ -243,6 +246,12 @@ def measure_training_step(
         autocast_dtype: run forward and loss under autocast with this dtype.
         extra: called after the optimizer step inside the measurement, as
             ``extra(model_copy, tracker)``, e.g. to add a validation pass to the peak.
+        target_dtype: dtype of the target (default ``input_dtype``); an integer dtype makes
+            a 0/1 class-index target, as cross-entropy wants.
+        gradients_persist: keep zero-filled gradients between steps (``zero_grad(set_to_none=
+            False)``, PyTorch's default before 2.0, which the papers' code used), so they
+            exist during the forward pass; otherwise they are freed after each step.
+        loss_needs_input: also pass the input to the loss, last (a VAE's reconstruction term).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -270,13 +279,13 @@ def measure_training_step(
         x = torch.randn(shape, dtype=input_dtype, device=device)
         batch = [x]
         if target_shape is not None:
-            batch.append((torch.rand(tuple(target_shape), device=device) > 0.5).to(input_dtype))
+            batch.append((torch.rand(tuple(target_shape), device=device) > 0.5).to(target_dtype or input_dtype))
         if tracker is not None:
             inputs[:] = batch
         enter("forward")
         with _autocast(device.type, autocast_dtype):
             output = net(x)
-            loss = loss_fn(output, *batch[1:])
+            loss = loss_fn(output, *batch[1:], *batch[:1]) if loss_needs_input else loss_fn(output, *batch[1:])
         del output
         enter("backward")
         loss.backward()
@@ -289,7 +298,7 @@ def measure_training_step(
         net.train()
         opt = make_optimizer([p for p in net.parameters() if p.requires_grad])
         training_step(net, opt, None)  # warm-up: creates the optimizer state of a steady-state step
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not gradients_persist)
 
         tracker = LiveTensorTracker()
         if mode == "cuda":

@@ -6,6 +6,10 @@ Pendse et al. replace them by mobile inverted bottlenecks (MBConv); the
 invertible-residual paper uses instance normalisation instead of groups.
 Every architecture takes its blocks from here so that a change of block is one
 argument, never a copy of a network.
+
+Activations after a norm are in place, as in Brügger et al.'s code: a norm's backward needs
+its input, not its output, so overwriting the output is safe and saves one tensor per layer
+(in the twin's stored activations and in every recomputation).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class NormActConv3d(nn.Sequential):
     ) -> None:
         if norm == "group" and channels % groups:
             raise ValueError(f"GroupNorm groups ({groups}) must divide the channel count ({channels})")
-        layers: list[nn.Module] = [make_norm(norm, channels, groups), nn.LeakyReLU(negative_slope)]
+        layers: list[nn.Module] = [make_norm(norm, channels, groups), nn.LeakyReLU(negative_slope, inplace=True)]
         if dropout:
             layers.append(nn.Dropout3d(dropout))
         layers.append(nn.Conv3d(channels, channels, kernel_size=3, padding=1, bias=False))
@@ -78,7 +82,7 @@ class ConvNormAct3d(nn.Sequential):
         super().__init__(
             nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
             make_norm(norm, out_channels, groups),
-            nn.LeakyReLU(negative_slope),
+            nn.LeakyReLU(negative_slope, inplace=True),
         )
 
 
@@ -105,10 +109,10 @@ class MBConv3d(nn.Sequential):
         layers: list[nn.Module] = [
             nn.Conv3d(channels, hidden, kernel_size=1, bias=False),
             make_norm(norm, hidden, groups),
-            nn.LeakyReLU(negative_slope),
+            nn.LeakyReLU(negative_slope, inplace=True),
             nn.Conv3d(hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=False),
             make_norm(norm, hidden, groups),
-            nn.LeakyReLU(negative_slope),
+            nn.LeakyReLU(negative_slope, inplace=True),
         ]
         if dropout:
             layers.append(nn.Dropout3d(dropout))

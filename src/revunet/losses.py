@@ -1,0 +1,120 @@
+"""Segmentation losses of the three papers, as configuration of one combination.
+
+- Brügger et al.: sum over WT, TC, ET of (1 − soft Dice) with smoothing 1, divided by 5
+  as the authors' code scales it (sigmoid outputs).
+- Invertible-residual paper: cross-entropy + Dice + 0.1·L2(reconstruction) + 0.1·KL.
+- Pendse et al.: Dice.
+
+Models return logits; the losses apply the sigmoid or softmax, which is the same function as
+a network ending in it, with the numerically stable logit forms for the cross-entropies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional
+
+from revunet.models.vae import SegmentationWithVAE, kl_divergence, reconstruction_l2
+
+
+def soft_dice_per_channel(probabilities: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice per channel, (2·Σpt + s)/(Σp + Σt + s), summed over the batch and all voxels.
+
+    ``probabilities`` and ``target`` are (N, C, ...); returns a (C,) tensor.
+    """
+    if probabilities.shape != target.shape:
+        raise ValueError(f"probabilities {tuple(probabilities.shape)} and target {tuple(target.shape)} differ in shape")
+    dims = [0, *range(2, probabilities.dim())]
+    target = target.to(probabilities.dtype)
+    intersection = (probabilities * target).sum(dims)
+    total = probabilities.sum(dims) + target.sum(dims)
+    return (2 * intersection + smooth) / (total + smooth)
+
+
+def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(N, ...) integer classes → (N, classes, ...) float one-hot."""
+    return functional.one_hot(labels.long(), classes).movedim(-1, 1).float()
+
+
+@dataclass(frozen=True)
+class SegmentationLoss:
+    """Weighted sum of Dice, (binary) cross-entropy and the VAE terms.
+
+    Args:
+        output: ``"sigmoid"`` (targets are (N, R, ...) region masks) or ``"softmax"``
+            (targets are (N, ...) class indices).
+        dice, cross_entropy, reconstruction, kl: weights of the terms.
+        dice_scale: factor on the summed per-channel Dice losses (Brügger: 1/5).
+        smooth: Dice smoothing.
+        dice_reduction: ``"sum"`` over channels (Brügger) or ``"mean"``.
+    """
+
+    output: str = "sigmoid"
+    dice: float = 1.0
+    cross_entropy: float = 0.0
+    reconstruction: float = 0.0
+    kl: float = 0.0
+    dice_scale: float = 1.0
+    smooth: float = 1.0
+    dice_reduction: str = "mean"
+
+    def terms(
+        self, output: torch.Tensor | SegmentationWithVAE, target: torch.Tensor, image: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Each weighted term's unweighted value (only the terms with a non-zero weight)."""
+        logits = output.logits if isinstance(output, SegmentationWithVAE) else output
+        terms: dict[str, torch.Tensor] = {}
+        if self.output == "sigmoid":
+            probabilities = torch.sigmoid(logits)
+            dense_target = target
+        elif self.output == "softmax":
+            probabilities = torch.softmax(logits, dim=1)
+            dense_target = one_hot(target, logits.shape[1])
+        else:
+            raise ValueError(f"output must be 'sigmoid' or 'softmax', got {self.output!r}")
+        if self.dice:
+            per_channel = 1 - soft_dice_per_channel(probabilities.float(), dense_target, self.smooth)
+            reduced = per_channel.sum() if self.dice_reduction == "sum" else per_channel.mean()
+            terms["dice"] = self.dice_scale * reduced
+        if self.cross_entropy:
+            if self.output == "sigmoid":
+                terms["cross_entropy"] = functional.binary_cross_entropy_with_logits(logits.float(), target.float())
+            else:
+                terms["cross_entropy"] = functional.cross_entropy(logits.float(), target.long())
+        if self.reconstruction or self.kl:
+            if not isinstance(output, SegmentationWithVAE) or output.reconstruction is None:
+                raise ValueError("the VAE terms need a model with a VAE branch that ran (training mode, patch size)")
+            if self.reconstruction:
+                if image is None:
+                    raise ValueError("the reconstruction term needs the input image")
+                terms["reconstruction"] = reconstruction_l2(output.reconstruction, image)
+            if self.kl:
+                terms["kl"] = kl_divergence(output.mu, output.logvar)
+        return terms
+
+    def __call__(
+        self, output: torch.Tensor | SegmentationWithVAE, target: torch.Tensor, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        weights = {"dice": self.dice, "cross_entropy": self.cross_entropy, "reconstruction": self.reconstruction, "kl": self.kl}
+        terms = self.terms(output, target, image)
+        return sum((weights[name] * value for name, value in terms.items()), torch.zeros((), device=target.device))
+
+
+def bruegger2019() -> SegmentationLoss:
+    """Sum over WT, TC, ET of (1 − soft Dice), smoothing 1, divided by 5."""
+    return SegmentationLoss("sigmoid", dice=1.0, dice_scale=0.2, dice_reduction="sum")
+
+
+def invres2020(output: str = "softmax") -> SegmentationLoss:
+    """Cross-entropy + Dice + 0.1·L2 + 0.1·KL."""
+    return SegmentationLoss(output, dice=1.0, cross_entropy=1.0, reconstruction=0.1, kl=0.1)
+
+
+def pendse2020() -> SegmentationLoss:
+    """Soft Dice averaged over WT, TC, ET."""
+    return SegmentationLoss("sigmoid", dice=1.0)
+
+
+LOSSES = {"bruegger2019": bruegger2019, "invres2020": invres2020, "pendse2020": pendse2020}
