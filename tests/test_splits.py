@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
-from revunet.data.splits import SplitScheme, make_split, parse_scheme, read_split, split_document, write_split
+from revunet.data.splits import (
+    SplitScheme,
+    make_split,
+    parse_scheme,
+    read_split,
+    split_document,
+    write_split,
+)
 
 IDS = [f"BraTS20_Training_{n:03d}" for n in range(1, 371)]
 

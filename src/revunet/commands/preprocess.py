@@ -26,7 +26,13 @@ def _shape(text: str) -> tuple[int, int, int] | None:
 def _one(row: dict[str, Any], args: argparse.Namespace) -> str:
     """Preprocess one case-table row unless its outputs are current; returns a log line."""
     from revunet.data.layouts import load_case
-    from revunet.data.preprocess import describe, input_fingerprint, is_current, preprocess_case, save_preprocessed
+    from revunet.data.preprocess import (
+        describe,
+        input_fingerprint,
+        is_current,
+        preprocess_case,
+        save_preprocessed,
+    )
 
     case_id = row["case_id"]
     fingerprint = input_fingerprint(row, args.shape)
