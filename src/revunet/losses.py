@@ -83,9 +83,11 @@ class SegmentationLoss:
                 terms["cross_entropy"] = functional.binary_cross_entropy_with_logits(logits.float(), target.float())
             else:
                 terms["cross_entropy"] = functional.cross_entropy(logits.float(), target.long())
-        if self.reconstruction or self.kl:
-            if not isinstance(output, SegmentationWithVAE) or output.reconstruction is None:
-                raise ValueError("the VAE terms need a model with a VAE branch that ran (training mode, patch size)")
+        if (self.reconstruction or self.kl) and isinstance(output, SegmentationWithVAE):
+            # A model without the branch (the invertible-residual paper's 3-D U-Net baseline)
+            # returns bare logits and simply has no VAE terms.
+            if output.reconstruction is None:
+                raise ValueError("the VAE terms need the VAE branch's outputs; it did not run (eval mode on another patch size)")
             if self.reconstruction:
                 if image is None:
                     raise ValueError("the reconstruction term needs the input image")

@@ -77,6 +77,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.peak_rounded = 0
         self.phase = "setup"
         self.peak_phase = "setup"
+        self.phase_peaks: dict[str, int] = {}  # the highest total reached during each phase
         self._events: list[int] = []  # +id on allocation, -id on release (ids start at 1)
         self._events_at_peak = 0
 
@@ -105,6 +106,8 @@ class LiveTensorTracker(TorchDispatchMode):
         self.current += nbytes - old
         self.current_rounded += _cuda_block(nbytes) - _cuda_block(old)
         self.peak_rounded = max(self.peak_rounded, self.current_rounded)
+        if self.current > self.phase_peaks.get(self.phase, 0):
+            self.phase_peaks[self.phase] = self.current
         if self.current > self.peak:
             self.peak = self.current
             self.peak_phase = self.phase
@@ -155,6 +158,11 @@ class MemoryReport:
     cuda_rounded_peak_bytes: int
     allocator_peak_bytes: int | None = None
     device: str = "cpu"
+    phase_peaks: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def peak_without(self, *phases: str) -> int:
+        """The peak over every phase but ``phases`` (e.g. the training step without ``"extra"``)."""
+        return max((v for k, v in self.phase_peaks.items() if k not in phases), default=0)
 
     @property
     def peak_mib(self) -> float:
@@ -330,6 +338,7 @@ def measure_training_step(
         cuda_rounded_peak_bytes=tracker.peak_rounded,
         allocator_peak_bytes=allocator_peak,
         device=str(device),
+        phase_peaks=dict(tracker.phase_peaks),
     )
 
 

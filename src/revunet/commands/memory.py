@@ -42,9 +42,32 @@ def _factory(spec: str) -> Callable[..., torch.nn.Module]:
     return factory
 
 
+def _paper_table(args: argparse.Namespace) -> int:
+    from revunet.atomic import write_text_atomic
+    from revunet.memory_tables import memory_table
+
+    if args.model or args.input_shape:
+        raise SystemExit("--table measures the paper's own configurations; drop --model/--input-shape")
+    table = memory_table(args.table, mode=args.mode)
+    shown = ["row", "input_shape", "paper_mb", "measured_mb", "ratio", "peak_phase", "activations_mb"]
+    shown += [c for c in ("legacy_group_norm_mb", "twin_mb", "fits_budget") if c in table]
+    print(f"{args.table} ({args.mode}; MiB):")
+    print(table[shown].to_string(index=False))
+    if args.out:
+        if not args.out.endswith(".csv"):
+            raise SystemExit(f"--out with --table must end in .csv, got {args.out!r}")
+        write_text_atomic(Path(args.out), table.to_csv(index=False))
+    return 0
+
+
 def _memory(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
     from revunet.memory import measure_training_step
+
+    if args.table:
+        return _paper_table(args)
+    if not args.model or not args.input_shape:
+        raise SystemExit("revunet memory needs --table NAME, or --model and --input-shape")
 
     try:
         kwargs: dict[str, Any] = json.loads(args.kwargs)
@@ -89,9 +112,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "tensor accounting: 'fake' needs no memory at any size, 'cpu' runs real tensors, "
         "'cuda' also reads torch.cuda.max_memory_allocated().",
     )
-    memory.add_argument("--model", required=True, help="model factory as 'package.module:callable'")
+    memory.add_argument(
+        "--table",
+        choices=("bruegger2019", "invres_iseg", "invres_brats", "pendse2020"),
+        help="measure every row of a paper's memory table under its protocol (paper vs measured)",
+    )
+    memory.add_argument("--model", help="model factory as 'package.module:callable'")
     memory.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
-    memory.add_argument("--input-shape", required=True, type=_shape, help="e.g. 1,4,160,192,160")
+    memory.add_argument("--input-shape", type=_shape, help="e.g. 1,4,160,192,160")
     memory.add_argument("--mode", choices=("fake", "cpu", "cuda"), default="fake")
     memory.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), help="mixed precision dtype")
     memory.add_argument("--out", help="write the result as .json or .csv (atomically)")

@@ -104,5 +104,6 @@ class PartiallyReversibleUNet(nn.Module):
             h = functional.interpolate(self.up[level - 1](h), scale_factor=2, mode="trilinear", align_corners=False)
             skip = skips.pop()
             h = h + skip if self.fuse is None else self.fuse[level - 1](torch.cat((h, skip), dim=1))
+            del skip  # in inference nothing else holds the skip: free it before the next level
         logits = self.head(self.decoder[0](h))
         return attach_vae(self.vae, image, bottleneck, logits)
