@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from revunet.atomic import write_text_atomic
+from revunet.atomic import open_atomic, write_text_atomic
 from revunet.data.labels import TASK_MODALITIES
 
 if TYPE_CHECKING:  # layouts.py is written alongside; only its LoadedCase shape is needed here
@@ -317,17 +316,8 @@ def save_preprocessed(out_dir: str | os.PathLike[str], case: PreprocessedCase) -
 
 
 def _write_npz_atomic(target: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)  # a file object: numpy does not append ".npz"
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with open_atomic(target) as stream:
+        np.savez(stream, **arrays)  # a file object: numpy does not append ".npz"
 
 
 def read_meta(path_or_dir: str | os.PathLike[str], case_id: str | None = None) -> PreprocessMeta:
