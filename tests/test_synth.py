@@ -15,8 +15,12 @@ from revunet.cli import main
 from revunet.data.labels import ISEG_DISK_VALUES, brats_regions
 from revunet.data.synth import (
     BRATS_ROOT,
+    DEFAULT_SPACING,
+    DEFAULT_SUBJECTS,
     ISEG_ROOT,
     MANIFEST_NAME,
+    MAX_SPACING,
+    MIN_SPACING,
     NAME_MAPPING_COLUMNS,
     NOTICE_NAME,
     brats_grid,
@@ -286,6 +290,12 @@ def test_cli_synth(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["synth", "--task", "brats", "--out", str(tmp_path), "--spacing", "0"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"default {DEFAULT_SPACING:g})" in help_text and f"{MIN_SPACING:g} to {MAX_SPACING:g}" in help_text
+    assert f"default {DEFAULT_SUBJECTS['brats']} for brats, {DEFAULT_SUBJECTS['iseg']} for iseg" in help_text
 
 
 def test_readers_accept_the_synthetic_layouts(tmp_path):

@@ -19,12 +19,14 @@ def _positive_int(text: str) -> int:
 
 
 def _spacing(text: str) -> float:
+    from revunet.data.synth import MAX_SPACING, MIN_SPACING
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a voxel size in mm, got {text!r}")
-    if not 0.5 <= value <= 8.0:
-        raise argparse.ArgumentTypeError(f"--spacing must lie in [0.5, 8] mm, got {text!r}")
+    if not MIN_SPACING <= value <= MAX_SPACING:
+        raise argparse.ArgumentTypeError(f"--spacing must lie in [{MIN_SPACING:g}, {MAX_SPACING:g}] mm, got {text!r}")
     return value
 
 
@@ -40,9 +42,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``revunet synth`` to the command-line parser."""
-    from revunet.data.synth import DEFAULT_SPACING, DEFAULT_SUBJECTS
-
+    """Add ``revunet synth`` to the command-line parser (importing nothing heavy: defaults live in the data module)."""
     synth = commands.add_parser(
         "synth",
         help="write the synthetic BraTS-like or iSeg-like dataset (real anatomy, real on-disk layout)",
@@ -52,14 +52,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--task", choices=("brats", "iseg"), required=True)
     synth.add_argument("--out", required=True, help="folder to write the dataset folder into")
-    synth.add_argument(
-        "--subjects",
-        type=_positive_int,
-        help=f"number of subjects (default {DEFAULT_SUBJECTS['brats']} for brats, {DEFAULT_SUBJECTS['iseg']} for iseg)",
-    )
-    synth.add_argument(
-        "--spacing", type=_spacing, default=DEFAULT_SPACING, help="isotropic voxel size in mm (default %(default)s)"
-    )
+    synth.add_argument("--subjects", type=_positive_int, help="number of subjects (default 20 for brats, 10 for iseg)")
+    synth.add_argument("--spacing", type=_spacing, help="isotropic voxel size in mm, 1 to 8 (default 3)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     synth.add_argument("--force", action="store_true", help="regenerate even if an identical dataset is in place")
     synth.set_defaults(run=_synth)

@@ -13,8 +13,10 @@ pipeline reads them with the same readers:
   images int16, labels uint8 in {0, 10, 150, 250}; field of view 144x192x256 mm.
 
 Defaults (3 mm voxels, 20 + 10 subjects) let the whole pipeline run on a CPU in minutes: a BraTS-like
-grid is 80x80x52 with the brain about 44x55x48 voxels, so a centre crop/pad to 48x64x48 keeps
-it whole with every side divisible by 16; iSeg-like brains (infant size) fit the same 48x64x48.
+grid is 80x80x52 (BraTS's 240x240x155 mm) and the brain's bounding box 39-47 x 49-58 x 42-49 voxels,
+so a centre crop/pad to 48x64x48 (every side divisible by 16) keeps it whole, at worst losing one
+edge slice; iSeg-like brains (infant size, 38-44 x 46-51 x 38-44 voxels) fit the same 48x64x48.
+The template is 1 mm, so spacings below 1 mm add nothing and are refused.
 
 Subject ``i`` (0-based; case number ``i + 1`` on disk) depends only on (seed, i) and the spacing:
 generating 10 subjects then 12 gives byte-identical first 10. A dataset folder is built in a
@@ -84,6 +86,7 @@ ISEG_ROOT = "iSeg-2019-Training"
 BRATS_FOV_MM = (240.0, 240.0, 155.0)
 ISEG_FOV_MM = (144.0, 192.0, 256.0)
 DEFAULT_SPACING = 3.0
+MIN_SPACING, MAX_SPACING = 1.0, 8.0
 DEFAULT_SUBJECTS = {"brats": 20, "iseg": 10}
 NAME_MAPPING_COLUMNS = (
     "Grade",
@@ -96,7 +99,7 @@ NAME_MAPPING_COLUMNS = (
 
 # Adult brains a little smaller than MNI152 so that the rotated head fits 155 mm axially;
 # 6-month infant brains about 80 % of adult size along each axis.
-BRATS_WARP = WarpSettings(scale_range=(0.86, 0.95))
+BRATS_WARP = WarpSettings(scale_range=(0.82, 0.92), max_rotation_deg=5.0)
 ISEG_WARP = WarpSettings(scale_range=(0.76, 0.84), elastic_mm=2.0)
 TUMOUR = TumourSettings()
 ACQUISITION = AcquisitionSettings()
@@ -372,8 +375,8 @@ def write_dataset(
     spacing = DEFAULT_SPACING if spacing is None else float(spacing)
     if n_subjects < 1:
         raise ValueError(f"need at least one subject, got {n_subjects}")
-    if not (0.5 <= spacing <= 8.0):
-        raise ValueError(f"spacing must lie in [0.5, 8] mm, got {spacing}")
+    if not (MIN_SPACING <= spacing <= MAX_SPACING):
+        raise ValueError(f"spacing must lie in [{MIN_SPACING:g}, {MAX_SPACING:g}] mm, got {spacing}")
     root_name, writer, grid_of = _WRITERS[task]
     out = Path(out_dir)
     root = out / root_name
