@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -300,20 +301,18 @@ def test_cli_synth(tmp_path, capsys):
 
 def test_readers_accept_the_synthetic_layouts(tmp_path):
     layouts = pytest.importorskip("revunet.data.layouts")
-    load_case = getattr(layouts, "load_case", None) or pytest.importorskip("revunet.data.io").load_case
-    for generate, n, subject in (
-        (generate_brats_like, 3, synth_brats_subject),
-        (generate_iseg_like, 2, synth_iseg_subject),
+    for generate, n, subject, layout in (
+        (generate_brats_like, 3, synth_brats_subject, "brats2020"),
+        (generate_iseg_like, 2, synth_iseg_subject, "iseg"),
     ):
         root = generate(tmp_path, n_subjects=n, spacing=6.0, seed=0)
-        table = layouts.find_cases(root)
-        rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+        assert layouts.detect_layout(root) == layout
+        rows = layouts.find_cases(root).to_dict("records")
         assert len(rows) == n
-        for index, row in enumerate(
-            sorted(rows, key=lambda r: int("".join(ch for ch in str(r["case_id"]) if ch.isdigit())))
-        ):
-            case = load_case(row)
-            images, label, _ = subject(index, seed=0, spacing=6.0)
+        for index, row in enumerate(sorted(rows, key=lambda r: int(re.sub(r"\D", "", str(r["case_id"]))))):
+            case = layouts.load_case(row)
+            images, label, affine = subject(index, seed=0, spacing=6.0)
             assert np.array_equal(case.label, label)
+            assert np.allclose(case.affine, affine) and np.allclose(case.spacing, 6.0)
             for modality, image in images.items():
                 assert np.array_equal(case.images[modality], image.astype(np.float32))

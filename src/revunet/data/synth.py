@@ -41,7 +41,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from revunet.atomic import write_text_atomic
+from revunet.atomic import write_bytes_atomic, write_text_atomic
 from revunet.data.labels import (
     BRATS_LABELS,
     ISEG_LABELS,
@@ -220,20 +220,6 @@ def synth_iseg_subject(
 # Writing datasets
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` through a temporary file in the same folder, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     """A .nii.gz file's bytes; gzip without timestamp or name, so equal inputs give equal bytes."""
     image = nib.Nifti1Image(array, affine)
@@ -267,10 +253,10 @@ def _write_brats(root: Path, n_subjects: int, spacing: float, seed: int) -> list
         folder = root / case
         folder.mkdir()
         for modality in ("flair", "t1", "t1ce", "t2"):
-            _write_bytes_atomic(
+            write_bytes_atomic(
                 folder / f"{case}_{modality}.nii.gz", _nifti_gz_bytes(subject.images[modality], subject.affine)
             )
-        _write_bytes_atomic(folder / f"{case}_seg.nii.gz", _nifti_gz_bytes(subject.label, subject.affine))
+        write_bytes_atomic(folder / f"{case}_seg.nii.gz", _nifti_gz_bytes(subject.label, subject.affine))
         assert subject.plan is not None
         rows.append(f"{subject.plan.grade},NA,NA,NA,NA,{case}")
     write_text_atomic(root / "name_mapping.csv", "\n".join(rows) + "\n")
@@ -290,8 +276,8 @@ def _write_iseg(root: Path, n_subjects: int, spacing: float, seed: int) -> list[
         for role, array in volumes.items():
             stem = f"subject-{index + 1}-{role}"
             header_bytes, image_bytes = _analyze_bytes(array, spacing)
-            _write_bytes_atomic(root / f"{stem}.hdr", header_bytes)
-            _write_bytes_atomic(root / f"{stem}.img", image_bytes)
+            write_bytes_atomic(root / f"{stem}.hdr", header_bytes)
+            write_bytes_atomic(root / f"{stem}.img", image_bytes)
             files += [f"{stem}.hdr", f"{stem}.img"]
     return files
 
