@@ -277,6 +277,7 @@ def memory_table(name: str, mode: str = "fake") -> pd.DataFrame:
             record["budget_mb"] = protocol.budget_mib
             record["fits_budget"] = bool(report.peak_bytes / MIB <= protocol.budget_mib)
         record["within_10pct"] = bool(abs(record["ratio"] - 1) <= 0.10)
+        record["protocol"] = "; ".join(protocol.notes)
         record["explanation"] = explain(record, row, protocol)
         records.append(record)
     frame = pd.DataFrame(records)
