@@ -1,0 +1,488 @@
+"""What fits in a memory budget: the largest input, depth and width of each reversible model and its twin.
+
+Pendse et al. summarise reversibility as "at a fixed memory budget, volumes up to 3x larger,
+25 % more depth or 2x the channels of a corresponding non-reversible network". This module
+measures the three quantities for each reversible model of the registry and for its
+non-reversible twin (``memory_saving=False``: the same parameters, stored by plain autograd),
+under the training protocol of the model's memory table (:mod:`revunet.memory_tables`:
+its loss, targets, mixed precision and persistent gradients; Adam, batch 1, no validation
+pass), with fake tensors so that any size is measured on any machine.
+
+The three searches, each over a grid of valid values:
+
+``volume``
+    the largest cubic input S³ (S a multiple of what the network and its VAE branch need) at
+    encoder depth 1 and the paper widths; S ≤ 512;
+``depth``
+    the largest ``encoder_depth`` (coupling blocks per encoder sequence) at a fixed input; ≤ 64;
+``width``
+    the largest channel multiplier m = k/8 (k = 1..64, so m ≤ 8) applied to every width at a
+    fixed input, each width rounded to the nearest multiple of its level's quantum (2: couplings
+    split channels in halves, GroupNorm takes ``gcd(groups, width)`` groups and stays valid;
+    8 below the top level of Fully-InvRes, whose squeeze multiplies channels by 8).
+
+A fake measurement of a full-size U-Net costs about a second, so the search does not bisect:
+peak memory is very nearly affine in the number of voxels, in the depth and in the width, so
+two measurements give a line whose crossing with the budget predicts the boundary; the grid
+point predicted is measured, and the search continues from the two points that bracket the
+boundary (regula falsi on the grid, bisection if that stalls) until a value that fits and
+its neighbour that does not are both measured. Typically 3-4 measurements per search.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from revunet.memory import MIB, MemoryReport
+
+GIB = 2**30
+DIMENSIONS = ("volume", "depth", "width")
+MAX_SIZE = 512
+MAX_DEPTH = 64
+WIDTH_STEPS = 8  # the multiplier moves in steps of 1/8
+MAX_MULTIPLIER = 8
+DEFAULT_BUDGET_GIB = 16.0
+DEFAULT_FIXED_SIZE = 128
+RATIO_OF = {"volume": "voxels", "depth": "encoder depth", "width": "channel multiplier"}
+CLAIM_KEYS = {"volume": "larger_volume", "depth": "more_depth", "width": "more_channels"}
+_SECANT_STEPS = 6  # then bisection: a safeguard for curves far from affine
+
+
+class CapacityError(ValueError):
+    """The budget does not hold even the smallest value searched."""
+
+
+@dataclass(frozen=True)
+class CapacityModel:
+    """A reversible model configuration whose capacity is searched.
+
+    Args:
+        key: short name (``--models``).
+        model: registry name (must be reversible: its twin is ``memory_saving=False``).
+        config: the paper configuration it stands for.
+        table: the :data:`revunet.memory_tables.TABLES` entry whose protocol is used.
+        channels: the configuration's widths, top level first (multiplier 1).
+        params: other keyword arguments of the model.
+        width_quanta: rounding quantum of each level's width when the multiplier changes.
+        vae: the model has a VAE branch, built for the input size (``vae_input_size``).
+    """
+
+    key: str
+    model: str
+    config: str
+    table: str
+    channels: tuple[int, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    width_quanta: tuple[int, ...] = ()
+    vae: bool = False
+
+    def __post_init__(self) -> None:
+        quanta = self.width_quanta or (2,) * len(self.channels)
+        if len(quanta) != len(self.channels):
+            raise ValueError(f"{self.key}: width_quanta {quanta} needs one quantum per level of {self.channels}")
+        bad = [(w, q) for w, q in zip(self.channels, quanta) if w % q]
+        if bad:
+            raise ValueError(f"{self.key}: widths must be multiples of their quanta at multiplier 1, got {bad}")
+        object.__setattr__(self, "width_quanta", tuple(quanta))
+
+    def widths(self, k: int) -> tuple[int, ...]:
+        """The widths at multiplier ``k / WIDTH_STEPS`` (k = WIDTH_STEPS gives ``channels``)."""
+        return tuple(
+            max(q, math.floor(w * k / (WIDTH_STEPS * q) + 0.5) * q) for w, q in zip(self.channels, self.width_quanta)
+        )
+
+    def build_params(self, size: int, depth: int = 1, k: int = WIDTH_STEPS) -> dict[str, Any]:
+        """Keyword arguments of the model at one grid point (``memory_saving`` is added by the measurement)."""
+        params = {**self.params, "channels": list(self.widths(k)), "encoder_depth": depth}
+        if self.vae:
+            params["vae_input_size"] = [size, size, size]
+        return params
+
+    def size_multiple(self) -> int:
+        """What every spatial size must be divisible by: the U-Net's halvings, and one more for a VAE branch."""
+        import torch
+
+        from revunet.models import build_model
+
+        params = self.build_params(0)
+        if self.vae:
+            params["vae_input_size"] = None  # the branch's own condition is added below
+        with torch.device("meta"):
+            model = build_model(self.model, **params)
+        multiple = int(model.size_multiple)
+        return 2 * multiple if self.vae else multiple
+
+
+CAPACITY_MODELS: dict[str, CapacityModel] = {
+    spec.key: spec
+    for spec in (
+        CapacityModel("bruegger", "partially_reversible", "Reversible 1/1", "bruegger2019", (60, 120, 240, 360, 480)),
+        CapacityModel(
+            "mbconv-base",
+            "partially_reversible",
+            "MBConv-Base",
+            "pendse2020",
+            (30, 60, 120, 180, 240),
+            {"block": "mbconv", "expand_ratio": 2},
+        ),
+        CapacityModel("invres_partial", "invres_partial", "BraTS", "invres_brats", (36, 72, 144, 288), vae=True),
+        CapacityModel(
+            "invres_full", "invres_full", "BraTS", "invres_brats", (36, 72, 144, 288), width_quanta=(2, 8, 8, 8), vae=True
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Where a search ended: the largest grid index that fits and what was measured around it."""
+
+    index: int
+    peak_bytes: int
+    next_peak_bytes: int | None  # at index + 1; None when index is the top of the range
+    capped: bool
+    measurements: int
+
+
+def largest_fitting(
+    measure: Callable[[int], int],
+    lo: int,
+    hi: int,
+    budget_bytes: float,
+    feature: Callable[[int], float] = float,
+    hints: Iterable[int] = (),
+) -> Boundary:
+    """The largest index in ``[lo, hi]`` whose measured peak is within the budget.
+
+    ``measure(i)`` is assumed non-decreasing in ``i`` and close to affine in ``feature(i)``
+    (e.g. the voxel count of size i). ``hints`` are measured first (two far-apart points make
+    the first prediction good). Ends when ``i`` fits and ``i + 1`` is measured not to (or
+    ``i == hi``); raises :class:`CapacityError` when even ``lo`` does not fit.
+    """
+    if lo > hi:
+        raise ValueError(f"empty search range [{lo}, {hi}]")
+    peaks: dict[int, int] = {}
+
+    def probe(i: int) -> None:
+        if i not in peaks:
+            peaks[i] = int(measure(i))
+
+    for hint in hints:
+        probe(min(hi, max(lo, hint)))
+    steps = 0
+    while True:
+        over = [i for i, p in peaks.items() if p > budget_bytes]
+        b = min(over, default=hi + 1)
+        a = max((i for i, p in peaks.items() if p <= budget_bytes and i < b), default=lo - 1)
+        if b - a <= 1:
+            break
+        if steps < _SECANT_STEPS:
+            guess = _predict(peaks, a, b, lo, hi, budget_bytes, feature)
+        else:
+            guess = (a + b) // 2
+        steps += 1
+        probe(min(b - 1, max(a + 1, guess)))
+    if a < lo:
+        raise CapacityError(f"even the smallest value needs {peaks[lo] / MIB:.1f} MiB, over the budget of {budget_bytes / MIB:.1f} MiB")
+    return Boundary(a, peaks[a], peaks.get(a + 1), capped=a == hi, measurements=len(peaks))
+
+
+def _predict(
+    peaks: dict[int, int], a: int, b: int, lo: int, hi: int, budget: float, feature: Callable[[int], float]
+) -> int:
+    """The grid index where the line through the two points nearest the boundary meets the budget."""
+    if a >= lo and b <= hi:
+        pair = [a, b]
+    elif a >= lo:
+        pair = sorted(i for i in peaks if peaks[i] <= budget)[-2:]
+    else:
+        pair = sorted(i for i in peaks if peaks[i] > budget)[:2]
+    if len(pair) < 2:  # a single point: double or halve
+        return min(hi, 2 * a) if a >= lo else max(lo, b // 2)
+    (x1, y1), (x2, y2) = ((feature(i), peaks[i]) for i in pair)
+    if x2 == x1 or y2 <= y1:  # flat: no sign of growth, go to the far end of the bracket
+        return b - 1 if a >= lo else a + 1
+    target = x1 + (budget - y1) * (x2 - x1) / (y2 - y1)
+    candidates = range(a + 1, b)  # the largest grid index whose feature is within the predicted limit
+    position = bisect.bisect_right(candidates, target, key=feature)
+    return candidates[position - 1] if position else a + 1
+
+
+def measure_point(
+    spec: CapacityModel, memory_saving: bool, size: int, depth: int = 1, k: int = WIDTH_STEPS
+) -> MemoryReport:
+    """One training step of ``spec`` (or its twin) at input size³, encoder depth and multiplier k/8."""
+    from revunet.memory_tables import TABLES, MemoryRow, measure_row
+
+    row = MemoryRow(spec.config, spec.model, spec.build_params(size, depth, k), (size, size, size))
+    return measure_row(TABLES[spec.table], row, mode="fake", memory_saving=memory_saving, include_validation=False)
+
+
+def _fixed_and_scaling(report: MemoryReport) -> tuple[float, float]:
+    """The peak's parts that do not grow with the input (weights, their gradients, Adam) and that do."""
+    fixed = sum(report.breakdown[c] for c in ("parameters", "buffers", "gradients", "optimizer_state"))
+    return float(fixed), float(report.peak_bytes - fixed)
+
+
+def predicted_size_factor(report: MemoryReport, budget_bytes: float) -> float:
+    """Edge-length factor at which ``report``'s peak would reach the budget, if only its data part grew with the voxels."""
+    fixed, scaling = _fixed_and_scaling(report)
+    if scaling <= 0 or budget_bytes <= fixed:
+        return 0.0
+    return ((budget_bytes - fixed) / scaling) ** (1 / 3)
+
+
+def predicted_width_factor(report: MemoryReport, budget_bytes: float) -> float:
+    """Width multiplier at which the peak would reach the budget: weights grow with m², data with m."""
+    fixed, scaling = _fixed_and_scaling(report)
+    if fixed <= 0:
+        return budget_bytes / scaling if scaling > 0 else 0.0
+    return (-scaling + math.sqrt(scaling**2 + 4 * fixed * budget_bytes)) / (2 * fixed)
+
+
+def search_model(
+    spec: CapacityModel,
+    memory_saving: bool,
+    budget_gib: float = DEFAULT_BUDGET_GIB,
+    fixed_size: int = DEFAULT_FIXED_SIZE,
+    dimensions: Sequence[str] = DIMENSIONS,
+    max_size: int = MAX_SIZE,
+    max_depth: int = MAX_DEPTH,
+    max_multiplier: int = MAX_MULTIPLIER,
+) -> dict[str, dict[str, Any]]:
+    """The searches for one model variant, sharing the measurement at the fixed input.
+
+    The first prediction of the volume and width searches comes from that one measurement:
+    its weights, gradients and Adam state do not depend on the input (the rest grows with
+    the voxels) and grow with the square of the width (the rest linearly). The depth search
+    starts from depths 1 and 2. Returns, per dimension, the value found, its measured peak,
+    the peak of the next grid value (the proof that it does not fit), whether the range's cap
+    was reached, and the cost.
+    """
+    multiple = spec.size_multiple()
+    if fixed_size <= 0 or fixed_size % multiple:
+        raise ValueError(f"{spec.key}: the fixed input size {fixed_size} is not a positive multiple of {multiple}")
+    budget = budget_gib * GIB
+    cache: dict[tuple[int, int, int], MemoryReport] = {}
+    variant = "reversible" if memory_saving else "twin"
+
+    def at(size: int, depth: int = 1, k: int = WIDTH_STEPS) -> MemoryReport:
+        if (size, depth, k) not in cache:
+            cache[(size, depth, k)] = measure_point(spec, memory_saving, size, depth, k)
+        return cache[(size, depth, k)]
+
+    base_widths = sum(spec.channels)
+    reference = fixed_size // multiple
+    top_size, top_k = max_size // multiple, max_multiplier * WIDTH_STEPS
+    searches: dict[str, Any] = {
+        "volume": (
+            lambda i: at(i * multiple).peak_bytes,
+            (1, top_size),
+            lambda i: float(i * multiple) ** 3,
+            lambda: [reference, int(reference * predicted_size_factor(at(fixed_size), budget))],
+            lambda i: i * multiple,
+        ),
+        "depth": (lambda d: at(fixed_size, d).peak_bytes, (1, max_depth), float, lambda: [1, 2], lambda d: d),
+        "width": (
+            lambda k: at(fixed_size, 1, k).peak_bytes,
+            (1, top_k),
+            lambda k: sum(spec.widths(k)) / base_widths,  # the multiplier after rounding
+            lambda: [WIDTH_STEPS, int(WIDTH_STEPS * predicted_width_factor(at(fixed_size), budget))],
+            lambda k: k / WIDTH_STEPS,
+        ),
+    }
+    described = {
+        "volume": f"{multiple}^3 input",
+        "depth": f"encoder depth 1 at {fixed_size}^3",
+        "width": f"multiplier 1/{WIDTH_STEPS} at {fixed_size}^3",
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for dimension in dimensions:
+        measure, (lo, hi), feature, hints, value = searches[dimension]
+        started, before = time.perf_counter(), len(cache)
+        try:
+            found = largest_fitting(measure, lo, hi, budget, feature, hints())
+        except CapacityError as error:
+            raise CapacityError(
+                f"{spec.key} ({variant}): a budget of {budget_gib:g} GiB is too small for the {dimension} search: "
+                f"{error} ({described[dimension]}); raise --budget-gib"
+                + ("" if dimension == "volume" else " or lower --fixed-size")
+            ) from None
+        results[dimension] = {
+            "value": value(found.index),
+            "peak_bytes": found.peak_bytes,
+            "next_peak_bytes": found.next_peak_bytes,
+            "capped": found.capped,
+            "measurements": len(cache) - before,
+            "seconds": time.perf_counter() - started,
+            "widths": spec.widths(found.index) if dimension == "width" else None,
+        }
+    return results
+
+
+def _search_job(args: tuple[CapacityModel, bool, float, int, tuple[str, ...], int, int, int]) -> dict[str, dict[str, Any]]:
+    spec, memory_saving, budget_gib, fixed_size, dimensions, max_size, max_depth, max_multiplier = args
+    return search_model(spec, memory_saving, budget_gib, fixed_size, dimensions, max_size, max_depth, max_multiplier)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # fake measurements are single-threaded Python; the jobs share the cores
+
+
+def capacity_table(
+    specs: Sequence[CapacityModel] | None = None,
+    budget_gib: float = DEFAULT_BUDGET_GIB,
+    fixed_size: int = DEFAULT_FIXED_SIZE,
+    dimensions: Sequence[str] = DIMENSIONS,
+    jobs: int | None = None,
+    max_size: int = MAX_SIZE,
+    max_depth: int = MAX_DEPTH,
+    max_multiplier: int = MAX_MULTIPLIER,
+) -> pd.DataFrame:
+    """One row per model and dimension: reversible value, twin value, their ratio and Pendse et al.'s claim.
+
+    ``jobs`` processes search in parallel (default: the usable cores, at most the number of
+    model variants); 1 runs in this process.
+    """
+    from revunet.report.paper_numbers import paper_results
+
+    specs = list(CAPACITY_MODELS.values()) if specs is None else list(specs)
+    unknown = [d for d in dimensions if d not in DIMENSIONS]
+    if unknown:
+        raise ValueError(f"unknown dimensions {unknown}; choose from {DIMENSIONS}")
+    if budget_gib <= 0:
+        raise ValueError(f"the budget must be positive, got {budget_gib} GiB")
+    claims = paper_results()["pendse2020"]["claims"]
+    # Longest first, so that the last job to finish is a short one: reversible variants (their
+    # depth search ends with a measurement at the cap), then by the number of modules.
+    ordered = sorted(specs, key=_module_count, reverse=True)
+    tasks = [
+        (spec, saving, budget_gib, fixed_size, tuple(dimensions), max_size, max_depth, max_multiplier)
+        for saving in (True, False)
+        for spec in ordered
+    ]
+    jobs = min(len(tasks), jobs or usable_cores())
+    if jobs <= 1:
+        found = [_search_job(task) for task in tasks]
+    else:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
+            found = list(pool.map(_search_job, tasks))
+    by_variant = {(task[0].key, task[1]): result for task, result in zip(tasks, found)}
+    rows = []
+    for spec in specs:
+        reversible, twin = by_variant[(spec.key, True)], by_variant[(spec.key, False)]
+        for dimension in dimensions:
+            rev, tw = reversible[dimension], twin[dimension]
+            ratio = rev["value"] / tw["value"]
+            if dimension == "volume":
+                ratio = ratio**3
+            claim = float(claims[CLAIM_KEYS[dimension]])
+            # A capped reversible value makes the ratio a lower bound, a capped twin an upper one.
+            if ratio >= claim:
+                meets: bool | None = None if tw["capped"] else True
+            else:
+                meets = None if rev["capped"] else False
+            rows.append(
+                {
+                    "model": spec.model,
+                    "config": spec.config,
+                    "key": spec.key,
+                    "dimension": dimension,
+                    "fixed_input": "" if dimension == "volume" else f"{fixed_size}^3",
+                    "reversible_value": rev["value"],
+                    "twin_value": tw["value"],
+                    "ratio": round(ratio, 3),
+                    "ratio_of": RATIO_OF[dimension],
+                    "paper_claim": claim,
+                    "meets_claim": meets,
+                    "budget_gib": budget_gib,
+                    "reversible_peak_mib": round(rev["peak_bytes"] / MIB, 1),
+                    "twin_peak_mib": round(tw["peak_bytes"] / MIB, 1),
+                    "reversible_next_peak_mib": _mib_or_none(rev["next_peak_bytes"]),
+                    "twin_next_peak_mib": _mib_or_none(tw["next_peak_bytes"]),
+                    "reversible_capped": rev["capped"],
+                    "twin_capped": tw["capped"],
+                    "reversible_widths": _widths(rev["widths"]),
+                    "twin_widths": _widths(tw["widths"]),
+                    "protocol": spec.table,
+                    "measurements": rev["measurements"] + tw["measurements"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _module_count(spec: CapacityModel) -> int:
+    import torch
+
+    from revunet.models import build_model
+
+    params = spec.build_params(0)
+    params.pop("vae_input_size", None)
+    with torch.device("meta"):
+        return sum(1 for _ in build_model(spec.model, **params).modules())
+
+
+def _mib_or_none(value: int | None) -> float | None:
+    return None if value is None else round(value / MIB, 1)
+
+
+def _widths(widths: tuple[int, ...] | None) -> str:
+    return "" if widths is None else "-".join(str(w) for w in widths)
+
+
+def format_value(dimension: str, value: float, capped: bool) -> str:
+    """How a found value reads in the printed table (``≥`` marks a range cap reached)."""
+    text = {"volume": f"{int(value)}^3", "depth": f"{int(value)}", "width": f"x{value:g}"}[dimension]
+    return f">={text}" if capped else text
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The printed view: one line per model and dimension."""
+    return pd.DataFrame(
+        {
+            "model": table["key"],
+            "dimension": table["dimension"],
+            "reversible": [format_value(d, v, c) for d, v, c in zip(table.dimension, table.reversible_value, table.reversible_capped)],
+            "twin": [format_value(d, v, c) for d, v, c in zip(table.dimension, table.twin_value, table.twin_capped)],
+            "ratio": [_bounded(r, rc, tc) for r, rc, tc in zip(table.ratio, table.reversible_capped, table.twin_capped)],
+            "of": table["ratio_of"],
+            "claim": table["paper_claim"],
+            "meets": ["?" if pd.isna(m) else ("yes" if m else "no") for m in table["meets_claim"]],
+            "rev_MiB": table["reversible_peak_mib"],
+            "twin_MiB": table["twin_peak_mib"],
+        }
+    )
+
+
+def _bounded(ratio: float, reversible_capped: bool, twin_capped: bool) -> str:
+    if reversible_capped and not twin_capped:
+        return f">={ratio:g}"
+    if twin_capped and not reversible_capped:
+        return f"<={ratio:g}"
+    return "?" if reversible_capped else f"{ratio:g}"  # both capped: the ratio of the caps says nothing
+
+
+def with_vae_dropped(spec: CapacityModel) -> CapacityModel:
+    """The same configuration without its VAE branch (e.g. to size the segmentation network alone)."""
+    return dataclasses.replace(spec, vae=False, params={**spec.params, "vae_input_size": None})

@@ -1,0 +1,105 @@
+"""`revunet capacity`: the largest input, depth and width that fit a memory budget, reversible vs twin.
+
+See :mod:`revunet.capacity` for the models, the protocol and the search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from revunet.atomic import write_text_atomic
+    from revunet.capacity import CAPACITY_MODELS, CapacityError, capacity_table, summary, with_vae_dropped
+
+    if args.out and not args.out.endswith(".csv"):
+        raise SystemExit(f"--out must end in .csv, got {args.out!r}")
+    specs = [CAPACITY_MODELS[key] for key in args.models]
+    if args.no_vae:
+        specs = [with_vae_dropped(spec) if spec.vae else spec for spec in specs]
+    started = time.perf_counter()
+    try:
+        table = capacity_table(
+            specs,
+            budget_gib=args.budget_gib,
+            fixed_size=args.fixed_size,
+            dimensions=args.dimensions,
+            jobs=args.jobs,
+            max_size=args.max_size,
+            max_depth=args.max_depth,
+            max_multiplier=args.max_multiplier,
+        )
+    except (CapacityError, ValueError) as error:
+        raise SystemExit(f"revunet capacity: {error}") from None
+    elapsed = time.perf_counter() - started
+    vae = "VAE branches dropped" if args.no_vae else "VAE branches built for each input size"
+    print(
+        f"Capacity under {args.budget_gib:g} GiB (fake tensors, one training step, batch 1, Adam; "
+        f"depth and width at {args.fixed_size}^3; {vae}). Ratio = reversible / twin; claim: Pendse et al."
+    )
+    print(summary(table).to_string(index=False))
+    print(f"{int(table['measurements'].sum())} measurements in {elapsed:.0f} s")
+    if args.out:
+        write_text_atomic(Path(args.out), table.to_csv(index=False))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``revunet capacity`` to the command-line parser."""
+    from revunet.capacity import (
+        CAPACITY_MODELS,
+        DEFAULT_BUDGET_GIB,
+        DEFAULT_FIXED_SIZE,
+        DIMENSIONS,
+        MAX_DEPTH,
+        MAX_MULTIPLIER,
+        MAX_SIZE,
+    )
+
+    capacity = commands.add_parser(
+        "capacity",
+        help="largest input, depth and width under a memory budget: reversible models vs their twins",
+        description="For each reversible model and its non-reversible twin, search the largest cubic input, "
+        "encoder depth and channel multiplier whose training step fits the budget (fake tensors: any budget, "
+        "any machine), and compare the ratios with Pendse et al.'s claim (3x volume, 1.25x depth, 2x channels).",
+    )
+    capacity.add_argument("--budget-gib", type=_positive_float, default=DEFAULT_BUDGET_GIB, help="default %(default)g")
+    capacity.add_argument(
+        "--models", nargs="+", choices=list(CAPACITY_MODELS), default=list(CAPACITY_MODELS), help="default: all"
+    )
+    capacity.add_argument("--dimensions", nargs="+", choices=DIMENSIONS, default=list(DIMENSIONS), help="default: all")
+    capacity.add_argument(
+        "--fixed-size", type=_positive_int, default=DEFAULT_FIXED_SIZE, help="input edge of the depth and width searches"
+    )
+    capacity.add_argument("--max-size", type=_positive_int, default=MAX_SIZE, help="largest input edge searched")
+    capacity.add_argument("--max-depth", type=_positive_int, default=MAX_DEPTH, help="largest encoder depth searched")
+    capacity.add_argument(
+        "--max-multiplier", type=_positive_int, default=MAX_MULTIPLIER, help="largest width multiplier searched"
+    )
+    capacity.add_argument("--no-vae", action="store_true", help="measure invres models without their VAE branch")
+    capacity.add_argument("--jobs", type=_positive_int, help="parallel processes (default: usable cores)")
+    capacity.add_argument("--out", help="write the full table as .csv (atomically)")
+    capacity.set_defaults(run=_capacity)
