@@ -32,7 +32,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported from the repo root
 
-from reversible_core import cpu_model, keep_freed_memory, load_average, render, source_state  # noqa: E402
+from reversible_core import (  # noqa: E402
+    cpu_model,
+    keep_freed_memory,
+    load_average,
+    render,
+    source_state,
+)
 
 from revunet.atomic import write_text_atomic  # noqa: E402
 from revunet.losses import LOSSES  # noqa: E402

@@ -6,7 +6,13 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
-from revunet.complexity import CheckpointedSequence, build_chain, complexity_table, growth_exponent, sqrt_segments
+from revunet.complexity import (
+    CheckpointedSequence,
+    build_chain,
+    complexity_table,
+    growth_exponent,
+    sqrt_segments,
+)
 from revunet.memory import measure_training_step
 
 DEPTHS = (1, 2, 4, 8, 16, 32)

@@ -32,7 +32,13 @@ def _positive_int(text: str) -> int:
 
 def _capacity(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.capacity import CAPACITY_MODELS, CapacityError, capacity_table, summary, with_vae_dropped
+    from revunet.capacity import (
+        CAPACITY_MODELS,
+        CapacityError,
+        capacity_table,
+        summary,
+        with_vae_dropped,
+    )
 
     if args.out and not args.out.endswith(".csv"):
         raise SystemExit(f"--out must end in .csv, got {args.out!r}")
