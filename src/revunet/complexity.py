@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
+from revunet.atomic import write_bytes_atomic
 from revunet.memory import MIB, measure_training_step
 from revunet.models.blocks import residual_coupling_sequence
 
@@ -177,21 +177,5 @@ def plot(table: pd.DataFrame, path: str | os.PathLike[str]) -> list[Path]:
     for suffix in (".png", ".pdf"):
         buffer = io.BytesIO()
         figure.savefig(buffer, format=suffix[1:], dpi=150)
-        written.append(_write_bytes_atomic(target.with_suffix(suffix), buffer.getvalue()))
+        written.append(write_bytes_atomic(target.with_suffix(suffix), buffer.getvalue()))
     return written
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Like :func:`revunet.atomic.write_text_atomic`, for bytes: the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
