@@ -1,0 +1,182 @@
+"""One experiment's complete recipe: which model, which data, how it is trained and run.
+
+An :class:`Experiment` is what `revunet train` reads (a YAML or JSON file) and what every
+checkpoint carries, so a trained model can always be rebuilt and explained. The workflow
+writes one per named entry of ``config.yaml`` after applying the scale preset; users can also
+write one by hand. Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from revunet.atomic import write_text_atomic
+
+TASKS = ("brats", "iseg")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A training + inference recipe.
+
+    Model: ``model`` is a registry name, ``model_params`` its keyword arguments (including
+    ``memory_saving`` for reversible models). Data: ``task``; ``patch_size`` None trains on
+    the whole preprocessed volume; ``samples_per_volume`` patches per case per epoch.
+    Optimisation: Adam-family ``optimizer`` with ``lr``/``weight_decay``; the learning rate
+    is multiplied by ``gamma`` at each epoch in ``milestones``; ``accumulation`` micro-batches
+    per optimiser step; ``max_steps_per_epoch`` caps an epoch (None: one pass over the data).
+    Early stopping: validation (full volumes) every ``validate_every`` epochs; an exponential
+    moving average (``ema_alpha``) of the validation mean Dice; stop when the epoch exceeds the
+    EMA's best epoch + ``patience``. ``loss`` and ``augmentation`` name presets of
+    :data:`revunet.losses.LOSSES` and :class:`revunet.data.augment.AugmentationConfig`.
+    Inference: ``sliding_window`` None predicts the full volume, else the window size;
+    ``window_overlap`` in voxels; ``test_time_flips`` averages over axis flips.
+    Provenance: ``paper``/``table``/``row`` link the experiment to the paper's table row.
+    """
+
+    name: str
+    task: str
+    model: str
+    model_params: dict[str, Any] = field(default_factory=dict)
+    loss: str = "bruegger2019"
+    augmentation: str = "none"
+    patch_size: tuple[int, int, int] | None = None
+    samples_per_volume: int = 1
+    batch_size: int = 1
+    accumulation: int = 1
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.2
+    epochs: int = 1
+    max_steps_per_epoch: int | None = None
+    validate_every: int = 1
+    ema_alpha: float = 0.95
+    patience: int | None = None
+    amp: bool = False
+    num_workers: int = 0
+    seed: int = 0
+    sliding_window: tuple[int, int, int] | None = None
+    window_overlap: int = 0
+    test_time_flips: bool = False
+    paper: str = ""
+    table: str = ""
+    row: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name:
+            problems.append("name must not be empty")
+        if self.task not in TASKS:
+            problems.append(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for key in ("samples_per_volume", "batch_size", "accumulation", "epochs", "validate_every"):
+            if int(getattr(self, key)) < 1:
+                problems.append(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            problems.append(f"max_steps_per_epoch must be at least 1 or null, got {self.max_steps_per_epoch}")
+        if self.patience is not None and self.patience < 0:
+            problems.append(f"patience must be >= 0 or null, got {self.patience}")
+        if not 0 <= self.ema_alpha < 1:
+            problems.append(f"ema_alpha must lie in [0, 1), got {self.ema_alpha}")
+        if not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if self.window_overlap < 0:
+            problems.append(f"window_overlap must be >= 0, got {self.window_overlap}")
+        for key in ("patch_size", "sliding_window"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 3 or any(int(v) < 1 for v in value)):
+                problems.append(f"{key} must be three positive integers or null, got {list(value)}")
+        if problems:
+            raise ValueError(f"experiment {self.name!r}: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "experiment") -> Experiment:
+        """Build from plain values; unknown keys or wrong types name the key and ``source``."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: an experiment must be a mapping of keys, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"{source}: unknown experiment key(s) {unknown}; known keys: {sorted(fields)}")
+        missing = sorted(name for name in ("name", "task", "model") if name not in data)
+        if missing:
+            raise ValueError(f"{source}: experiment lacks the required key(s) {missing}")
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            values[key] = _coerce(key, value, fields[key].type, source)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML values (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> Experiment:
+        """A copy with ``changes`` applied (validated like :meth:`from_dict`)."""
+        return Experiment.from_dict({**self.to_dict(), **changes}, source=f"experiment {self.name!r}")
+
+
+_INTS = ("int",)
+
+
+def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
+    """Check ``value`` against the field's annotation (a string, as annotations are postponed)."""
+    where = f"{source}: key {key!r}"
+    nullable = "None" in annotation
+    if value is None:
+        if not nullable:
+            raise ValueError(f"{where} must not be null")
+        return None
+    base = annotation.replace(" | None", "")
+    if base == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if base.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{where} must be a list of integers, got {value!r}")
+        return tuple(int(v) for v in value)
+    if base.startswith("dict"):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"{where}: unsupported annotation {annotation}")  # pragma: no cover - programming error
+
+
+def read_experiment(path: str | os.PathLike[str]) -> Experiment:
+    """Read an experiment from a YAML or JSON file (JSON is YAML)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no experiment file at {path}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML/JSON: {error}") from None
+    return Experiment.from_dict(data, source=str(path))
+
+
+def write_experiment(path: str | os.PathLike[str], experiment: Experiment) -> Path:
+    """Write ``experiment`` atomically as JSON (readable by :func:`read_experiment`)."""
+    return write_text_atomic(path, json.dumps(experiment.to_dict(), indent=2, sort_keys=True) + "\n")
