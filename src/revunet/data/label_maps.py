@@ -1,0 +1,46 @@
+"""From canonical labels back to a dataset's own on-disk label values.
+
+:data:`revunet.data.io.LABEL_MAPS` says how each layout's files spell the canonical labels
+(disk value -> canonical value); predictions are written in the same spelling as the
+references they will be compared with, so this module inverts that table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from revunet.data.io import LABEL_MAPS
+
+
+def disk_values(layout: str) -> dict[int, int]:
+    """Canonical value -> on-disk value for ``layout`` (the inverse of ``LABEL_MAPS[layout]``)."""
+    try:
+        mapping = LABEL_MAPS[layout]
+    except KeyError:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(LABEL_MAPS)}") from None
+    inverse = {canonical: disk for disk, canonical in mapping.items()}
+    if len(inverse) != len(mapping):  # pragma: no cover - guards future edits of LABEL_MAPS
+        raise ValueError(f"layout {layout!r}: LABEL_MAPS maps several disk values to one canonical value")
+    return inverse
+
+
+def canonical_to_disk(label: np.ndarray, layout: str) -> np.ndarray:
+    """Map a canonical label map (BraTS {0,1,2,4}, iSeg {0,1,2,3}) to ``layout``'s disk values (uint8).
+
+    A value the layout cannot spell is an error naming the layout and the values.
+    """
+    inverse = disk_values(layout)
+    label = np.asarray(label)
+    if label.dtype.kind not in "iub":
+        raise ValueError(f"layout {layout!r}: expected an integer label map, got data type {label.dtype}")
+    found = np.unique(label)
+    unknown = sorted(set(found.tolist()) - set(inverse))
+    if unknown:
+        raise ValueError(
+            f"layout {layout!r}: label values {unknown} have no on-disk value "
+            f"(the layout spells the canonical values {sorted(inverse)})"
+        )
+    lookup = np.zeros(max(inverse) + 1, dtype=np.uint8)
+    for canonical, disk in inverse.items():
+        lookup[canonical] = disk
+    return lookup[label.astype(np.intp)]
