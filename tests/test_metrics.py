@@ -188,8 +188,14 @@ def test_integer_masks_are_accepted_and_other_values_refused():
 
 @pytest.mark.parametrize(
     ("spacing", "message"),
-    [((1.0, 1.0), "3 positive"), ((1.0, 0.0, 1.0), "3 positive"), ((1.0, -2, 1.0), "3 positive"),
-     ((1.0, float("nan"), 1.0), "3 positive"), ("abc", "3 positive"), (None, "3 positive")],
+    [
+        ((1.0, 1.0), "3 positive"),
+        ((1.0, 0.0, 1.0), "3 positive"),
+        ((1.0, -2, 1.0), "3 positive"),
+        ((1.0, float("nan"), 1.0), "3 positive"),
+        ("abc", "3 positive"),
+        (None, "3 positive"),
+    ],
 )
 def test_bad_spacing(spacing, message):
     mask = np.ones((3, 3, 3), dtype=bool)

@@ -74,7 +74,9 @@ def _as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
-        raise ValueError(f"spacing must be 3 positive numbers (mm per voxel along each axis), got {spacing!r}") from None
+        raise ValueError(
+            f"spacing must be 3 positive finite numbers (mm per voxel along each axis), got {spacing!r}"
+        ) from None
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
         raise ValueError(f"spacing must be 3 positive finite numbers (mm per voxel along each axis), got {spacing!r}")
     return values  # type: ignore[return-value]
@@ -124,15 +126,13 @@ def region_scores(
     prediction = _as_mask(prediction, "prediction")
     reference = _as_mask(reference, "reference")
     if prediction.shape != reference.shape:
-        raise ValueError(
-            f"prediction and reference masks differ in shape: {prediction.shape} vs {reference.shape}"
-        )
+        raise ValueError(f"prediction and reference masks differ in shape: {prediction.shape} vs {reference.shape}")
     voxel_mm = _as_spacing(spacing)
 
     tp = int(np.count_nonzero(prediction & reference))
     predicted = int(np.count_nonzero(prediction))
     positives = int(np.count_nonzero(reference))
-    fp, fn = predicted - tp, positives - tp
+    fp = predicted - tp
     negatives = reference.size - positives
     tn = negatives - fp
 

@@ -1,0 +1,72 @@
+"""`revunet evaluate`: Dice, HD95, Hausdorff, sensitivity and specificity of a folder of predictions.
+
+See :mod:`revunet.evaluate` for the inputs, the two CSV files it writes and the conventions, and
+:mod:`revunet.metrics` for the metrics themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from revunet.data.layouts import read_case_table
+    from revunet.data.splits import read_split
+    from revunet.evaluate import (
+        evaluate_predictions,
+        read_predictions,
+        select_cases,
+        summarise,
+        summary_text,
+        write_evaluation,
+    )
+
+    if args.part is not None and args.split is None:
+        raise SystemExit("revunet evaluate: --part needs --split (the split file whose part to score)")
+    experiment = args.experiment or Path(args.predictions).resolve().name
+    started = time.perf_counter()
+    try:
+        cases = read_case_table(args.cases)
+        split = read_split(args.split) if args.split else None
+        predictions = read_predictions(args.predictions)
+        case_ids = select_cases(predictions, split, args.part or "held_out")
+        metrics = evaluate_predictions(cases, predictions, case_ids, experiment)
+        summary = summarise(metrics)
+    except (OSError, ValueError) as error:  # EvaluationError, CaseTableError and unreadable files
+        raise SystemExit(f"revunet evaluate: {error}") from None
+    write_evaluation(metrics, summary, args.out, args.summary)
+    print(f"{experiment}: {len(case_ids)} cases scored in {time.perf_counter() - started:.1f} s")
+    print(summary_text(summary))
+    print(f"-> {args.out}, {args.summary}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``revunet evaluate`` to the command-line parser."""
+    parser = commands.add_parser(
+        "evaluate",
+        help="score predictions: Dice, HD95, Hausdorff, sensitivity, specificity per case and region",
+        description="Score the label maps listed in PRED_DIR/predictions.csv against the reference labels of "
+        "the case table: BraTS regions WT, TC, ET or iSeg classes CSF, GM, WM, with the reference's voxel "
+        "spacing (mm). Empty masks follow the BraTS convention (both empty: Dice 1, HD95 0; one empty: Dice 0, "
+        "HD95 373.13); HD95 is medpy's (95th percentile of both directions' surface distances pooled). "
+        "Writes a long per-case table and a summary (mean, std, median, n), atomically, the summary last.",
+    )
+    parser.add_argument("--cases", required=True, help="case table (CSV from `revunet cases`)")
+    parser.add_argument(
+        "--predictions", required=True, help="PRED_DIR written by `revunet infer` (holds predictions.csv)"
+    )
+    parser.add_argument(
+        "--split", help="split file: score only the cases of one of its parts (default: every prediction)"
+    )
+    parser.add_argument(
+        "--part",
+        choices=("held_out", "train", "all"),
+        help="with --split: which part to score (default held_out); each of its cases needs a prediction",
+    )
+    parser.add_argument("--experiment", help="experiment name written in the tables (default: PRED_DIR's folder name)")
+    parser.add_argument("--out", required=True, help="per-case metrics CSV to write (case x region)")
+    parser.add_argument("--summary", required=True, help="summary CSV to write (region x metric)")
+    parser.set_defaults(run=_evaluate)
