@@ -151,9 +151,10 @@ def predict_volume(
     ``window`` None, or a window at least as large as the image, predicts the whole volume at
     once; otherwise overlapping windows (``overlap`` voxels, even) are blended (see the module
     docstring). ``flips`` averages over the 8 axis flips. ``device`` defaults to the model's.
-    ``fallback_window``: when the whole volume runs out of CUDA memory, predict with these
-    windows instead of failing. Models returning :class:`SegmentationWithVAE` are read through
-    ``.logits``. The model is run in eval mode and left in the mode it was in.
+    ``fallback_window``: when the whole volume raises ``torch.OutOfMemoryError`` (CUDA out of
+    memory), predict with these windows instead of failing. Models returning
+    :class:`SegmentationWithVAE` are read through ``.logits``. The model runs in eval mode and is
+    left in the mode it was in.
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -161,8 +162,6 @@ def predict_volume(
         raise ValueError(f"expected an image of shape (channels, x, y, z), got {tuple(image.shape)}")
     if window is not None:
         window = _check_window(window, overlap)
-    if fallback_window is not None:
-        fallback_window = _check_window(fallback_window, overlap)
     if device is None:
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
@@ -176,16 +175,17 @@ def predict_volume(
                 try:
                     return _flip_averaged(model, image[None].to(device), output, flips)[0].cpu()
                 except torch.OutOfMemoryError:
-                    if fallback_window is None or device.type != "cuda":
+                    if fallback_window is None:
                         raise
-                    torch.cuda.empty_cache()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
                     warnings.warn(
-                        f"the whole {'x'.join(map(str, shape))} volume does not fit in CUDA memory; "
+                        f"the whole {'x'.join(map(str, shape))} volume does not fit in {device.type} memory; "
                         f"predicting with {'x'.join(map(str, fallback_window))} windows instead",
                         RuntimeWarning,
                         stacklevel=2,
                     )
-                    window = fallback_window
+                    window = _check_window(fallback_window, overlap)
             return _sliding(model, image, output, window, overlap, flips, device)
     finally:
         model.train(was_training)
@@ -360,7 +360,8 @@ def infer_cases(
     how = "whole volumes" if settings.window is None else (
         f"{'x'.join(map(str, settings.window))} windows, overlap {settings.overlap}"
     )
-    log(f"{experiment.name}: {len(case_ids)} {part} case(s) on {target}, {how}, flips {'on' if settings.flips else 'off'}")
+    flipping = "on" if settings.flips else "off"
+    log(f"{experiment.name}: {len(case_ids)} {part} case(s) on {target}, {how}, flips {flipping}")
 
     records = []
     for case_id in case_ids:
