@@ -1,0 +1,48 @@
+"""`revunet train`: train one experiment into a run folder (resumable; see :mod:`revunet.train`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _train(args: argparse.Namespace) -> int:
+    from revunet.experiment import read_experiment
+    from revunet.train import TrainError, train
+
+    try:
+        experiment = read_experiment(args.experiment)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"revunet train: {error}")
+    try:
+        train(experiment, args.preprocessed, args.split, args.out, args.device, args.progress, args.restart)
+    except TrainError as error:
+        raise SystemExit(f"revunet train: {error}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``revunet train`` to the command-line parser."""
+    parser = commands.add_parser(
+        "train",
+        help="train one experiment (resumes from RUN_DIR/last.pt)",
+        description="Train the experiment's model with its recipe on the split's training cases, validating on "
+        "the held-out cases (whole volumes, Dice per region). Writes RUN_DIR/experiment.json, last.pt (after "
+        "every epoch), best.pt (best moving average of the validation mean Dice), log.csv and, when done, "
+        "summary.json. Rerunning the same command resumes an interrupted run and does nothing for a finished "
+        "one. Several processes: torchrun --nproc_per_node N -m revunet.cli train ... (gloo on CPU, nccl on CUDA).",
+    )
+    parser.add_argument("--experiment", required=True, help="experiment file (YAML or JSON)")
+    parser.add_argument("--preprocessed", required=True, help="folder written by `revunet preprocess`")
+    parser.add_argument("--split", required=True, help="split file written by `revunet split`")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA when available")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="discard RUN_DIR's training outputs and train from scratch"
+    )
+    parser.set_defaults(run=_train)
