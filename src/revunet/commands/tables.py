@@ -14,7 +14,13 @@ def _optional_dir(value: str | None) -> Path | None:
 
 
 def _tables(args: argparse.Namespace) -> int:
-    from revunet.report.tables import ReportInputError, ReportInputs, build_tables, parse_data_descriptions, write_tables
+    from revunet.report.tables import (
+        ReportInputError,
+        ReportInputs,
+        build_tables,
+        parse_data_descriptions,
+        write_tables,
+    )
 
     inputs = ReportInputs(
         evaluations=_optional_dir(args.evaluations),
@@ -59,14 +65,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory", help="folder with TABLE.csv, capacity.csv, complexity.csv (results/memory)")
     parser.add_argument(
         "--cases-dir",
-        help="folder with DATASET/cases.csv (results/data): identifies each experiment's dataset and whether it is synthetic",
+        help="folder with DATASET/cases.csv (results/data): tells each experiment's dataset and whether it is "
+        "synthetic",
     )
     parser.add_argument(
         "--data-description",
         action="append",
         metavar="[TASK=]TEXT",
-        help="what the reproduced numbers were computed on, e.g. 'BraTS 2018'; 'brats=TEXT' or 'iseg=TEXT' for one task "
-        "(repeatable); overrides what --cases-dir finds",
+        help="what the reproduced numbers were computed on, e.g. 'BraTS 2018'; 'brats=TEXT' or 'iseg=TEXT' for one "
+        "task (repeatable); overrides what --cases-dir finds",
     )
     parser.add_argument("--preset", choices=("demo", "paper"), help="scale preset the experiments were run at")
     parser.add_argument("--out", required=True, help="folder to write the tables into")

@@ -60,7 +60,14 @@ TABLE_TITLES = {
     "pendse2020": "Pendse et al. 2020 (BraTS)",
 }
 TASK_REGIONS = {"brats": ("WT", "TC", "ET"), "iseg": ("CSF", "GM", "WM")}
-REGION_COLOURS = {"WT": "tab:green", "TC": "tab:orange", "ET": "tab:red", "CSF": "tab:cyan", "GM": "tab:orange", "WM": "tab:pink"}
+REGION_COLOURS = {
+    "WT": "tab:green",
+    "TC": "tab:orange",
+    "ET": "tab:red",
+    "CSF": "tab:cyan",
+    "GM": "tab:orange",
+    "WM": "tab:pink",
+}
 CAPTIONS = {
     "training_curves": "Training curves, one panel per experiment: training loss (left axis) and validation mean "
     "Dice with its exponential moving average used for early stopping (right axis) against the epoch.",
@@ -135,23 +142,31 @@ def _label(experiment: Experiment) -> str:
 
 def training_curves(experiments: Sequence[Experiment], training: Path | None) -> Any:
     """One panel per experiment with a log: training loss, validation mean Dice and its EMA."""
+    from matplotlib.ticker import MaxNLocator
+
     logs = [(e, training_log(training, e.name)) for e in experiments]
     logs = [(e, log) for e, log in logs if log is not None]
     figure, axes = new_figure(len(logs), 4)
     if not logs:
         _not_run(axes[0], "no training logs yet (not run)")
         return figure
-    for ax, (experiment, log) in zip(axes, logs):
+    for ax, (experiment, log) in zip(axes, logs, strict=True):
         ax.plot(log["epoch"], log["train_loss"], color="black", linewidth=1, label="train loss")
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss")
         dice_axis = ax.twinx()
         validated = log.dropna(subset=["val_mean_dice"])
-        dice_axis.plot(validated["epoch"], validated["val_mean_dice"], "o", color="tab:blue", markersize=3, label="val mean Dice")
+        dice_axis.plot(
+            validated["epoch"], validated["val_mean_dice"], "o", color="tab:blue", markersize=3, label="val mean Dice"
+        )
         dice_axis.plot(validated["epoch"], validated["ema_dice"], "--", color="tab:blue", linewidth=1, label="EMA")
         dice_axis.set_ylim(0, 1)
         dice_axis.set_ylabel("validation mean Dice", color="tab:blue")
-        ax.set_title(f"{experiment.name}\n{_label(experiment)}" if experiment.row else experiment.name, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(
+            f"{experiment.name}\n{experiment.table}: {experiment.row}" if experiment.row else experiment.name,
+            fontsize=8,
+        )
         lines = ax.get_legend_handles_labels()[0] + dice_axis.get_legend_handles_labels()[0]
         ax.legend(lines, [line.get_label() for line in lines], fontsize=6, loc="center right")
     figure.tight_layout()
@@ -178,14 +193,26 @@ def score_distribution(groups: Mapping[str, pd.DataFrame], metric: str, scale: f
     if not groups:
         _not_run(axes[0], "no evaluations yet (not run)")
         return figure
-    for ax, (group, frame) in zip(axes, groups.items()):
+    for ax, (group, frame) in zip(axes, groups.items(), strict=True):
         data = frame.assign(value=pd.to_numeric(frame[metric], errors="coerce") * scale)
         order = [r for r in (*TASK_REGIONS["brats"], *TASK_REGIONS["iseg"]) if r in set(data["region"])]
         order += sorted(set(data["region"]) - set(order))
-        sns.boxplot(data=data, x="region", y="value", hue="architecture", order=order, ax=ax, showfliers=False,
-                    linewidth=0.8)
-        sns.stripplot(data=data, x="region", y="value", hue="architecture", order=order, ax=ax, dodge=True, size=3,
-                      color="black", alpha=0.6, legend=False)
+        sns.boxplot(
+            data=data, x="region", y="value", hue="architecture", order=order, ax=ax, showfliers=False, linewidth=0.8
+        )
+        sns.stripplot(
+            data=data,
+            x="region",
+            y="value",
+            hue="architecture",
+            order=order,
+            ax=ax,
+            dodge=True,
+            size=3,
+            palette="dark:black",
+            alpha=0.6,
+            legend=False,
+        )
         ax.set_title(TABLE_TITLES.get(group, group), fontsize=9)
         ax.set_xlabel("")
         ax.set_ylabel(ylabel)
@@ -212,7 +239,7 @@ def memory_tables(memory: Path | None) -> dict[str, pd.DataFrame]:
 def memory_vs_paper(tables: Mapping[str, pd.DataFrame]) -> Any:
     """Grouped bars per row: paper, measured and (for reversible rows) the twin, in the paper's unit."""
     figure, axes = new_figure(len(TABLE_TASKS), 2, (5.5, 3.6))
-    for ax, table in zip(axes, TABLE_TASKS):
+    for ax, table in zip(axes, TABLE_TASKS, strict=True):
         unit = paper_results()[table]["memory_unit"]
         divisor = 1.0 if unit == "MiB" else 1024.0
         frame = tables.get(table)
@@ -221,16 +248,24 @@ def memory_vs_paper(tables: Mapping[str, pd.DataFrame]) -> Any:
             _not_run(ax, f"{table}: not measured")
             continue
         x = np.arange(len(frame))
-        twin = pd.to_numeric(frame["twin_mb"], errors="coerce") if "twin_mb" in frame else pd.Series(np.nan, index=frame.index)
+        twin = (
+            pd.to_numeric(frame["twin_mb"], errors="coerce")
+            if "twin_mb" in frame
+            else pd.Series(np.nan, index=frame.index)
+        )
         width = 0.27
         ax.bar(x - width, frame["paper_mb"] / divisor, width, label="paper", color="tab:grey")
         ax.bar(x, frame["measured_mb"] / divisor, width, label="measured", color="tab:blue")
-        ax.bar(x + width, twin / divisor, width, label="twin (measured)", color="white", edgecolor="tab:blue", hatch="//")
+        ax.bar(
+            x + width, twin / divisor, width, label="twin (measured)", color="white", edgecolor="tab:blue", hatch="//"
+        )
         budget = frame["budget_mb"].iloc[0] if "budget_mb" in frame else None
         if budget is not None and not pd.isna(budget):
             ax.axhline(budget / divisor, color="tab:red", linestyle="--", linewidth=1, label="paper's budget")
         ax.set_xticks(x)
-        ax.set_xticklabels([str(r).replace(" full", "\nfull").replace(" 128", "\n128") for r in frame["row"]], fontsize=7)
+        ax.set_xticklabels(
+            [str(r).replace(" full", "\nfull").replace(" 128", "\n128") for r in frame["row"]], fontsize=7
+        )
         ax.set_ylabel(f"peak memory ({unit})")
         ax.legend(fontsize=6)
     figure.tight_layout()
@@ -262,7 +297,12 @@ def memory_vs_depth(bruegger: pd.DataFrame | None, complexity: pd.DataFrame | No
         for method, group in complexity.sort_values("depth").groupby("method", sort=False):
             slope = float(group["growth_exponent"].iloc[0])
             slope = 0.0 if round(slope, 2) == 0 else slope  # no "-0.00"
-            right.plot(group["depth"], group["activations_mb"], "o-", label=f"{method} ({group['claimed'].iloc[0]}, fit {slope:.2f})")
+            right.plot(
+                group["depth"],
+                group["activations_mb"],
+                "o-",
+                label=f"{method} ({group['claimed'].iloc[0]}, fit {slope:.2f})",
+            )
         right.set_xscale("log", base=2)
         right.set_yscale("log")
         plain = FuncFormatter(lambda value, _: f"{value:g}")
@@ -295,7 +335,9 @@ def read_predictions(predictions: Path | None, name: str) -> pd.DataFrame | None
     """``PRED_ROOT/<name>/predictions.csv``, None if that experiment has no predictions yet."""
     if predictions is None:
         return None
-    return read_csv_checked(predictions / name / "predictions.csv", PREDICTIONS_COLUMNS, "the predictions list of `revunet infer`")
+    return read_csv_checked(
+        predictions / name / "predictions.csv", PREDICTIONS_COLUMNS, "the predictions list of `revunet infer`"
+    )
 
 
 def choose_example(
@@ -304,7 +346,9 @@ def choose_example(
     """(experiment, case id, prediction file) shown for ``dataset``: the chosen or first experiment with predictions."""
     candidates = [e for e in experiments if e.name == chosen] if chosen else list(experiments)
     if chosen and not candidates:
-        raise ReportInputError(f"--example {dataset.name}={chosen}: no experiment {chosen!r}; known: {[e.name for e in experiments]}")
+        raise ReportInputError(
+            f"--example {dataset.name}={chosen}: no experiment {chosen!r}; known: {[e.name for e in experiments]}"
+        )
     for experiment in candidates:
         listed = read_predictions(predictions, experiment.name)
         if listed is None or listed.empty or dataset_of(experiment, listed["case_id"], [dataset]) is None:
@@ -329,7 +373,9 @@ def load_example(dataset: Dataset, experiment: Experiment, case_id: str, predict
     except CaseError as error:
         raise ReportInputError(f"dataset {dataset.name!r}: {error}") from None
     if case.label is None:
-        raise ReportInputError(f"dataset {dataset.name!r}: case {case_id} has no reference label; expected a labelled case")
+        raise ReportInputError(
+            f"dataset {dataset.name!r}: case {case_id} has no reference label; expected a labelled case"
+        )
     try:
         raw = np.asarray(nib.load(prediction).dataobj)
     except (OSError, ValueError) as error:
@@ -375,7 +421,7 @@ def example_segmentation(example: Example) -> tuple[Any, int]:
     reference = region_masks(example.reference, example.dataset.task)
     predicted = region_masks(example.prediction, example.dataset.task)
     figure, axes = new_figure(len(images), len(images), (3.2, 3.4))
-    for ax, (modality, image) in zip(axes, images.items()):
+    for ax, (modality, image) in zip(axes, images.items(), strict=True):
         ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", interpolation="nearest")
         for region, mask in reference.items():
             colour = REGION_COLOURS.get(region, "yellow")
@@ -386,8 +432,10 @@ def example_segmentation(example: Example) -> tuple[Any, int]:
         ax.set_title(modality, fontsize=9)
         ax.set_axis_off()
     handles = [Line2D([], [], color=REGION_COLOURS.get(r, "yellow"), label=r) for r in reference]
-    handles += [Line2D([], [], color="black", linestyle="solid", label="reference"),
-                Line2D([], [], color="black", linestyle="dashed", label="prediction")]
+    handles += [
+        Line2D([], [], color="black", linestyle="solid", label="reference"),
+        Line2D([], [], color="black", linestyle="dashed", label="prediction"),
+    ]
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
     figure.suptitle(f"{example.experiment}: {example.case_id}, axial slice {z}", fontsize=9)
     figure.tight_layout(rect=(0, 0.06, 1, 0.95))
@@ -416,7 +464,10 @@ def write_figures(inputs: FigureInputs, out: str | os.PathLike[str]) -> list[tup
     datasets = read_datasets(inputs.data_root)
     unknown = sorted(set(inputs.examples) - {d.name for d in datasets})
     if unknown:
-        raise ReportInputError(f"--example names dataset(s) {unknown} without DATA_ROOT/<dataset>/cases.csv; found {[d.name for d in datasets]}")
+        raise ReportInputError(
+            f"--example names dataset(s) {unknown} without DATA_ROOT/<dataset>/cases.csv; "
+            f"found {[d.name for d in datasets]}"
+        )
     index: list[tuple[str, str]] = []
 
     def emit(figure: Any, name: str, caption: str) -> None:
@@ -430,7 +481,11 @@ def write_figures(inputs: FigureInputs, out: str | os.PathLike[str]) -> list[tup
     tables = memory_tables(inputs.memory)
     emit(memory_vs_paper(tables), "memory_vs_paper", CAPTIONS["memory_vs_paper"])
     complexity_path = inputs.complexity or (inputs.memory / "complexity.csv" if inputs.memory else None)
-    complexity = read_csv_checked(complexity_path, COMPLEXITY_COLUMNS, "`revunet complexity` output") if complexity_path else None
+    complexity = (
+        read_csv_checked(complexity_path, COMPLEXITY_COLUMNS, "`revunet complexity` output")
+        if complexity_path
+        else None
+    )
     emit(memory_vs_depth(tables.get("bruegger2019"), complexity), "memory_vs_depth", CAPTIONS["memory_vs_depth"])
     for dataset in datasets:
         name = f"example_segmentation_{dataset.name}"
@@ -443,7 +498,11 @@ def write_figures(inputs: FigureInputs, out: str | os.PathLike[str]) -> list[tup
         experiment, case_id, prediction = chosen
         figure, z = example_segmentation(load_example(dataset, experiment, case_id, prediction))
         caption = CAPTIONS["example_segmentation"].format(
-            dataset=dataset.name, data=dataset.description, experiment=experiment.name, case=case_id, slice=z,
+            dataset=dataset.name,
+            data=dataset.description,
+            experiment=experiment.name,
+            case=case_id,
+            slice=z,
             regions=", ".join(TASK_REGIONS[dataset.task]),
         )
         emit(figure, name, caption)

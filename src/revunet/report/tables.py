@@ -43,8 +43,16 @@ SUMMARY_KEYS = ("epochs_completed", "best_epoch", "best_val_mean_dice")
 MEMORY_COLUMNS = ("row", "input_shape", "paper_mb", "measured_mb", "ratio")
 COMPLEXITY_COLUMNS = ("depth", "method", "activations_mb", "growth_exponent", "claimed", "claimed_exponent")
 CAPACITY_COLUMNS = (
-    "key", "config", "dimension", "ratio_of", "reversible_value", "twin_value", "ratio", "budget_gib",
-    "reversible_capped", "twin_capped",
+    "key",
+    "config",
+    "dimension",
+    "ratio_of",
+    "reversible_value",
+    "twin_value",
+    "ratio",
+    "budget_gib",
+    "reversible_capped",
+    "twin_capped",
 )
 # The paper tables whose rows experiments reproduce, and the task each was trained on.
 TABLE_TASKS = {"bruegger2019": "brats", "invres_iseg": "iseg", "invres_brats": "brats", "pendse2020": "brats"}
@@ -104,7 +112,9 @@ def read_experiments(folder: Path | None) -> list[Experiment]:
     if folder is None or not folder.is_dir():
         return []
     experiments = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix in (".json", ".yaml", ".yml") and not p.name.startswith(".")):
+    for path in sorted(
+        p for p in folder.iterdir() if p.suffix in (".json", ".yaml", ".yml") and not p.name.startswith(".")
+    ):
         try:
             experiments.append(read_experiment(path))
         except (ValueError, TypeError) as error:
@@ -145,7 +155,9 @@ def link_experiments(experiments: Iterable[Experiment]) -> dict[str, dict[str, E
 
 def experiment_order(experiments: Iterable[Experiment]) -> list[Experiment]:
     """Experiments in the papers' table and row order, unlinked ones last by name."""
-    rank = {(table, row): (i, j) for i, table in enumerate(TABLE_TASKS) for j, row in enumerate(paper_row_labels(table))}
+    rank = {
+        (table, row): (i, j) for i, table in enumerate(TABLE_TASKS) for j, row in enumerate(paper_row_labels(table))
+    }
     return sorted(experiments, key=lambda e: (rank.get((e.table, e.row), (len(rank), 0)), e.name))
 
 
@@ -153,7 +165,9 @@ def case_metrics(evaluations: Path | None, name: str) -> pd.DataFrame | None:
     """``EVAL_DIR/<name>/metrics.csv`` (per case x region), None if that experiment was not evaluated."""
     if evaluations is None:
         return None
-    return read_csv_checked(evaluations / name / "metrics.csv", METRICS_COLUMNS, "the per-case metrics of `revunet evaluate`")
+    return read_csv_checked(
+        evaluations / name / "metrics.csv", METRICS_COLUMNS, "the per-case metrics of `revunet evaluate`"
+    )
 
 
 def training_log(training: Path | None, name: str) -> pd.DataFrame | None:
@@ -228,10 +242,11 @@ def read_datasets(data_root: Path | None) -> list[Dataset]:
         task, layout = str(cases["task"].iloc[0]), str(cases["layout"].iloc[0])
         manifest = _synth_manifest(cases["label"].tolist() + cases.iloc[:, 3].tolist())
         kind = {"brats": "BraTS-like", "iseg": "iSeg-like"}.get(task, task)
+        where = f"dataset '{path.parent.name}', {len(cases)} cases"
         if manifest is not None:
-            description = f"synthetic {kind} data (MNI152-based, `revunet synth`), dataset '{path.parent.name}', {len(cases)} cases"
+            description = f"synthetic {kind} data (MNI152-based, `revunet synth`), {where}"
         else:
-            description = f"{LAYOUT_DATASETS.get(layout, layout)} ({layout} layout), dataset '{path.parent.name}', {len(cases)} cases"
+            description = f"{LAYOUT_DATASETS.get(layout, layout)} ({layout} layout), {where}"
         datasets.append(Dataset(path.parent.name, task, frozenset(cases["case_id"].astype(str)), description, cases))
     return datasets
 
@@ -341,7 +356,9 @@ class _Context:
     def memory_table(self, table: str) -> pd.DataFrame | None:
         if self.inputs.memory is None:
             return None
-        return read_csv_checked(self.inputs.memory / f"{table}.csv", MEMORY_COLUMNS, f"`revunet memory --table {table}` output")
+        return read_csv_checked(
+            self.inputs.memory / f"{table}.csv", MEMORY_COLUMNS, f"`revunet memory --table {table}` output"
+        )
 
     def caption(self, table: str, rows: Iterable[Experiment], memory_note: str, extra: str = "") -> str:
         """Data source, scale preset and where memory comes from, in one line."""
@@ -350,7 +367,9 @@ class _Context:
         descriptions = [override] if override else sorted({d for d in (self.data_of(e) for e in rows) if d})
         data = "; ".join(descriptions) if descriptions else "nothing yet (every row not run)"
         source = paper_results()[table]
-        paper = f"Paper: {source['dataset']}, {source['source'].split('. ')[-1].rstrip('.')}" if "dataset" in source else ""
+        paper = (
+            f"Paper: {source['dataset']}, {source['source'].split('. ')[-1].rstrip('.')}" if "dataset" in source else ""
+        )
         scale = f"{self.inputs.preset} scale" if self.inputs.preset else "scale preset not stated"
         epochs = sorted({e.epochs for e in rows})
         if epochs:
@@ -408,16 +427,30 @@ def region_table(context: _Context, table: str) -> ReportTable:
         records.append(record)
     frame = _ordered(pd.DataFrame(records), regions, specs)
     frame["n_cases"] = frame["n_cases"].astype("Int64")
-    formats.update({f"paper_memory_{unit.lower()}": memory_format, f"measured_memory_{unit.lower()}": memory_format,
-                    "memory_ratio": ".2f", "n_cases": ".0f"})
-    headers.update({"row": "Configuration", "experiment": "Experiment", f"paper_memory_{unit.lower()}": f"Memory {unit} paper",
-                    f"measured_memory_{unit.lower()}": f"Memory {unit} measured", "memory_ratio": "measured/paper",
-                    "n_cases": "held-out cases", "data": "Data"})
+    formats.update(
+        {
+            f"paper_memory_{unit.lower()}": memory_format,
+            f"measured_memory_{unit.lower()}": memory_format,
+            "memory_ratio": ".2f",
+            "n_cases": ".0f",
+        }
+    )
+    headers.update(
+        {
+            "row": "Configuration",
+            "experiment": "Experiment",
+            f"paper_memory_{unit.lower()}": f"Memory {unit} paper",
+            f"measured_memory_{unit.lower()}": f"Memory {unit} measured",
+            "memory_ratio": "measured/paper",
+            "n_cases": "held-out cases",
+            "data": "Data",
+        }
+    )
     title = {
-        "bruegger2019": "Brügger et al. 2019, Table 1: memory, Dice (%) and HD95 (mm), paper vs reproduced",
-        "invres_iseg": "Invertible-residual U-Nets, Table 2 (iSeg): memory, Dice (%) and Hausdorff (mm), paper vs reproduced",
-        "invres_brats": "Invertible-residual U-Nets, Table 3 (BraTS): memory, Dice (%) and Hausdorff (mm), paper vs reproduced",
-    }[table]
+        "bruegger2019": "Brügger et al. 2019, Table 1: memory, Dice (%) and HD95 (mm)",
+        "invres_iseg": "Invertible-residual U-Nets, Table 2 (iSeg): memory, Dice (%) and Hausdorff (mm)",
+        "invres_brats": "Invertible-residual U-Nets, Table 3 (BraTS): memory, Dice (%) and Hausdorff (mm)",
+    }[table] + ", paper vs reproduced"
     distance = (
         "HD95 is the 95th percentile of the pooled symmetric surface distances (medpy)"
         if table == "bruegger2019"
@@ -429,10 +462,14 @@ def region_table(context: _Context, table: str) -> ReportTable:
     return ReportTable(table, title, caption, frame, formats, headers, {"experiment": "–", "data": "–"})
 
 
-def _ordered(frame: pd.DataFrame, regions: Sequence[str], specs: Sequence[tuple[str, str, str, float, str]]) -> pd.DataFrame:
+def _ordered(
+    frame: pd.DataFrame, regions: Sequence[str], specs: Sequence[tuple[str, str, str, float, str]]
+) -> pd.DataFrame:
     """Paper and reproduced columns of each metric and region side by side."""
     front = [c for c in frame.columns if "memory" in c or c in ("row", "experiment")]
-    metric_columns = [f"{side}_{column}_{region}" for _, column, *_ in specs for region in regions for side in ("paper", "reproduced")]
+    metric_columns = [
+        f"{side}_{column}_{region}" for _, column, *_ in specs for region in regions for side in ("paper", "reproduced")
+    ]
     return frame[front + metric_columns + ["n_cases", "data"]]
 
 
@@ -461,13 +498,20 @@ def pendse_memory_table(context: _Context) -> ReportTable:
         }
         twin = measured.get("twin_mb") if measured is not None else None
         record["twin_memory_gib"] = float(twin) / 1024 if twin is not None and not pd.isna(twin) else None
-        record["twin_fits_paper_memory"] = bool(float(twin) <= budget * 1024) if record["twin_memory_gib"] is not None else None
+        record["twin_fits_paper_memory"] = (
+            bool(float(twin) <= budget * 1024) if record["twin_memory_gib"] is not None else None
+        )
         records.append(record)
     frame = pd.DataFrame(records)
     headers = {
-        "row": "Configuration", "input_shape": "Input", "paper_memory_gib": "Memory GiB paper",
-        "measured_memory_gib": "Memory GiB measured", "memory_ratio": "measured/paper",
-        "fits_paper_memory": "fits 14 GiB", "twin_memory_gib": "non-reversible twin GiB", "twin_fits_paper_memory": "twin fits 14 GiB",
+        "row": "Configuration",
+        "input_shape": "Input",
+        "paper_memory_gib": "Memory GiB paper",
+        "measured_memory_gib": "Memory GiB measured",
+        "memory_ratio": "measured/paper",
+        "fits_paper_memory": "fits 14 GiB",
+        "twin_memory_gib": "non-reversible twin GiB",
+        "twin_fits_paper_memory": "twin fits 14 GiB",
     }
     formats = {"paper_memory_gib": ".0f", "measured_memory_gib": ".2f", "memory_ratio": ".2f", "twin_memory_gib": ".2f"}
     caption = (
@@ -476,8 +520,15 @@ def pendse_memory_table(context: _Context) -> ReportTable:
         + " Mixed precision (float16 autocast), batch 1 per GPU. No training data is involved in this table."
     )
     missing = {c: "not measured" for c in frame.columns}
-    return ReportTable("pendse2020_memory", "Pendse et al. 2020, Table 1: memory of each configuration, paper vs measured",
-                       caption, frame, formats, headers, missing)
+    return ReportTable(
+        "pendse2020_memory",
+        "Pendse et al. 2020, Table 1: memory of each configuration, paper vs measured",
+        caption,
+        frame,
+        formats,
+        headers,
+        missing,
+    )
 
 
 def pendse_dice_table(context: _Context) -> ReportTable:
@@ -511,21 +562,35 @@ def pendse_dice_table(context: _Context) -> ReportTable:
     formats = {c: dice for c in frame.columns if "dice" in c}
     formats.update({c: ".0f" for c in ("early_epoch", "best_epoch", "final_epoch")})
     headers = {
-        "row": "Configuration", "experiment": "Experiment", "paper_dice_50_epochs": "paper, 50 epochs",
-        "paper_dice_converged": "paper, converged", "early_epoch": "our epoch ≙ 50/500",
-        "reproduced_val_dice_early": "ours (validation) at that epoch", "best_epoch": "our best epoch",
+        "row": "Configuration",
+        "experiment": "Experiment",
+        "paper_dice_50_epochs": "paper, 50 epochs",
+        "paper_dice_converged": "paper, converged",
+        "early_epoch": "our epoch ≙ 50/500",
+        "reproduced_val_dice_early": "ours (validation) at that epoch",
+        "best_epoch": "our best epoch",
         "reproduced_val_dice_best": "ours (validation) at best epoch",
-        "reproduced_held_out_dice": "ours (held-out, best checkpoint)", "final_epoch": "our last epoch",
-        "reproduced_val_dice_final": "ours (validation) at last epoch", "data": "Data",
+        "reproduced_held_out_dice": "ours (held-out, best checkpoint)",
+        "final_epoch": "our last epoch",
+        "reproduced_val_dice_final": "ours (validation) at last epoch",
+        "data": "Data",
     }
     extra = (
         "Mean Dice = per case the mean over WT, TC and ET, then the mean over cases (as fractions, like the paper). "
         "The early column compares at the same fraction of the schedule as the paper's epoch 50 of 500; "
-        "validation values come from the training log, the held-out value from `revunet evaluate` of the best checkpoint."
+        "validation values come from the training log, the held-out value from `revunet evaluate` of the best "
+        "checkpoint."
     )
     caption = context.caption("pendse2020", linked.values(), "", extra)
-    return ReportTable("pendse2020_dice", "Pendse et al. 2020, Table 2: mean Dice, paper vs reproduced", caption, frame,
-                       formats, headers, {"experiment": "–", "data": "–"})
+    return ReportTable(
+        "pendse2020_dice",
+        "Pendse et al. 2020, Table 2: mean Dice, paper vs reproduced",
+        caption,
+        frame,
+        formats,
+        headers,
+        {"experiment": "–", "data": "–"},
+    )
 
 
 def _pendse_reproduced(context: _Context, experiment: Experiment) -> dict[str, Any]:
@@ -578,21 +643,39 @@ def complexity_report_table(context: _Context) -> ReportTable:
             record["activations_mib_deepest"] = float(rows["activations_mb"].iloc[-1])
         records.append(record)
     frame = pd.DataFrame(records)
-    formats = {"claimed_exponent": ".2f", "measured_exponent": ".2f", "activations_mib_shallowest": ".1f", "activations_mib_deepest": ".1f"}
+    formats = {
+        "claimed_exponent": ".2f",
+        "measured_exponent": ".2f",
+        "activations_mib_shallowest": ".1f",
+        "activations_mib_deepest": ".1f",
+    }
     headers = {
-        "method": "Method", "paper_activations": "activations (paper)", "paper_compute": "compute (paper)",
-        "claimed_exponent": "claimed exponent", "measured_exponent": "measured exponent", "depths": "depths L",
-        "activations_mib_shallowest": "activations MiB, shallowest", "activations_mib_deepest": "activations MiB, deepest",
+        "method": "Method",
+        "paper_activations": "activations (paper)",
+        "paper_compute": "compute (paper)",
+        "claimed_exponent": "claimed exponent",
+        "measured_exponent": "measured exponent",
+        "depths": "depths L",
+        "activations_mib_shallowest": "activations MiB, shallowest",
+        "activations_mib_deepest": "activations MiB, deepest",
     }
     missing = {c: "not measured" for c in frame.columns}
     missing["claimed_exponent"] = "–"
     caption = (
         "Activation memory of one training step of a chain of L additive couplings, stored naively, with "
         "checkpoint_sequential over round(√L) segments and reversibly (`revunet complexity`, fake tensors); the "
-        "exponent is the log-log slope over L ≥ 4. The recursive scheme is not implemented. No training data is involved."
+        "exponent is the log-log slope over L ≥ 4. The recursive scheme is not implemented. No training data is "
+        "involved."
     )
-    return ReportTable("complexity", "Invertible-residual U-Nets, Table 1: asserted orders vs measured growth", caption,
-                       frame, formats, headers, missing)
+    return ReportTable(
+        "complexity",
+        "Invertible-residual U-Nets, Table 1: asserted orders vs measured growth",
+        caption,
+        frame,
+        formats,
+        headers,
+        missing,
+    )
 
 
 def capacity_report_table(context: _Context) -> ReportTable:
@@ -610,23 +693,57 @@ def capacity_report_table(context: _Context) -> ReportTable:
                 raise ReportInputError(f"{path}: unknown dimension {dimension!r}; expected one of {list(CLAIM_KEYS)}")
             claim = float(claims[CLAIM_KEYS[dimension]])
             capped = bool(row["reversible_capped"]) or bool(row["twin_capped"])
-            records.append({
-                "model": row["key"], "config": row["config"], "dimension": dimension, "ratio_of": row["ratio_of"],
-                "reversible_value": row["reversible_value"], "twin_value": row["twin_value"],
-                "claimed_ratio": claim, "measured_ratio": float(row["ratio"]),
-                "meets_claim": bool(float(row["ratio"]) >= claim), "search_capped": capped, "budget_gib": float(row["budget_gib"]),
-            })
+            records.append(
+                {
+                    "model": row["key"],
+                    "config": row["config"],
+                    "dimension": dimension,
+                    "ratio_of": row["ratio_of"],
+                    "reversible_value": row["reversible_value"],
+                    "twin_value": row["twin_value"],
+                    "claimed_ratio": claim,
+                    "measured_ratio": float(row["ratio"]),
+                    "meets_claim": bool(float(row["ratio"]) >= claim),
+                    "search_capped": capped,
+                    "budget_gib": float(row["budget_gib"]),
+                }
+            )
     else:
         for dimension, key in (("volume", "larger_volume"), ("depth", "more_depth"), ("width", "more_channels")):
-            records.append({"model": "", "config": "", "dimension": dimension, "ratio_of": "", "reversible_value": None,
-                            "twin_value": None, "claimed_ratio": float(claims[key]), "measured_ratio": None,
-                            "meets_claim": None, "search_capped": None, "budget_gib": None})
+            records.append(
+                {
+                    "model": "",
+                    "config": "",
+                    "dimension": dimension,
+                    "ratio_of": "",
+                    "reversible_value": None,
+                    "twin_value": None,
+                    "claimed_ratio": float(claims[key]),
+                    "measured_ratio": None,
+                    "meets_claim": None,
+                    "search_capped": None,
+                    "budget_gib": None,
+                }
+            )
     frame = pd.DataFrame(records)
-    formats = {"reversible_value": "g", "twin_value": "g", "claimed_ratio": "g", "measured_ratio": ".2f", "budget_gib": "g"}
+    formats = {
+        "reversible_value": "g",
+        "twin_value": "g",
+        "claimed_ratio": "g",
+        "measured_ratio": ".2f",
+        "budget_gib": "g",
+    }
     headers = {
-        "model": "Model", "config": "Configuration", "dimension": "Dimension", "ratio_of": "ratio of",
-        "reversible_value": "reversible fits", "twin_value": "twin fits", "claimed_ratio": "claimed ratio",
-        "measured_ratio": "measured ratio", "meets_claim": "meets claim", "search_capped": "search capped",
+        "model": "Model",
+        "config": "Configuration",
+        "dimension": "Dimension",
+        "ratio_of": "ratio of",
+        "reversible_value": "reversible fits",
+        "twin_value": "twin fits",
+        "claimed_ratio": "claimed ratio",
+        "measured_ratio": "measured ratio",
+        "meets_claim": "meets claim",
+        "search_capped": "search capped",
         "budget_gib": "budget GiB",
     }
     missing = {c: "not measured" for c in frame.columns}
@@ -637,7 +754,9 @@ def capacity_report_table(context: _Context) -> ReportTable:
         "claimed ratios from Pendse et al.'s abstract. A capped search means the true ratio may be larger. "
         "No training data is involved."
     )
-    return ReportTable("capacity", "Pendse et al.'s capacity claim vs measured ratios", caption, frame, formats, headers, missing)
+    return ReportTable(
+        "capacity", "Pendse et al.'s capacity claim vs measured ratios", caption, frame, formats, headers, missing
+    )
 
 
 TABLE_BUILDERS: dict[str, Callable[[_Context], ReportTable]] = {

@@ -1,0 +1,525 @@
+"""revunet tables: the papers' numbers exactly, ours computed from the workflow's files, gaps marked "not run".
+
+The fixtures write the workflow's files as the interface notes define them (experiments, metrics,
+training logs, memory tables, case tables with tiny NIfTI volumes); ``test_figures.py`` reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from revunet.cli import main
+from revunet.data.layouts import write_case_table
+from revunet.experiment import Experiment, write_experiment
+from revunet.report.paper_numbers import paper_results
+from revunet.report.tables import ReportInputError, ReportInputs, build_tables, parse_data_descriptions, write_tables
+
+BRATS_CASES = ("BraTS20_Training_001", "BraTS20_Training_002")
+ISEG_CASES = ("subject-1",)
+METRICS = ("dice", "hd95", "hausdorff", "sensitivity", "specificity")
+
+
+def write_experiments(folder: Path, experiments: list[dict]) -> None:
+    for spec in experiments:
+        write_experiment(folder / f"{spec['name']}.json", Experiment.from_dict(spec))
+
+
+def write_metrics(folder: Path, name: str, cases: tuple[str, ...], regions: tuple[str, ...], seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [
+        {
+            "experiment": name,
+            "case_id": case,
+            "region": region,
+            "dice": rng.uniform(0.5, 0.95),
+            "hd95": rng.uniform(1, 20),
+            "hausdorff": rng.uniform(5, 40),
+            "sensitivity": 0.9,
+            "specificity": 0.99,
+        }
+        for case in cases
+        for region in regions
+    ]
+    frame = pd.DataFrame(rows)
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / name / "metrics.csv", index=False)
+    return frame
+
+
+def write_training(folder: Path, name: str, epochs: int, validate_every: int = 1) -> pd.DataFrame:
+    rows = []
+    for epoch in range(1, epochs + 1):
+        validated = epoch % validate_every == 0
+        dice = 0.3 + 0.04 * epoch if validated else None
+        rows.append(
+            {
+                "epoch": epoch,
+                "steps": 4 * epoch,
+                "train_loss": 1.0 / epoch,
+                "loss_dice": 1.0 / epoch,
+                "val_dice_WT": dice,
+                "val_dice_TC": dice,
+                "val_dice_ET": dice,
+                "val_mean_dice": dice,
+                "ema_dice": dice and dice * 0.9,
+                "lr": 1e-4,
+                "epoch_seconds": 1.0,
+                "peak_memory_mib": 10.0,
+                "time": "2025-01-01T00:00:00",
+            }
+        )
+    log = pd.DataFrame(rows)
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    log.to_csv(folder / name / "log.csv", index=False)
+    best = log.dropna(subset=["val_mean_dice"]).iloc[-2]  # pretend the best epoch is the last-but-one validation
+    summary = {
+        "experiment": name,
+        "epochs_completed": epochs,
+        "best_epoch": int(best["epoch"]),
+        "best_val_mean_dice": float(best["val_mean_dice"]),
+        "best_ema_dice": float(best["ema_dice"]),
+        "stopped": "max_epochs",
+        "train_seconds": 10.0,
+        "peak_memory_mib": 10.0,
+        "parameters": 100,
+        "device": "cpu",
+        "world_size": 1,
+    }
+    (folder / name / "summary.json").write_text(json.dumps(summary))
+    return log
+
+
+def write_memory_table(folder: Path, table: str) -> pd.DataFrame:
+    """A memory table in `revunet memory --table` columns, measured = 0.9 x paper, twins on reversible rows."""
+    paper = paper_results()[table]
+    factor = 1.0 if paper["memory_unit"] == "MiB" else 1024.0
+    rows = []
+    for i, entry in enumerate(paper["rows"]):
+        paper_mb = float(entry["memory"]) * factor
+        row = {
+            "table": table,
+            "row": entry["row"],
+            "model": "m",
+            "input_shape": "128x128x128",
+            "paper_value": entry["memory"],
+            "paper_unit": paper["memory_unit"],
+            "paper_mb": paper_mb,
+            "measured_mb": round(0.9 * paper_mb, 1),
+            "ratio": 0.9,
+            "activations_mb": 1.0,
+            "twin_mb": None if i == 0 else round(1.5 * paper_mb, 1),
+        }
+        if table == "pendse2020":
+            row.update(budget_mb=14336.0, fits_budget=True)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / f"{table}.csv", index=False)
+    return frame
+
+
+def write_volume(path: Path, data: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    return str(path)
+
+
+def write_brats_dataset(root: Path, synthetic: bool = True) -> pd.DataFrame:
+    """Two tiny BraTS-2020-layout cases (a head with a nested tumour); a synth manifest if ``synthetic``."""
+    raw = root / "raw"
+    rows = []
+    grid = np.indices((20, 20, 12))
+    head = ((grid[0] - 10) ** 2 + (grid[1] - 10) ** 2 + ((grid[2] - 6) * 1.5) ** 2) < 70
+    for k, case in enumerate(BRATS_CASES):
+        distance = (grid[0] - 9 - k) ** 2 + (grid[1] - 10) ** 2 + (grid[2] - 7) ** 2
+        label = np.where(distance < 12, 2, 0) + np.where(distance < 6, -1, 0) + np.where(distance < 2, 3, 0)
+        row = {"case_id": case, "task": "brats", "layout": "brats2020"}
+        for m, modality in enumerate(("t1", "t1ce", "t2", "flair")):
+            image = head * (100.0 + 10 * m) + (label > 0) * 50.0
+            row[modality] = write_volume(raw / case / f"{case}_{modality}.nii.gz", image.astype(np.float32))
+        row["label"] = write_volume(raw / case / f"{case}_seg.nii.gz", label.astype(np.uint8))
+        rows.append(row)
+    if synthetic:
+        (raw / "synth_manifest.json").write_text(json.dumps({"settings": {"generator": "revunet.data.synth"}}))
+    cases = pd.DataFrame(rows)
+    write_case_table(cases, root / "cases.csv")
+    return cases
+
+
+def write_iseg_dataset(root: Path) -> pd.DataFrame:
+    """One tiny iSeg case (T1, T2; labels on disk 0/10/150/250), real-data style (no manifest)."""
+    grid = np.indices((16, 16, 10))
+    radius = np.sqrt((grid[0] - 8) ** 2 + (grid[1] - 8) ** 2 + (grid[2] - 5) ** 2)
+    label = np.select([radius < 2.5, radius < 4.5, radius < 6.5], [250, 150, 10], 0).astype(np.uint8)
+    case = ISEG_CASES[0]
+    row = {
+        "case_id": case,
+        "task": "iseg",
+        "layout": "iseg",
+        "t1": write_volume(root / "raw" / f"{case}-T1.nii.gz", (label > 0) * 100.0 + label * 0.1),
+        "t2": write_volume(root / "raw" / f"{case}-T2.nii.gz", (label > 0) * 80.0 - label * 0.1 + 30.0 * (label > 0)),
+        "label": write_volume(root / "raw" / f"{case}-label.nii.gz", label),
+    }
+    cases = pd.DataFrame([row])
+    write_case_table(cases, root / "cases.csv")
+    return cases
+
+
+def write_predictions(folder: Path, name: str, cases: pd.DataFrame) -> None:
+    """The reference label itself as the prediction (disk values, relative paths), as `revunet infer` lists them."""
+    rows = []
+    for _, case in cases.iterrows():
+        target = folder / name / f"{case['case_id']}.nii.gz"
+        image = nib.load(case["label"])
+        write_volume(target, np.asarray(image.dataobj).astype(np.uint8))
+        rows.append({"case_id": case["case_id"], "prediction": target.name, "seconds": 0.1})
+    pd.DataFrame(rows).to_csv(folder / name / "predictions.csv", index=False)
+
+
+def write_complexity(path: Path) -> pd.DataFrame:
+    """A `revunet complexity` table: activations grow as L, as sqrt(L) and not at all."""
+    rows = []
+    for method, claimed, exponent in (
+        ("naive", "O(L)", 1.0),
+        ("checkpointing", "O(sqrt L)", 0.5),
+        ("reversible", "O(1)", 0.0),
+    ):
+        for depth in (1, 2, 4, 8, 16):
+            rows.append(
+                {
+                    "depth": depth,
+                    "method": method,
+                    "segments": None,
+                    "peak_mb": 10.0 + 5 * depth**exponent,
+                    "activations_mb": 5.0 * depth**exponent,
+                    "peak_phase": "forward",
+                    "growth_exponent": exponent - 0.01,
+                    "claimed": claimed,
+                    "claimed_exponent": exponent,
+                    "channels": 60,
+                    "input": "64^3",
+                }
+            )
+    frame = pd.DataFrame(rows)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+EXPERIMENTS = [
+    {
+        "name": "bruegger_baseline",
+        "task": "brats",
+        "model": "nonewnet",
+        "table": "bruegger2019",
+        "row": "Baseline",
+        "paper": "bruegger2019",
+        "epochs": 3,
+    },
+    {
+        "name": "bruegger_rev_1_1_full",
+        "task": "brats",
+        "model": "partially_reversible",
+        "table": "bruegger2019",
+        "row": "Reversible 1/1 full",
+        "epochs": 3,
+    },
+    {
+        "name": "invres_iseg_full",
+        "task": "iseg",
+        "model": "invres_full",
+        "table": "invres_iseg",
+        "row": "Fully-InvRes",
+        "epochs": 3,
+    },
+    {
+        "name": "pendse_baseline",
+        "task": "brats",
+        "model": "partially_reversible",
+        "table": "pendse2020",
+        "row": "Baseline",
+        "epochs": 30,
+    },
+]
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> dict[str, Path]:
+    """A results/ tree: four experiments, three evaluated, one trained, memory of two tables, two datasets."""
+    paths = {key: tmp_path / key for key in ("experiments", "evaluation", "train", "memory", "data", "predictions")}
+    for path in paths.values():
+        path.mkdir()
+    write_experiments(paths["experiments"], EXPERIMENTS)
+    write_metrics(paths["evaluation"], "bruegger_baseline", BRATS_CASES, ("WT", "TC", "ET"), seed=1)
+    write_metrics(paths["evaluation"], "invres_iseg_full", ISEG_CASES, ("CSF", "GM", "WM"), seed=2)
+    write_metrics(paths["evaluation"], "pendse_baseline", BRATS_CASES, ("WT", "TC", "ET"), seed=3)
+    write_training(paths["train"], "pendse_baseline", epochs=30, validate_every=2)
+    write_training(paths["train"], "bruegger_baseline", epochs=3)
+    write_memory_table(paths["memory"], "bruegger2019")
+    write_memory_table(paths["memory"], "pendse2020")
+    brats = write_brats_dataset(paths["data"] / "brats")
+    iseg = write_iseg_dataset(paths["data"] / "iseg")
+    write_predictions(paths["predictions"], "bruegger_baseline", brats)
+    write_predictions(paths["predictions"], "invres_iseg_full", iseg)
+    return paths
+
+
+def inputs_of(paths: dict[str, Path], **changes) -> ReportInputs:
+    values = dict(
+        evaluations=paths["evaluation"],
+        memory=paths["memory"],
+        training=paths["train"],
+        experiments=paths["experiments"],
+        data_root=paths["data"],
+        preset="demo",
+    )
+    values.update(changes)
+    return ReportInputs(**values)
+
+
+def tables_by_name(inputs: ReportInputs) -> dict:
+    return {table.name: table for table in build_tables(inputs)}
+
+
+def test_bruegger_table_has_paper_numbers_exactly_and_our_means(results):
+    table = tables_by_name(inputs_of(results))["bruegger2019"]
+    frame = table.data.set_index("row")
+    paper = paper_results()["bruegger2019"]
+    assert list(frame.index) == [entry["row"] for entry in paper["rows"]]
+    for entry in paper["rows"]:
+        assert frame.loc[entry["row"], "paper_memory_mib"] == entry["memory"]
+        for region in ("ET", "WT", "TC"):
+            assert frame.loc[entry["row"], f"paper_dice_{region}"] == entry["dice"][region]
+            assert frame.loc[entry["row"], f"paper_hd95_{region}"] == entry["hd95"][region]
+    metrics = pd.read_csv(results["evaluation"] / "bruegger_baseline" / "metrics.csv")
+    for region in ("ET", "WT", "TC"):
+        expected = round(metrics.loc[metrics.region == region, "dice"].mean() * 100, 2)
+        assert frame.loc["Baseline", f"reproduced_dice_{region}"] == pytest.approx(expected, abs=1e-9)
+        assert frame.loc["Baseline", f"reproduced_hd95_{region}"] == pytest.approx(
+            round(metrics.loc[metrics.region == region, "hd95"].mean(), 2)
+        )
+    assert frame.loc["Baseline", "n_cases"] == 2
+    assert frame.loc["Baseline", "measured_memory_mib"] == pytest.approx(0.9 * 6646, abs=0.1)
+    # A linked experiment that has not been evaluated, and rows with no experiment at all, are not run.
+    assert math.isnan(frame.loc["Reversible 1/1 full", "reproduced_dice_ET"])
+    assert frame.loc["Reversible 1/1 full", "experiment"] == "bruegger_rev_1_1_full"
+    assert math.isnan(frame.loc["Reversible 4/1 full", "reproduced_hd95_TC"])
+    # Paper and reproduced columns of each metric and region stand side by side.
+    columns = list(table.data.columns)
+    assert columns.index("reproduced_dice_ET") == columns.index("paper_dice_ET") + 1
+
+
+def test_markdown_marks_gaps_not_run_and_states_data_scale_and_memory_source(results):
+    tables = tables_by_name(inputs_of(results))
+    markdown = tables["bruegger2019"].markdown()
+    baseline = next(line for line in markdown.splitlines() if line.startswith("| Baseline"))
+    cells = [cell.strip() for cell in baseline.split("|")]
+    header = [cell.strip() for cell in markdown.splitlines()[4].split("|")]
+    assert float(cells[header.index("Dice ET ours")]) == tables["bruegger2019"].data.loc[0, "reproduced_dice_ET"]
+    assert "| Reversible 4/1 full |" in markdown and "not run" in markdown
+    caption = markdown.splitlines()[2]
+    assert "synthetic BraTS-like data" in caption and "demo scale" in caption
+    assert "revunet memory --table bruegger2019" in caption and "full size" in caption
+    iseg_caption = tables["invres_iseg"].markdown().splitlines()[2]
+    assert "iSeg (iseg layout)" in iseg_caption and "synthetic" not in iseg_caption
+    overridden = tables_by_name(
+        inputs_of(results, preset="paper", data_descriptions=parse_data_descriptions(["brats=BraTS 2018"]))
+    )
+    caption = overridden["bruegger2019"].markdown().splitlines()[2]
+    assert "BraTS 2018" in caption and "paper scale" in caption and "synthetic" not in caption
+
+
+def test_pendse_tables_from_memory_training_log_and_evaluation(results):
+    tables = tables_by_name(inputs_of(results))
+    memory = tables["pendse2020_memory"].data.set_index("row")
+    assert (memory["paper_memory_gib"] == 14).all()
+    assert memory.loc["MBConv-Base", "measured_memory_gib"] == pytest.approx(0.9 * 14, abs=1e-3)
+    assert memory.loc["MBConv-Base", "fits_paper_memory"]
+    assert not memory.loc["MBConv-Base", "twin_fits_paper_memory"]  # 1.5 x 14 GiB
+    dice = tables["pendse2020_dice"].data.set_index("row")
+    paper = {entry["row"]: entry for entry in paper_results()["pendse2020"]["rows"]}
+    assert dice.loc["MBConv-Wider", "paper_dice_converged"] == paper["MBConv-Wider"]["dice_converged"]
+    assert dice.loc["Baseline", "paper_dice_50_epochs"] == paper["Baseline"]["dice_50_epochs"]
+    log = pd.read_csv(results["train"] / "pendse_baseline" / "log.csv")
+    # 30 scheduled epochs: the paper's epoch 50 of 500 is epoch 3; the last validation at or before it is epoch 2.
+    assert dice.loc["Baseline", "early_epoch"] == 2
+    assert dice.loc["Baseline", "reproduced_val_dice_early"] == pytest.approx(round(log.loc[1, "val_mean_dice"], 4))
+    assert dice.loc["Baseline", "final_epoch"] == 30
+    assert dice.loc["Baseline", "reproduced_val_dice_final"] == pytest.approx(round(log.loc[29, "val_mean_dice"], 4))
+    assert dice.loc["Baseline", "best_epoch"] == 28
+    metrics = pd.read_csv(results["evaluation"] / "pendse_baseline" / "metrics.csv")
+    expected = metrics.groupby("case_id")["dice"].mean().mean()
+    assert dice.loc["Baseline", "reproduced_held_out_dice"] == pytest.approx(round(expected, 4))
+    assert pd.isna(dice.loc["MBConv-Deeper", "reproduced_held_out_dice"])
+
+
+def test_csv_round_trips_and_index_lists_every_table(results, tmp_path):
+    tables = build_tables(inputs_of(results))
+    out = tmp_path / "tables"
+    write_tables(tables, out)
+    for table in tables:
+        back = pd.read_csv(out / f"{table.name}.csv")
+        assert list(back.columns) == list(table.data.columns)
+        numeric = [c for c in back.columns if pd.api.types.is_numeric_dtype(table.data[c])]
+        pd.testing.assert_frame_equal(back[numeric], table.data[numeric], check_dtype=False)
+        assert (out / f"{table.name}.md").read_text().startswith("**")
+    index = pd.read_csv(out / "index.csv")
+    assert set(index["csv"]) == {f"{t.name}.csv" for t in tables}
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_complexity_and_capacity_tables(results):
+    write_complexity(results["memory"] / "complexity.csv")
+    capacity = pd.DataFrame(
+        [
+            {
+                "key": "bruegger",
+                "config": "Reversible 1/1",
+                "dimension": dim,
+                "ratio_of": of,
+                "reversible_value": rev,
+                "twin_value": twin,
+                "ratio": ratio,
+                "budget_gib": 16.0,
+                "reversible_capped": False,
+                "twin_capped": False,
+                "paper_claim": 0.0,
+                "meets_claim": None,
+            }
+            for dim, of, rev, twin, ratio in (
+                ("volume", "voxels", 192, 128, 3.375),
+                ("depth", "encoder depth", 40, 6, 6.667),
+                ("width", "channel multiplier", 1.5, 1.0, 1.5),
+            )
+        ]
+    )
+    capacity.to_csv(results["memory"] / "capacity.csv", index=False)
+    tables = tables_by_name(inputs_of(results))
+    measured = tables["complexity"].data.set_index("method")
+    assert measured.loc["naive", "paper_activations"] == "O(L)"
+    assert measured.loc["naive", "measured_exponent"] > 0.8
+    assert abs(measured.loc["invertible", "measured_exponent"]) < 0.1
+    assert pd.isna(measured.loc["recursive", "measured_exponent"])
+    assert "not measured" in tables["complexity"].markdown()
+    claims = tables["capacity"].data.set_index("dimension")
+    assert claims.loc["volume", "claimed_ratio"] == 3.0 and claims.loc["depth", "claimed_ratio"] == 1.25
+    assert claims.loc["volume", "meets_claim"] and not claims.loc["width", "meets_claim"]
+
+
+def test_unknown_row_names_it_and_the_valid_rows(results):
+    write_experiments(
+        results["experiments"],
+        [
+            {
+                "name": "bruegger_rev_5_1",
+                "task": "brats",
+                "model": "partially_reversible",
+                "table": "bruegger2019",
+                "row": "Reversible 5/1 full",
+            }
+        ],
+    )
+    with pytest.raises(ReportInputError, match=r"Reversible 5/1 full.*valid rows.*Reversible 4/1 full"):
+        build_tables(inputs_of(results))
+
+
+def test_two_experiments_on_one_row_and_unknown_table_are_errors(results):
+    write_experiments(
+        results["experiments"],
+        [{"name": "again", "task": "brats", "model": "nonewnet", "table": "bruegger2019", "row": "Baseline"}],
+    )
+    with pytest.raises(ReportInputError, match="'again' and 'bruegger_baseline'|'bruegger_baseline' and 'again'"):
+        build_tables(inputs_of(results))
+    (results["experiments"] / "again.json").unlink()
+    write_experiments(
+        results["experiments"], [{"name": "odd", "task": "brats", "model": "nonewnet", "table": "table9", "row": "x"}]
+    )
+    with pytest.raises(ReportInputError, match="table9.*bruegger2019"):
+        build_tables(inputs_of(results))
+
+
+def test_malformed_inputs_name_the_file_and_what_was_expected(results):
+    metrics = results["evaluation"] / "bruegger_baseline" / "metrics.csv"
+    pd.read_csv(metrics).drop(columns=["hd95"]).to_csv(metrics, index=False)
+    with pytest.raises(ReportInputError, match=r"bruegger_baseline/metrics\.csv.*hd95"):
+        build_tables(inputs_of(results))
+    metrics.unlink()
+    (results["memory"] / "pendse2020.csv").write_text("row,paper_mb\nBaseline,1\n")
+    with pytest.raises(ReportInputError, match=r"pendse2020\.csv.*measured_mb"):
+        build_tables(inputs_of(results))
+    (results["memory"] / "pendse2020.csv").unlink()
+    (results["train"] / "pendse_baseline" / "summary.json").write_text("[1, 2]")
+    with pytest.raises(ReportInputError, match=r"summary\.json.*JSON object"):
+        build_tables(inputs_of(results))
+
+
+def test_missing_region_in_metrics_is_an_error(results):
+    metrics = results["evaluation"] / "bruegger_baseline" / "metrics.csv"
+    frame = pd.read_csv(metrics)
+    frame[frame.region != "ET"].to_csv(metrics, index=False)
+    with pytest.raises(ReportInputError, match="region 'ET'"):
+        build_tables(inputs_of(results))
+
+
+def test_nothing_run_yet_gives_complete_tables_of_paper_numbers(tmp_path):
+    tables = build_tables(ReportInputs())
+    assert {t.name for t in tables} == {
+        "bruegger2019",
+        "invres_iseg",
+        "invres_brats",
+        "pendse2020_memory",
+        "pendse2020_dice",
+        "complexity",
+        "capacity",
+    }
+    iseg = next(t for t in tables if t.name == "invres_iseg")
+    assert iseg.data["paper_dice_CSF"].tolist() == [92.50, 95.07, 95.09]
+    assert iseg.data["reproduced_dice_CSF"].isna().all()
+    assert "not run" in iseg.markdown() and "scale preset not stated" in iseg.markdown()
+
+
+@pytest.mark.slow
+def test_real_memory_table_fills_measured_column(results, tmp_path):
+    from revunet.memory_tables import memory_table
+
+    measured = memory_table("invres_iseg")
+    measured.to_csv(results["memory"] / "invres_iseg.csv", index=False)
+    frame = tables_by_name(inputs_of(results))["invres_iseg"].data.set_index("row")
+    assert frame.loc["3D U-Net", "paper_memory_gib"] == 4.18
+    for _, row in measured.iterrows():
+        assert frame.loc[row["row"], "measured_memory_gib"] == pytest.approx(row["measured_mb"] / 1024)
+        assert frame.loc[row["row"], "memory_ratio"] == row["ratio"]
+
+
+def test_cli_writes_tables_and_reports_errors(results, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [
+        "tables",
+        "--evaluations",
+        str(results["evaluation"]),
+        "--memory",
+        str(results["memory"]),
+        "--training",
+        str(results["train"]),
+        "--experiments",
+        str(results["experiments"]),
+        "--cases-dir",
+        str(results["data"]),
+        "--preset",
+        "demo",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert (out / "bruegger2019.md").is_file() and (out / "pendse2020_dice.csv").is_file()
+    assert main(argv + ["--data-description", "BraTS 2018 (real)"]) == 0
+    assert "BraTS 2018 (real)" in (out / "invres_iseg.md").read_text()
+    (results["evaluation"] / "invres_iseg_full" / "metrics.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="revunet tables: .*invres_iseg_full/metrics.csv"):
+        main(argv)
