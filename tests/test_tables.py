@@ -306,6 +306,8 @@ def test_bruegger_table_has_paper_numbers_exactly_and_our_means(results):
         )
     assert frame.loc["Baseline", "n_cases"] == 2
     assert frame.loc["Baseline", "measured_memory_mib"] == pytest.approx(0.9 * 6646, abs=0.1)
+    assert pd.isna(frame.loc["Baseline", "twin_memory_mib"])  # not reversible: no twin
+    assert frame.loc["Reversible 2/1 full", "twin_memory_mib"] == pytest.approx(1.5 * 9529, abs=0.1)
     # A linked experiment that has not been evaluated, and rows with no experiment at all, are not run.
     assert math.isnan(frame.loc["Reversible 1/1 full", "reproduced_dice_ET"])
     assert frame.loc["Reversible 1/1 full", "experiment"] == "bruegger_rev_1_1_full"
