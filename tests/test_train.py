@@ -7,6 +7,7 @@ volumes written directly as preprocessed cases, so a run takes about a second.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -38,8 +39,9 @@ SHAPE = (16, 16, 16)
 TINY = {"channels": [4, 8], "groups": 2}
 
 
-def store_case(directory: Path, case_id: str, seed: int, task: str = "brats") -> None:
+def store_case(directory: Path, case_id: str, seed: int, task: str = "brats", shape=SHAPE) -> None:
     """A noisy 'brain' whose bright blob is the tumour (label 2 around 1 around 4)."""
+    SHAPE = tuple(shape)  # noqa: N806 - the module default unless a test asks for another size
     rng = np.random.default_rng(seed)
     modalities = TASK_MODALITIES[task]
     image = rng.normal(0, 0.3, size=(len(modalities), *SHAPE)).astype(np.float32)
@@ -65,11 +67,11 @@ def store_case(directory: Path, case_id: str, seed: int, task: str = "brats") ->
     save_preprocessed(directory, PreprocessedCase(image, label, meta))
 
 
-def make_data(root: Path, n_train: int = 3, n_held: int = 1, task: str = "brats") -> tuple[Path, Path]:
+def make_data(root: Path, n_train: int = 3, n_held: int = 1, task: str = "brats", shapes=None) -> tuple[Path, Path]:
     pre = root / f"pre_{task}"
     ids = [f"case{i}" for i in range(n_train + n_held)]
     for i, case_id in enumerate(ids):
-        store_case(pre, case_id, i, task)
+        store_case(pre, case_id, i, task, SHAPE if shapes is None else shapes[i])
     split = root / f"split_{task}.json"
     parts = {"train": ids[:n_train], "validation": ids[n_train:], "unused": []}
     write_split(split, split_document(parts, "fraction:0.8", 0))
@@ -366,7 +368,29 @@ def test_run_stops_early_at_the_rule_s_epoch(data, tmp_path, monkeypatch) -> Non
     assert len(read_log(tmp_path / "run" / "log.csv")) == 4
 
 
-# --------------------------------------------------------------------------- batches, accumulation, processes
+# --------------------------------------------------------------------------- sizes, precision, batches, processes
+
+
+def test_volumes_of_any_size_are_padded_to_the_model_multiple_and_cropped_back(tmp_path) -> None:
+    shapes = [(15, 14, 13), (16, 12, 11), (13, 16, 16), (11, 13, 15)]
+    pre, split = make_data(tmp_path, n_train=3, n_held=1, shapes=shapes)
+    model = train_module.build_experiment_model(tiny(model_params={**TINY, "channels": [4, 8, 8]}))
+    batch = train_module.collate([{"image": torch.ones(4, *s), "label": torch.ones(s, dtype=torch.int64)}
+                                  for s in shapes[:2]], multiple=4)
+    assert batch["image"].shape == (2, 4, 16, 16, 16) and batch["label"].shape == (2, 16, 16, 16)
+    assert batch["label"][1, :, 12:].sum() == 0 and batch["image"][0, :, 15:].sum() == 0
+    logits = train_module.predict_volume(model.eval(), torch.zeros(1, 4, *shapes[3]), 4, contextlib.nullcontext)
+    assert logits.shape == (1, 3, *shapes[3])
+    summary = train(tiny(epochs=1, batch_size=2, model_params={**TINY, "channels": [4, 8, 8]}), pre, split,
+                    tmp_path / "run", device="cpu", progress=False)
+    assert summary["epochs_completed"] == 1 and 0 <= summary["best_val_mean_dice"] <= 1
+
+
+def test_mixed_precision_on_cpu_trains_with_bfloat16(data, tmp_path) -> None:
+    pre, split = data
+    summary = train(tiny(epochs=1, amp=True), pre, split, tmp_path / "run", device="cpu", progress=False)
+    row = load_checkpoint(tmp_path / "run" / "last.pt")["log_rows"][0]
+    assert np.isfinite(row["train_loss"]) and summary["stopped"] == "max_epochs"
 
 
 def mean_bce() -> SegmentationLoss:

@@ -331,12 +331,17 @@ def _best_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {"format": CHECKPOINT_FORMAT, "experiment": payload["experiment"], **best}
 
 
-def write_outputs(out: Path, payload: dict[str, Any], regions: Sequence[str], only_missing: bool = False) -> None:
-    """``best.pt``, ``log.csv`` and (for a finished run, last) ``summary.json`` from a training checkpoint."""
+def write_outputs(
+    out: Path, payload: dict[str, Any], regions: Sequence[str], only_missing: bool = False, best_changed: bool = True
+) -> None:
+    """``best.pt``, ``log.csv`` and (for a finished run, last) ``summary.json`` from a training checkpoint.
+
+    ``only_missing`` leaves existing files alone; ``best_changed`` False skips an existing ``best.pt``.
+    """
     def wanted(name: str) -> bool:
         return not (only_missing and (out / name).exists())
 
-    if wanted("best.pt"):
+    if wanted("best.pt") and (best_changed or payload["best"] is None or not (out / "best.pt").exists()):
         save_checkpoint(out / "best.pt", _best_payload(payload))
     if wanted("log.csv"):
         write_log(out / "log.csv", payload["log_rows"], regions)
@@ -587,7 +592,7 @@ def _train(
         if processes.is_main:
             write_outputs(out, payload, regions)  # best.pt/log.csv as of last.pt, whatever a kill left
         _say(processes, f"{out}: resuming after epoch {start_epoch}", False)
-    elif processes.is_main:
+    if processes.is_main:
         write_experiment(out / "experiment.json", experiment)
 
     trained: nn.Module = model
@@ -621,8 +626,10 @@ def _train(
             scores = validate(model, held_out, experiment.task, device, multiple, autocast)
         scores = processes.share(scores)
         mean_dice = None if scores is None else float(np.mean(list(scores.values())))
+        improved = False
         if scores is not None:
-            if stopper.update(epoch, mean_dice) and processes.is_main:
+            improved = stopper.update(epoch, mean_dice)
+            if improved and processes.is_main:
                 best = {"model_state": _bare_state(model), "epoch": epoch, "val_dice": scores,
                         "val_mean_dice": mean_dice, "ema_dice": stopper.ema}
         scheduler.step()
@@ -647,7 +654,7 @@ def _train(
                 "peak_memory_source": peak_memory_source(device),
             }
             save_checkpoint(out / "last.pt", payload)
-            write_outputs(out, payload, regions)
+            write_outputs(out, payload, regions, best_changed=improved)
         dice_text = f", val mean Dice {row['val_mean_dice']:.4f} (EMA {row['ema_dice']:.4f})" if scores else ""
         _say(processes, f"epoch {epoch}/{experiment.epochs}: loss {train_loss:.4f}{dice_text}, lr {lr:.3g}, "
              f"{seconds:.1f} s", progress)
