@@ -381,6 +381,20 @@ def test_infer_command_refuses_missing_or_corrupt_checkpoints_and_cases(brats, t
         main(["infer", "--checkpoint", str(checkpoint), "--cases", str(brats["cases"]), "--preprocessed", str(pre),
               "--split", str(brats["split"]), "--out", str(out), "--device", "cpu"])  # fmt: skip
     assert not out.exists(), "nothing may be written when an input is missing"
+
+    # A run that fails half-way leaves no predictions.csv claiming to be complete.
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "predictions.csv").write_text("case_id,prediction,seconds\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in brats["pre"].iterdir():
+        (broken / path.name).symlink_to(path)
+    (broken / f"{held_out}.npz").unlink()
+    (broken / f"{held_out}.npz").write_bytes(b"truncated")
+    with pytest.raises(SystemExit, match=f"{held_out}"):
+        main(["infer", "--checkpoint", str(checkpoint), "--cases", str(brats["cases"]), "--preprocessed", str(broken),
+              "--split", str(brats["split"]), "--out", str(tmp_path / "done"), "--device", "cpu"])  # fmt: skip
+    assert not (tmp_path / "done" / "predictions.csv").exists()
     assert npz_path(brats["pre"], held_out).is_file()
 
     table = read_case_table(brats["cases"])

@@ -32,6 +32,7 @@ import itertools
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,9 +291,9 @@ def model_output(model: nn.Module, task: str) -> str:
 def select_cases(table, split, part: str) -> list[str]:  # noqa: ANN001 - a DataFrame and a Split
     """Case ids to predict: the split's held-out or training list, or (``all``) every case of the table."""
     if part == "held_out":
-        return list(split.held_out)
+        return [str(case_id) for case_id in split.held_out]
     if part == "train":
-        return list(split.train)
+        return [str(case_id) for case_id in split.train]
     if part == "all":
         return table["case_id"].astype(str).tolist()
     raise InferenceError(f"part must be one of {PARTS}, got {part!r}")
@@ -316,7 +317,10 @@ def infer_cases(
     ``flips``/``window``/``overlap`` default to the checkpoint's experiment (``test_time_flips``,
     ``sliding_window``, ``window_overlap``); ``window=None`` forces whole volumes. Every input is
     checked before the first prediction; problems raise :class:`InferenceError`,
-    FileNotFoundError or ValueError naming the file or case. Returns the ``predictions.csv`` path.
+    FileNotFoundError or ValueError naming the file or case. ``predictions.csv`` (columns
+    case_id, prediction = the file name inside ``out``, seconds = wall time of the case) is
+    written last, and an older one is removed first, so it exists only after a complete run.
+    Returns its path.
     """
     from revunet.checkpoint import model_from_checkpoint
     from revunet.data.layouts import read_case_table
@@ -363,15 +367,20 @@ def infer_cases(
     flipping = "on" if settings.flips else "off"
     log(f"{experiment.name}: {len(case_ids)} {part} case(s) on {target}, {how}, flips {flipping}")
 
+    # The list marks a finished run: drop an old one before the first file is replaced.
+    (out / "predictions.csv").unlink(missing_ok=True)
     records = []
     for case_id in case_ids:
         start = time.perf_counter()
-        case = load_preprocessed(preprocessed, case_id)
-        if case.meta.task != experiment.task:
-            raise InferenceError(f"case {case_id}: preprocessed for task {case.meta.task!r}, not {experiment.task!r}")
-        label = predict_case(model, case, rows[case_id]["layout"], settings)
         name = f"{case_id}.nii.gz"
-        write_label_nifti(out / name, label, case.meta.affine)
+        try:
+            case = load_preprocessed(preprocessed, case_id)
+            if case.meta.task != experiment.task:
+                raise InferenceError(f"preprocessed for task {case.meta.task!r}, not {experiment.task!r}")
+            label = predict_case(model, case, rows[case_id]["layout"], settings)
+            write_label_nifti(out / name, label, case.meta.affine)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # a damaged or odd case
+            raise InferenceError(f"case {case_id} ({preprocessed}): {error}") from error
         seconds = time.perf_counter() - start
         records.append((case_id, name, seconds))
         log(f"{case_id}: {'x'.join(map(str, label.shape))} -> {out / name} ({seconds:.2f} s)")

@@ -57,7 +57,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``revunet infer`` to the command-line parser."""
-    from revunet.infer import FROM_EXPERIMENT
+    from revunet.infer import FROM_EXPERIMENT, PARTS
 
     parser = commands.add_parser(
         "infer",
@@ -75,7 +75,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", required=True, help="split file written by `revunet split`")
     parser.add_argument(
         "--part",
-        choices=("held_out", "train", "all"),
+        choices=PARTS,
         default="held_out",
         help="which cases: the split's held-out list (default), its training list, or every case of the table",
     )
