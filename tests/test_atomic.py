@@ -27,3 +27,15 @@ def test_bytes_and_numpy_round_trip(tmp_path):
     with pytest.raises(ValueError, match="whole files"):
         with open_atomic(tmp_path / "c", "a"):
             pass
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from revunet.atomic import write_text_atomic
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = write_text_atomic(tmp_path / "atomic.txt", "x")
+    assert stat.S_IMODE(os.stat(atomic).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)

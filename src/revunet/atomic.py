@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import IO
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def open_atomic(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it is synced and renamed to ``path``.
@@ -25,6 +34,8 @@ def open_atomic(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(handle, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as stream:
             yield stream
             stream.flush()
+            # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+            os.fchmod(stream.fileno(), 0o666 & ~_UMASK)
             os.fsync(stream.fileno())
         os.replace(temporary, target)
     except BaseException:
