@@ -1,0 +1,39 @@
+"""Replication of three papers on reversible 3-D U-Nets: data -> training -> evaluation ->
+memory -> tables, figures and the HTML report. Every rule calls one `revunet` command; the
+plan (experiments, datasets, resources) comes from config.yaml through
+revunet.experiments_config. See README.md for how to run it.
+"""
+
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/memory.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        experiment_outputs("summary_metrics"),
+        table_outputs("csv"),
+        table_outputs("md"),
+        figure_outputs("png"),
+        figure_outputs("pdf"),
+        f"{RESULTS}/report.html",

@@ -1,0 +1,140 @@
+"""`revunet experiment`: write one experiment's recipe file, or the workflow's resolved config.
+
+The workflow calls it twice over: once per experiment with ``--spec`` (the recipe the plan
+resolved, so a changed recipe reruns only that experiment), and once with ``--config`` to
+record the configuration the run used. Users can call it with ``--config config.yaml --name
+NAME`` to see exactly what an experiment trains at a preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PREFIX = "revunet experiment"
+
+
+def _load(text: str, what: str) -> Any:
+    """A document given inline as JSON, or as a JSON/YAML file."""
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{PREFIX}: {what} is not valid JSON: {error}") from None
+    path = Path(text)
+    if not path.is_file():
+        raise SystemExit(f"{PREFIX}: {what} {text!r} is neither inline JSON nor an existing file")
+    source = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(source) if path.suffix == ".json" else yaml.safe_load(source)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SystemExit(f"{PREFIX}: {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+
+
+def json_readable_as_yaml(data: Any) -> str:
+    """JSON text whose numbers YAML 1.1 also reads as numbers.
+
+    ``json.dumps(1e-05)`` gives ``1e-05``, which PyYAML's safe_load (and so
+    :func:`revunet.experiment.read_experiment`) reads as a string; ``1.0e-05`` is the same
+    JSON number and a YAML float. Floats are swapped for unique tokens, dumped, and put back.
+    """
+    floats: list[str] = []
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, float):
+            text = repr(value)
+            if "e" in text and "." not in text.split("e")[0]:
+                mantissa, exponent = text.split("e")
+                text = f"{mantissa}.0e{exponent}"
+            floats.append(text)
+            return f"\x00float{len(floats) - 1}\x00"
+        if isinstance(value, dict):
+            return {key: swap(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [swap(item) for item in value]
+        return value
+
+    text = json.dumps(swap(data), indent=2, sort_keys=True)
+    for index, number in enumerate(floats):
+        text = text.replace(json.dumps(f"\x00float{index}\x00"), number)
+    return text + "\n"
+
+
+def _write_experiment(path: str, experiment: Any) -> None:
+    from revunet.atomic import write_text_atomic
+
+    write_text_atomic(path, json_readable_as_yaml(experiment.to_dict()))
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from revunet.atomic import write_text_atomic
+    from revunet.experiment import Experiment
+    from revunet.experiments_config import ConfigError, plan_workflow
+
+    write_experiment = _write_experiment
+
+    if args.spec is not None:
+        if args.name or args.preset or args.data_root:
+            raise SystemExit(f"{PREFIX}: --name/--preset/--data-root go with --config, not --spec")
+        try:
+            experiment = Experiment.from_dict(_load(args.spec, "--spec"), source="--spec")
+        except ValueError as error:
+            raise SystemExit(f"{PREFIX}: {error}") from None
+        return _emit(experiment, args.out, write_experiment)
+
+    config = _load(args.config, "--config")
+    if not isinstance(config, dict):
+        raise SystemExit(f"{PREFIX}: --config must be a mapping of config keys, got {type(config).__name__}")
+    if args.preset:
+        config["preset"] = args.preset
+    if args.data_root:
+        config["data_root"] = args.data_root
+    if args.name:
+        config["select"] = [args.name]
+    try:
+        plan = plan_workflow(config)
+    except ConfigError as error:
+        raise SystemExit(f"{PREFIX}: {error}") from None
+    if args.name:
+        return _emit(plan.experiments[args.name].experiment, args.out, write_experiment)
+    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    if args.out is None:
+        print(text, end="")
+    else:
+        write_text_atomic(args.out, text)
+        print(f"config with {len(plan.experiments)} experiment(s) at preset {plan.preset} -> {args.out}")
+    return 0
+
+
+def _emit(experiment: Any, out: str | None, write: Any) -> int:
+    if out is None:
+        print(json.dumps(experiment.to_dict(), indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        write(out, experiment)
+        print(f"experiment {experiment.name} -> {out}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``revunet experiment`` to the command-line parser."""
+    parser = commands.add_parser(
+        "experiment",
+        help="write an experiment's recipe (from a spec or the workflow config) or the resolved config",
+        description="With --spec: check an experiment (JSON/YAML, inline or a file) and write it. "
+        "With --config and --name: resolve that experiment from the workflow config at its preset "
+        "(recipe, then the experiment's keys, then the preset's defaults, then its preset block) and "
+        "write it. With --config alone: check the whole config and write it back (what the run used). "
+        "Without --out the result is printed. Writes are atomic.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="an experiment as JSON/YAML text or a file")
+    source.add_argument("--config", help="the workflow config (config.yaml, or JSON text)")
+    parser.add_argument("--name", help="with --config: the experiment to write")
+    parser.add_argument("--preset", choices=("demo", "paper"), help="with --config: override its preset")
+    parser.add_argument("--data-root", help="with --config: override its data_root")
+    parser.add_argument("--out", help="file to write (JSON for an experiment, YAML for a config)")
+    parser.set_defaults(run=_experiment)

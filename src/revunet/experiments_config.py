@@ -1,0 +1,379 @@
+"""From the workflow's config.yaml to concrete experiments, datasets and job resources.
+
+The Snakefile validates ``config.yaml`` against its schema and hands the result to
+:func:`plan_workflow`, which applies the scale preset (``demo`` or ``paper``) and returns a
+:class:`WorkflowPlan`: one :class:`revunet.experiment.Experiment` per selected experiment
+with the dataset, split and resources of its training job, and the datasets those
+experiments need. The rules only read this plan, so every decision lives here and is tested.
+
+How an experiment's fields are merged (later wins, mappings merge key by key, anything else
+is replaced): ``recipes[recipe]`` → the experiment's own keys → ``presets[preset].experiment``
+→ the experiment's ``demo:``/``paper:`` block. Importing this module must stay cheap (no
+torch): Snakemake imports it every time it parses the workflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from revunet.experiment import Experiment
+
+PRESETS = ("demo", "paper")
+SOURCES = ("synthetic", "local", "decathlon")
+WORKFLOW_KEYS = ("recipe", "dataset", "split", "resources")
+# The folders `revunet synth` writes (revunet.data.synth.BRATS_ROOT / ISEG_ROOT; not imported
+# here because that module imports torch).
+SYNTHETIC_FOLDERS = {"brats": "MICCAI_BraTS2020_TrainingData", "iseg": "iSeg-2019-Training"}
+DECATHLON_FOLDER = "Task01_BrainTumour"
+DEFAULT_RESOURCES = {"threads": 1, "gpus": 1, "mem_mb": 4000, "runtime": 60}
+# What `revunet tables` and `revunet figures` write (revunet.report.tables.TABLE_BUILDERS and
+# revunet.report.figures.write_figures; a test keeps these in step), besides one
+# example_segmentation_<dataset> figure per dataset.
+REPORT_TABLES = (
+    "bruegger2019",
+    "invres_iseg",
+    "invres_brats",
+    "pendse2020_memory",
+    "pendse2020_dice",
+    "complexity",
+    "capacity",
+)
+REPORT_FIGURES = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
+
+
+class ConfigError(ValueError):
+    """A problem in the workflow configuration; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks the scheduler for (``runtime`` in minutes)."""
+
+    threads: int = 1
+    gpus: int = 1
+    mem_mb: int = 4000
+    runtime: int = 60
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A named train / held-out split of one dataset (see ``revunet split``)."""
+
+    name: str
+    fraction: float | None = None
+    counts: tuple[int, int] | None = None
+    seed: int = 0
+    held_out_name: str = "validation"
+
+    def arguments(self) -> str:
+        """The ``revunet split`` options that draw this split."""
+        scheme = f"--fraction {self.fraction:g}" if self.fraction is not None else "--counts {},{}".format(*self.counts)
+        return f"{scheme} --seed {self.seed} --held-out-name {self.held_out_name}"
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """One dataset at the chosen preset: where its cases come from and how they are prepared."""
+
+    name: str
+    task: str
+    source: str
+    path: str | None = None
+    layout: str = "auto"
+    subjects: int | None = None
+    spacing: float = 3.0
+    seed: int = 0
+    shape: tuple[int, int, int] | None = None
+    splits: dict[str, SplitPlan] = field(default_factory=dict)
+
+    @property
+    def synthetic_folder(self) -> str:
+        """Name of the folder `revunet synth --task <task>` writes."""
+        return SYNTHETIC_FOLDERS[self.task]
+
+    def synth_arguments(self) -> str:
+        """The ``revunet synth`` options (apart from ``--out``)."""
+        subjects = f" --subjects {self.subjects}" if self.subjects is not None else ""
+        return f"--task {self.task}{subjects} --spacing {self.spacing:g} --seed {self.seed}"
+
+    def shape_argument(self) -> str:
+        """``--shape`` of ``revunet preprocess``: ``X,Y,Z`` or ``none`` (bounding box only)."""
+        return "none" if self.shape is None else ",".join(str(s) for s in self.shape)
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """One training job: the experiment, the data it uses and what the job asks for."""
+
+    experiment: Experiment
+    dataset: str
+    split: str
+    resources: Resources
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    def spec(self) -> str:
+        """The experiment as canonical JSON (what `revunet experiment --spec` takes)."""
+        return json.dumps(self.experiment.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class WorkflowPlan:
+    """Everything the rules need to know, at the chosen preset."""
+
+    preset: str
+    device: str
+    datasets: dict[str, DatasetPlan]
+    experiments: dict[str, ExperimentPlan]
+    infer_resources: Resources
+    memory_tables: tuple[str, ...]
+    capacity_arguments: str
+    resume_training: bool = False
+    launch_single: str = "revunet"
+    launch_distributed: str = "torchrun --standalone --nproc_per_node={gpus} -m revunet.cli"
+
+    def launcher(self, name: str) -> str:
+        """The command that runs ``revunet`` for experiment ``name``'s training job."""
+        gpus = self.experiments[name].resources.gpus
+        if gpus > 1:
+            return self.launch_distributed.format(gpus=gpus)
+        return self.launch_single
+
+    def train_options(self) -> str:
+        """Options of `revunet train` that depend on the config: the device, and ``--restart``
+        unless ``resume_training``. Snakemake reruns a training job when its inputs changed, so
+        by default it starts over; with ``resume_training`` an interrupted run continues from
+        ``last.pt`` (trusting that the data did not change)."""
+        restart = "" if self.resume_training else " --restart"
+        return f"--device {self.device} --no-progress{restart}"
+
+    def experiment_names(self, dataset: str | None = None) -> list[str]:
+        """Selected experiments, in config order (optionally only those of ``dataset``)."""
+        return [name for name, plan in self.experiments.items() if dataset is None or plan.dataset == dataset]
+
+    def splits_in_use(self) -> list[tuple[str, str]]:
+        """(dataset, split) pairs the selected experiments train on."""
+        return sorted({(plan.dataset, plan.split) for plan in self.experiments.values()})
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``; nested mappings merge, everything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
+    """Turn a schema-validated config into the plan of the run (see the module docstring)."""
+    preset = _choice(config.get("preset", "demo"), PRESETS, "preset")
+    presets = _mapping(config.get("presets", {}), "presets")
+    preset_block = _mapping(presets.get(preset, {}), f"presets.{preset}")
+    data_root = config.get("data_root")
+    datasets_config = _mapping(config.get("datasets", {}), "datasets")
+    recipes = _mapping(config.get("recipes", {}), "recipes")
+    experiments_config = _mapping(config.get("experiments", {}), "experiments")
+    if not experiments_config:
+        raise ConfigError("config: experiments: no experiments are defined")
+
+    selected = list(config.get("select") or [])
+    unknown = [name for name in selected if name not in experiments_config]
+    if unknown:
+        raise ConfigError(f"config: select names unknown experiment(s) {unknown}; known: {sorted(experiments_config)}")
+    names = [name for name in experiments_config if not selected or name in selected]
+
+    train_defaults = {**DEFAULT_RESOURCES, **_mapping(preset_block.get("train", {}), f"presets.{preset}.train")}
+    experiment_defaults = _mapping(preset_block.get("experiment", {}), f"presets.{preset}.experiment")
+
+    datasets: dict[str, DatasetPlan] = {}
+    experiments: dict[str, ExperimentPlan] = {}
+    for name in names:
+        plan = _plan_experiment(
+            name, experiments_config[name], recipes, experiment_defaults, train_defaults, preset, datasets_config
+        )
+        if plan.dataset not in datasets:
+            datasets[plan.dataset] = _plan_dataset(plan.dataset, datasets_config[plan.dataset], preset, data_root)
+        if plan.split not in datasets[plan.dataset].splits:
+            raise ConfigError(
+                f"config: experiments.{name}: split {plan.split!r} is not defined for dataset {plan.dataset!r} "
+                f"at preset {preset} (datasets.{plan.dataset}.{preset}.splits has {sorted(datasets[plan.dataset].splits)})"
+            )
+        if plan.experiment.task != datasets[plan.dataset].task:
+            raise ConfigError(
+                f"config: experiments.{name}: task {plan.experiment.task!r} does not match dataset "
+                f"{plan.dataset!r} (task {datasets[plan.dataset].task!r})"
+            )
+        experiments[name] = plan
+
+    launch = _mapping(config.get("launch", {}), "launch")
+    capacity = preset_block.get("capacity", [])
+    return WorkflowPlan(
+        preset=preset,
+        device=_choice(config.get("device", "auto"), ("auto", "cpu", "cuda"), "device"),
+        datasets=datasets,
+        experiments=experiments,
+        infer_resources=_resources(
+            {**DEFAULT_RESOURCES, **_mapping(preset_block.get("infer", {}), f"presets.{preset}.infer")},
+            f"presets.{preset}.infer",
+        ),
+        memory_tables=tuple(config.get("memory_tables", ())),
+        capacity_arguments=" ".join(shlex.quote(str(arg)) for arg in capacity),
+        resume_training=bool(config.get("resume_training", False)),
+        launch_single=launch.get("single", WorkflowPlan.launch_single),
+        launch_distributed=launch.get("distributed", WorkflowPlan.launch_distributed),
+    )
+
+
+def _plan_experiment(
+    name: str,
+    entry: Any,
+    recipes: Mapping[str, Any],
+    experiment_defaults: Mapping[str, Any],
+    train_defaults: Mapping[str, Any],
+    preset: str,
+    datasets_config: Mapping[str, Any],
+) -> ExperimentPlan:
+    where = f"experiments.{name}"
+    entry = _mapping(entry, where)
+    for block in PRESETS:
+        if block in entry and not isinstance(entry[block], Mapping):
+            raise ConfigError(
+                f"config: {where}.{block} must be a mapping (the overrides at {block} scale), got {entry[block]!r}; "
+                "the paper citation of an experiment belongs in its recipe"
+            )
+    block = _mapping(entry.get(preset, {}), f"{where}.{preset}")
+    if "recipe" in block:
+        raise ConfigError(f"config: {where}.{preset}: 'recipe' can only be set on the experiment itself")
+
+    recipe_name = entry.get("recipe")
+    recipe: Mapping[str, Any] = {}
+    if recipe_name is not None:
+        if recipe_name not in recipes:
+            raise ConfigError(f"config: {where}.recipe: unknown recipe {recipe_name!r}; known: {sorted(recipes)}")
+        recipe = _mapping(recipes[recipe_name], f"recipes.{recipe_name}")
+        misplaced = sorted(set(recipe) & set(WORKFLOW_KEYS))
+        if misplaced:
+            raise ConfigError(f"config: recipes.{recipe_name}: {misplaced} belong in each experiment, not in a recipe")
+
+    workflow = {key: entry[key] for key in WORKFLOW_KEYS if key in entry}
+    workflow = deep_merge(workflow, {key: block[key] for key in WORKFLOW_KEYS if key in block})
+    dataset = workflow.get("dataset")
+    if not isinstance(dataset, str):
+        raise ConfigError(f"config: {where}: 'dataset' must name a dataset, got {dataset!r}")
+    if dataset not in datasets_config:
+        raise ConfigError(f"config: {where}: unknown dataset {dataset!r}; known: {sorted(datasets_config)}")
+    dataset_config = _mapping(datasets_config[dataset], f"datasets.{dataset}")
+    if preset not in dataset_config:
+        raise ConfigError(
+            f"config: {where} uses dataset {dataset!r}, which has no {preset}: block (datasets.{dataset}.{preset})"
+        )
+
+    fields = deep_merge(recipe, _fields(entry))
+    fields = deep_merge(fields, experiment_defaults)
+    fields = deep_merge(fields, _fields(block))
+    fields = {"task": dataset_config.get("task"), **fields, "name": name}
+    try:
+        experiment = Experiment.from_dict(fields, source=f"config: {where} (preset {preset})")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+    resources = _resources({**train_defaults, **_mapping(workflow.get("resources", {}), f"{where}.resources")}, where)
+    return ExperimentPlan(experiment, dataset, str(workflow.get("split", "main")), resources)
+
+
+def _fields(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment fields of an entry or preset block (workflow keys and preset blocks removed)."""
+    return {key: value for key, value in block.items() if key not in WORKFLOW_KEYS and key not in PRESETS}
+
+
+def _plan_dataset(name: str, entry: Mapping[str, Any], preset: str, data_root: str | None) -> DatasetPlan:
+    where = f"datasets.{name}.{preset}"
+    settings = _mapping(entry[preset], where)
+    task = _choice(entry.get("task"), tuple(SYNTHETIC_FOLDERS), f"datasets.{name}.task")
+    source = _choice(settings.get("source"), SOURCES, f"{where}.source")
+    path = settings.get("path")
+    if source == "local":
+        if not path:
+            raise ConfigError(f"config: {where}.path: a local dataset needs the path of its folder")
+        path = _resolve(path, data_root, f"{where}.path")
+    elif source == "decathlon":
+        if path:
+            raise ConfigError(
+                f"config: {where}.path: a Decathlon download goes to results/data/{name}/raw; "
+                "to use a copy you already have, set source: local and its path"
+            )
+        if task != "brats":
+            raise ConfigError(f"config: {where}.source: the Decathlon download is BraTS data, but the task is {task!r}")
+    splits_config = _mapping(settings.get("splits", {}), f"{where}.splits")
+    if not splits_config:
+        raise ConfigError(f"config: {where}.splits: define at least one split")
+    splits = {split: _split(split, value, f"{where}.splits.{split}") for split, value in splits_config.items()}
+    shape = settings.get("shape")
+    return DatasetPlan(
+        name=name,
+        task=task,
+        source=source,
+        path=path,
+        layout=settings.get("layout", "auto"),
+        subjects=settings.get("subjects"),
+        spacing=float(settings.get("spacing", 3.0)),
+        seed=int(settings.get("seed", 0)),
+        shape=None if shape is None else tuple(int(s) for s in shape),
+        splits=splits,
+    )
+
+
+def _split(name: str, value: Any, where: str) -> SplitPlan:
+    value = _mapping(value, where)
+    if ("fraction" in value) == ("counts" in value):
+        raise ConfigError(f"config: {where}: give exactly one of 'fraction' or 'counts'")
+    counts = value.get("counts")
+    return SplitPlan(
+        name=name,
+        fraction=value.get("fraction"),
+        counts=None if counts is None else (int(counts[0]), int(counts[1])),
+        seed=int(value.get("seed", 0)),
+        held_out_name=_choice(value.get("held_out_name", "validation"), ("validation", "test"), f"{where}.held_out_name"),
+    )
+
+
+def _resolve(path: str, data_root: str | None, where: str) -> str:
+    if os.path.isabs(os.path.expanduser(path)):
+        return os.path.expanduser(path)
+    if not data_root:
+        raise ConfigError(f"config: {where}: {path!r} is relative, so data_root must say where it lies (--config data_root=...)")
+    return os.path.join(os.path.expanduser(data_root), path)
+
+
+def _resources(values: Mapping[str, Any], where: str) -> Resources:
+    unknown = sorted(set(values) - set(DEFAULT_RESOURCES))
+    if unknown:
+        raise ConfigError(f"config: {where}: unknown resource(s) {unknown}; known: {sorted(DEFAULT_RESOURCES)}")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "gpus" else 1):
+            raise ConfigError(f"config: {where}: resource {key!r} must be a positive integer, got {value!r}")
+    return Resources(**values)
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config: {where} must be a mapping, got {value!r}")
+    return value
+
+
+def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"config: {where} must be one of {list(choices)}, got {value!r}")
+    return value

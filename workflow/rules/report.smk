@@ -1,0 +1,85 @@
+# Tables and figures (paper vs reproduced), the config the run used, and the HTML report.
+
+
+rule tables:
+    input:
+        **report_inputs(),
+    output:
+        *[
+            report(path, caption=f"../report/table_{name}.rst", category="Tables", labels={"table": name})
+            for name, path in zip(REPORT_TABLES, table_outputs("csv"))
+        ],
+        *table_outputs("md"),
+        index=f"{RESULTS}/tables/index.csv",
+    log:
+        f"{RESULTS}/logs/tables/tables.log",
+    params:
+        folders=result_folders(),
+        out=lambda wildcards, output: os.path.dirname(output.index),
+        preset=PLAN.preset,
+    conda:
+        "../../envs/revunet.yaml"
+    shell:
+        "revunet tables --experiments {params.folders[experiments]} --evaluations {params.folders[evaluations]}"
+        " --training {params.folders[training]} --memory {params.folders[memory]}"
+        " --cases-dir {params.folders[data]} --preset {params.preset} --out {params.out} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        **report_inputs(),
+        predictions=experiment_outputs("predictions"),
+    output:
+        *[
+            report(path, caption=f"../report/{figure_caption(name)}.rst", category="Figures", labels={"figure": name})
+            for name, path in zip(figure_names(), figure_outputs("png"))
+        ],
+        *figure_outputs("pdf"),
+        index=f"{RESULTS}/figures/index.csv",
+    log:
+        f"{RESULTS}/logs/figures/figures.log",
+    params:
+        folders=result_folders(),
+        out=lambda wildcards, output: os.path.dirname(output.index),
+    conda:
+        "../../envs/revunet.yaml"
+    shell:
+        "revunet figures --experiments {params.folders[experiments]} --training {params.folders[training]}"
+        " --evaluations {params.folders[evaluations]} --memory {params.folders[memory]}"
+        " --predictions {params.folders[predictions]} --cases-dir {params.folders[data]} --out {params.out} > {log} 2>&1"
+
+
+rule run_config:
+    output:
+        f"{RESULTS}/config.yaml",
+    log:
+        f"{RESULTS}/logs/run_config/run_config.log",
+    params:
+        # The validated config with its defaults: what this run used.
+        config=lambda wildcards: json.dumps(config, sort_keys=True),
+    localrule: True
+    conda:
+        "../../envs/revunet.yaml"
+    shell:
+        "revunet experiment --config {params.config:q} --out {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        config=f"{RESULTS}/config.yaml",
+        tables=table_outputs("csv"),
+        figures=figure_outputs("png"),
+    output:
+        f"{RESULTS}/report.html",
+    log:
+        f"{RESULTS}/logs/report/report.log",
+    params:
+        python=PYTHON,
+        snakefile=workflow.main_snakefile,
+    localrule: True
+    conda:
+        "../../envs/revunet.yaml"
+    shell:
+        # Snakemake's own report of this workflow, with the config this run used.
+        "{params.python} -m snakemake --snakefile {params.snakefile:q} --nolock --replace-workflow-config"
+        " --configfile {input.config} --report {output} > {log} 2>&1"
