@@ -14,6 +14,7 @@ torch): Snakemake imports it every time it parses the workflow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -135,6 +136,7 @@ class WorkflowPlan:
     infer_resources: Resources
     memory_tables: tuple[str, ...]
     capacity_arguments: str
+    complexity_arguments: str = ""
     resume_training: bool = False
     launch_single: str = "revunet"
     launch_distributed: str = "torchrun --standalone --nproc_per_node={gpus} -m revunet.cli"
@@ -192,7 +194,10 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         raise ConfigError(f"config: select names unknown experiment(s) {unknown}; known: {sorted(experiments_config)}")
     names = [name for name in experiments_config if not selected or name in selected]
 
-    train_defaults = {**DEFAULT_RESOURCES, **_mapping(preset_block.get("train", {}), f"presets.{preset}.train")}
+    train_defaults = _resources(
+        {**DEFAULT_RESOURCES, **_mapping(preset_block.get("train", {}), f"presets.{preset}.train")},
+        f"presets.{preset}.train",
+    )
     experiment_defaults = _mapping(preset_block.get("experiment", {}), f"presets.{preset}.experiment")
 
     datasets: dict[str, DatasetPlan] = {}
@@ -216,7 +221,9 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         experiments[name] = plan
 
     launch = _mapping(config.get("launch", {}), "launch")
-    capacity = preset_block.get("capacity", [])
+    def arguments(key: str) -> str:
+        return " ".join(shlex.quote(str(arg)) for arg in preset_block.get(key, []) or [])
+
     return WorkflowPlan(
         preset=preset,
         device=_choice(config.get("device", "auto"), ("auto", "cpu", "cuda"), "device"),
@@ -227,7 +234,8 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
             f"presets.{preset}.infer",
         ),
         memory_tables=tuple(config.get("memory_tables", ())),
-        capacity_arguments=" ".join(shlex.quote(str(arg)) for arg in capacity),
+        capacity_arguments=arguments("capacity"),
+        complexity_arguments=arguments("complexity"),
         resume_training=bool(config.get("resume_training", False)),
         launch_single=launch.get("single", WorkflowPlan.launch_single),
         launch_distributed=launch.get("distributed", WorkflowPlan.launch_distributed),
@@ -239,7 +247,7 @@ def _plan_experiment(
     entry: Any,
     recipes: Mapping[str, Any],
     experiment_defaults: Mapping[str, Any],
-    train_defaults: Mapping[str, Any],
+    train_defaults: Resources,
     preset: str,
     datasets_config: Mapping[str, Any],
 ) -> ExperimentPlan:
@@ -287,7 +295,8 @@ def _plan_experiment(
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
-    resources = _resources({**train_defaults, **_mapping(workflow.get("resources", {}), f"{where}.resources")}, where)
+    overrides = _mapping(workflow.get("resources", {}), f"{where}.resources")
+    resources = _resources({**dataclasses.asdict(train_defaults), **overrides}, f"{where}.resources")
     return ExperimentPlan(experiment, dataset, str(workflow.get("split", "main")), resources)
 
 

@@ -46,7 +46,9 @@ rule complexity:
         ),
     log:
         f"{RESULTS}/logs/complexity/complexity.log",
+    params:
+        options=PLAN.complexity_arguments,
     conda:
         "../../envs/revunet.yaml"
     shell:
-        "revunet complexity --out {output} > {log} 2>&1"
+        "revunet complexity {params.options} --out {output} > {log} 2>&1"

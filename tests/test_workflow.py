@@ -1,0 +1,146 @@
+"""The Snakemake workflow: lint, dry runs at both presets, config errors, and one tiny run
+end to end (tables, figures and report; a rerun does nothing; a deleted model reruns only
+what depends on it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "config.yaml")
+TINY = str(ROOT / "config" / "test.yaml")
+EXPERIMENTS = [
+    "bruegger_baseline", "bruegger_rev_1_1_128", "bruegger_rev_1_1_full", "bruegger_rev_2_1_full",
+    "bruegger_rev_3_1_full", "bruegger_rev_4_1_full", "invres_iseg_unet3d", "invres_iseg_partial",
+    "invres_iseg_full", "invres_brats_unet3d", "invres_brats_partial", "invres_brats_full",
+    "pendse_baseline", "pendse_mbconv_base", "pendse_mbconv_deeper", "pendse_mbconv_wider",
+]  # fmt: skip
+TINY_EXPERIMENTS = ["bruegger_rev_1_1_128", "invres_iseg_unet3d", "pendse_mbconv_wider"]
+
+pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None and not (Path(sys.executable).parent / "snakemake").exists(),
+                                reason="snakemake is not installed")  # fmt: skip
+
+
+def snakemake(workdir: Path, *args: str, configfiles: tuple[str, ...] = (CONFIG,), timeout: int = 600):
+    """Run the repository's workflow in ``workdir``; returns (exit code, stdout + stderr)."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    command += ["--configfile", *configfiles, *args]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+    return done.returncode, done.stdout + done.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'job count' table a (dry) run prints."""
+    counts = {}
+    for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE):
+        counts[rule] = int(count)
+    return counts
+
+
+def train_jobs(output: str) -> dict[str, str]:
+    """exp -> the resources line of each train job a dry run lists."""
+    jobs = {}
+    for block in output.split("\nrule train:")[1:]:
+        exp = re.search(r"wildcards: exp=(\w+)", block).group(1)
+        jobs[exp] = re.search(r"resources: (.*)", block).group(1) + " threads=" + re.search(r"threads: (\d+)", block).group(1)
+    return jobs
+
+
+@pytest.mark.slow
+def test_lint_reports_nothing(tmp_path):
+    code, output = snakemake(tmp_path, "--lint")
+    assert code == 0, output
+    assert "Congratulations, your workflow is in a good condition!" in output
+    assert "Lints for" not in output
+
+
+@pytest.mark.slow
+def test_default_dry_run_trains_every_experiment_once(tmp_path):
+    code, output = snakemake(tmp_path, "--dry-run")
+    assert code == 0, output
+    counts = job_counts(output)
+    assert counts["train"] == counts["infer"] == counts["evaluate"] == counts["experiment"] == 16
+    assert counts["synthetic_dataset"] == 2 and counts["report"] == 1 and counts["memory_table"] == 4
+    jobs = train_jobs(output)
+    assert sorted(jobs) == sorted(EXPERIMENTS)
+    assert all("gpu=1" in line and "threads=1" in line for line in jobs.values())
+    assert "revunet synth --task brats --subjects 20" in output
+
+
+@pytest.mark.slow
+def test_paper_dry_run_lists_every_paper_experiment_with_its_gpus(tmp_path):
+    data = tmp_path / "data"
+    code, output = snakemake(tmp_path, "--dry-run", "--config", "preset=paper", f"data_root={data}")
+    assert code == 0, output
+    jobs = train_jobs(output)
+    assert sorted(jobs) == sorted(EXPERIMENTS)
+    for exp, line in jobs.items():
+        gpus = 4 if exp.startswith("pendse") else 1
+        assert f"gpu={gpus}," in line and "runtime=4320" in line and "threads=8" in line, (exp, line)
+    assert "torchrun --standalone --nproc_per_node=4 -m revunet.cli train" in output
+    assert f"revunet cases {data}/MICCAI_BraTS_2018_Data_Training" in output
+    assert "--counts 330,40" in output and "--shape 160,192,160" in output
+    assert "synthetic_dataset" not in job_counts(output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "names"),
+    [
+        (["bogus_key=1"], ["bogus_key"]),
+        (["preset=huge"], ["preset", "huge"]),
+        (["preset=paper"], ["data_root"]),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_key(tmp_path, config, names):
+    code, output = snakemake(tmp_path, "--dry-run", "--config", *config)
+    assert code != 0
+    for name in names:
+        assert name in output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(tmp_path):
+    """One run of config/test.yaml (kept in one test so parallel workers never run it twice)."""
+    from revunet.experiments_config import REPORT_FIGURES, REPORT_TABLES
+
+    code, output = snakemake(tmp_path, "--cores", "2", configfiles=(CONFIG, TINY), timeout=900)
+    assert code == 0, output[-5000:]
+
+    results = tmp_path / "results"
+    for name in REPORT_TABLES:
+        assert (results / "tables" / f"{name}.csv").stat().st_size > 0
+        assert (results / "tables" / f"{name}.md").stat().st_size > 0
+    for name in [*REPORT_FIGURES, "example_segmentation_brats", "example_segmentation_iseg"]:
+        assert (results / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    for exp in TINY_EXPERIMENTS:
+        assert (results / "evaluation" / exp / "summary.csv").is_file()
+        assert (results / "logs" / "train" / f"{exp}.log").is_file()
+    report = (results / "report.html").read_text(encoding="utf-8", errors="replace")
+    assert "training_curves.png" in report and "bruegger2019.csv" in report
+
+    # `snakemake --report` also works by hand, anywhere
+    code, output = snakemake(tmp_path, "--report", "elsewhere.html", configfiles=(CONFIG, TINY))
+    assert code == 0, output[-3000:]
+    assert (tmp_path / "elsewhere.html").stat().st_size > 100_000
+
+    # a rerun has nothing to do
+    code, output = snakemake(tmp_path, "--dry-run", configfiles=(CONFIG, TINY))
+    assert code == 0 and "Nothing to be done" in output, output[-3000:]
+
+    # deleting one model reruns that model's training, inference and evaluation and the report, nothing else
+    (results / "train" / "invres_iseg_unet3d" / "best.pt").unlink()
+    code, output = snakemake(tmp_path, "--dry-run", configfiles=(CONFIG, TINY))
+    assert code == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts == {"train": 1, "infer": 1, "evaluate": 1, "tables": 1, "figures": 1, "report": 1, "all": 1, "total": 7}
+    assert "wildcards: exp=invres_iseg_unet3d" in output
