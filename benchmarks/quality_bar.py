@@ -1,0 +1,170 @@
+"""Does a demo-scale training run learn the synthetic BraTS task better than a voxel classifier?
+
+The quality bar of the CPU demo: on the default synthetic BraTS data (`revunet synth --task
+brats`, 20 subjects; `revunet preprocess --shape 48,64,48`; `revunet split --fraction 0.8`:
+16 training, 4 held-out cases) train the partially reversible U-Net and its non-reversible
+twin (``memory_saving`` False, same seed, same recipe) with `revunet train`'s code on one CPU
+thread, then compute hard Dice per region (WT, TC, ET; sigmoid > 0.5; both empty = 1) of
+``best.pt`` on the held-out volumes with numpy. The baseline is the per-voxel quadratic
+discriminant of ``benchmarks/synthetic_separability.py`` (intensities only, no context),
+fitted on the brain voxels of the same 16 training cases and tested on the same 4 cases.
+
+Run from the repository root (about 5 minutes on an idle core):
+
+    .venv/bin/python benchmarks/quality_bar.py [--work DIR] [--channels 16,32,64,128] [--groups 8]
+        [--lr 0.001] [--epochs 10] [--steps 8] [--augmentation none] [--ema-alpha 0.5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_separability import GaussianClassifier, dice  # noqa: E402
+
+from revunet.checkpoint import model_from_checkpoint  # noqa: E402
+from revunet.cli import main as revunet  # noqa: E402
+from revunet.data.labels import BRATS_REGIONS, brats_regions  # noqa: E402
+from revunet.data.preprocess import load_preprocessed  # noqa: E402
+from revunet.data.splits import read_split  # noqa: E402
+from revunet.experiment import Experiment  # noqa: E402
+from revunet.train import predict_volume, train  # noqa: E402
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    """The default synthetic BraTS data, preprocessed to 48x64x48 and split 80/20 (skipped if present)."""
+    pre, split = work / "preprocessed", work / "split.json"
+    if not split.is_file():
+        revunet(["synth", "--task", "brats", "--out", str(work / "raw")])
+        revunet(["cases", str(work / "raw"), "--out", str(work / "cases.csv")])
+        revunet(["preprocess", "--cases", str(work / "cases.csv"), "--all", "--shape", "48,64,48", "--out", str(pre)])
+        revunet(["split", "--cases", str(work / "cases.csv"), "--fraction", "0.8", "--out", str(split)])
+    return pre, split
+
+
+def brain_features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(voxels, modalities) intensities of the brain (non-zero in any modality) and the brain mask."""
+    brain = np.any(image != 0, axis=0)
+    return image[:, brain].T.astype(np.float64), brain
+
+
+def voxel_baseline(pre: Path, train_ids: list[str], test_ids: list[str]) -> dict[str, float]:
+    """Mean Dice per region of the per-voxel Gaussian classifier on the held-out cases."""
+    features, labels = [], []
+    for case_id in train_ids:
+        case = load_preprocessed(pre, case_id)
+        x, brain = brain_features(case.image)
+        features.append(x)
+        labels.append(case.label[brain])
+    classifier = GaussianClassifier().fit(np.concatenate(features), np.concatenate(labels))
+    scores: dict[str, list[float]] = {region: [] for region in BRATS_REGIONS}
+    for case_id in test_ids:
+        case = load_preprocessed(pre, case_id)
+        x, brain = brain_features(case.image)
+        predicted = np.zeros_like(case.label)
+        predicted[brain] = classifier.predict(x)
+        for region, p, t in zip(BRATS_REGIONS, brats_regions(predicted), brats_regions(case.label)):
+            scores[region].append(dice(p, t))
+    return {region: float(np.mean(values)) for region, values in scores.items()}
+
+
+def network_dice(checkpoint: Path, pre: Path, test_ids: list[str]) -> dict[str, float]:
+    """Mean hard Dice per region of a trained checkpoint on the held-out volumes (numpy)."""
+    model, _, _ = model_from_checkpoint(checkpoint)
+    scores: dict[str, list[float]] = {region: [] for region in BRATS_REGIONS}
+    for case_id in test_ids:
+        case = load_preprocessed(pre, case_id)
+        with torch.no_grad():
+            logits = predict_volume(model, torch.from_numpy(case.image)[None], model.size_multiple, nullcontext)
+        predicted = (torch.sigmoid(logits[0]) > 0.5).numpy()
+        for region, p, t in zip(BRATS_REGIONS, predicted, brats_regions(case.label)):
+            scores[region].append(dice(p, t))
+    return {region: float(np.mean(values)) for region, values in scores.items()}
+
+
+def demo_experiment(args: argparse.Namespace, memory_saving: bool) -> Experiment:
+    return Experiment.from_dict({
+        "name": "quality_bar_" + ("reversible" if memory_saving else "twin"),
+        "task": "brats",
+        "model": "partially_reversible",
+        "model_params": {"channels": args.channels, "groups": args.groups, "memory_saving": memory_saving},
+        "loss": "bruegger2019",
+        "augmentation": args.augmentation,
+        "patch_size": args.patch,
+        "optimizer": "adam",
+        "lr": args.lr,
+        "weight_decay": 0.0,
+        "epochs": args.epochs,
+        "max_steps_per_epoch": args.steps,
+        "seed": args.seed,
+        "ema_alpha": args.ema_alpha,
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", help="keep data and runs here (default: a temporary folder)")
+    parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=[16, 32, 64, 128])
+    parser.add_argument("--groups", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=8, help="max_steps_per_epoch")
+    parser.add_argument("--augmentation", default="none")
+    parser.add_argument("--patch", type=lambda s: [int(c) for c in s.split(",")], default=None,
+                        help="training patch X,Y,Z (default: the whole 48x64x48 volume; validation is always whole)")
+    parser.add_argument("--ema-alpha", type=float, default=0.5,
+                        help="EMA of the validation Dice that picks best.pt (0.95 in the paper; few epochs need less)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--twin", action=argparse.BooleanOptionalAction, default=True, help="also train the twin")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(args.work) if args.work else Path(scratch)
+        pre, split_path = prepare(work)
+        split = read_split(split_path)
+        baseline = voxel_baseline(pre, split.train, split.held_out)
+        results = {"voxel classifier": (baseline, None, None)}
+        for memory_saving in (True, False) if args.twin else (True,):
+            experiment = demo_experiment(args, memory_saving)
+            recipe = hashlib.sha1(json.dumps(experiment.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+            out = work / "runs" / f"{experiment.name}_{recipe}"  # one folder per recipe: reruns resume or skip
+            reused = (out / "summary.json").is_file()
+            cpu = time.process_time()
+            summary = train(experiment, pre, split_path, out, device="cpu", progress=False)
+            # with one thread: about the wall time on an idle core; None for a run finished earlier
+            cpu = None if reused else time.process_time() - cpu
+            scores = network_dice(out / "best.pt", pre, split.held_out)
+            results[experiment.name] = (scores, summary, cpu)
+
+    sample = "patch " + "x".join(map(str, args.patch)) if args.patch else "full 48x64x48 volume"
+    print(f"\nsetup: channels {args.channels}, groups {args.groups}, Adam lr {args.lr:g}, EMA alpha {args.ema_alpha}, "
+          f"{args.epochs} epochs x {args.steps} steps (batch 1, {sample}), loss bruegger2019, "
+          f"augmentation {args.augmentation}, seed {args.seed}, {args.threads} thread(s); "
+          f"{len(split.train)} train / {len(split.held_out)} held-out cases")
+    columns = ("WT", "TC", "ET", "mean", "/voxel", "best ep", "wall s", "cpu s", "cpu s/ep")
+    print(f"{'model':<26} " + " ".join(f"{c:>{max(6, len(c))}}" for c in columns))
+    reference = np.mean(list(baseline.values()))
+    for name, (scores, summary, cpu) in results.items():
+        mean = float(np.mean(list(scores.values())))
+        extra = "" if summary is None else (
+            f" {summary['best_epoch']:>7} {summary['train_seconds']:>7.1f} "
+            + ("  (reused run)" if cpu is None else f"{cpu:>7.1f} {cpu / summary['epochs_completed']:>8.1f}")
+        )
+        print(f"{name:<26} {scores['WT']:6.3f} {scores['TC']:6.3f} {scores['ET']:6.3f} {mean:6.3f} "
+              f"{mean / reference:7.2f}{extra}")
+
+
+if __name__ == "__main__":
+    main()
