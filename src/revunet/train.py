@@ -212,7 +212,9 @@ def collate(items: list[dict[str, Any]], multiple: int) -> dict[str, torch.Tenso
 def make_loss(experiment: Experiment) -> SegmentationLoss:
     """The experiment's loss preset; the invertible-residual one follows the model's output."""
     if experiment.loss not in LOSSES:
-        raise TrainError(f"experiment {experiment.name!r}: unknown loss {experiment.loss!r}; choose one of {sorted(LOSSES)}")
+        raise TrainError(
+            f"experiment {experiment.name!r}: unknown loss {experiment.loss!r}; choose one of {sorted(LOSSES)}"
+        )
     if experiment.loss == "invres2020":
         return LOSSES["invres2020"](output=experiment.model_params.get("output", "sigmoid"))
     return LOSSES[experiment.loss]()
@@ -379,11 +381,13 @@ def previous_run(out: Path, experiment: Experiment, restart: bool, is_main: bool
         return None
     if previous is not None and previous != experiment:
         raise TrainError(
-            f"{out} holds a run of a different experiment (keys that differ: {', '.join(_differences(previous, experiment))}); "
-            "delete the folder or pass --restart to start over"
+            f"{out} holds a run of a different experiment (keys that differ: "
+            f"{', '.join(_differences(previous, experiment))}); delete the folder or pass --restart to start over"
         )
     if payload is None and (out / "summary.json").is_file():
-        raise TrainError(f"{out}: summary.json says the run finished but last.pt is missing; pass --restart to train again")
+        raise TrainError(
+            f"{out}: summary.json says the run finished but last.pt is missing; pass --restart to train again"
+        )
     return payload
 
 
@@ -535,12 +539,15 @@ def _train(
         raise TrainError(f"{split_path}: the split has no training cases")
     if not preprocessed.is_dir():
         raise TrainError(f"no preprocessed folder at {preprocessed}")
-    augment = None if experiment.augmentation == "none" else Augmentation(AugmentationConfig.preset(experiment.augmentation))
+    augmentation = experiment.augmentation
+    augment = None if augmentation == "none" else Augmentation(AugmentationConfig.preset(augmentation))
     try:
         train_set = PatchDataset(
             preprocessed, parts.train, experiment.patch_size, augment, experiment.samples_per_volume, experiment.seed
         )
-        held_out = PatchDataset(preprocessed, parts.held_out, None, None, 1, experiment.seed) if parts.held_out else None
+        held_out = None
+        if parts.held_out:
+            held_out = PatchDataset(preprocessed, parts.held_out, None, None, 1, experiment.seed)
     except (FileNotFoundError, ValueError) as error:
         raise TrainError(f"{preprocessed}: {error}") from None
     tasks = {train_set.task} | ({held_out.task} if held_out else set())
@@ -564,9 +571,11 @@ def _train(
         )
     head_output = getattr(getattr(model, "head", None), "output", loss.output)
     if head_output != loss.output:
-        raise TrainError(f"experiment {experiment.name!r}: the model ends in {head_output} but the loss expects {loss.output}")
+        raise TrainError(
+            f"experiment {experiment.name!r}: the model ends in {head_output} but the loss expects {loss.output}"
+        )
     optimizer = make_optimizer(experiment, model)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(experiment.milestones), gamma=experiment.gamma)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(experiment.milestones), gamma=experiment.gamma)
     use_scaler = experiment.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=use_scaler)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16

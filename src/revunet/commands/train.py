@@ -32,10 +32,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "one. Several processes: torchrun --nproc_per_node N -m revunet.cli train ... (gloo on CPU, nccl on CUDA).",
     )
     parser.add_argument("--experiment", required=True, metavar="SPEC", help="experiment file (YAML or JSON)")
-    parser.add_argument("--preprocessed", required=True, metavar="PRE_DIR", help="folder written by `revunet preprocess`")
+    parser.add_argument(
+        "--preprocessed", required=True, metavar="PRE_DIR", help="folder written by `revunet preprocess`"
+    )
     parser.add_argument("--split", required=True, metavar="SPLIT_JSON", help="split file written by `revunet split`")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA when available")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA when available"
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
