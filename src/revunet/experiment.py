@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -165,15 +166,32 @@ def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
     raise TypeError(f"{where}: unsupported annotation {annotation}")  # pragma: no cover - programming error
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (``1e-5``) as numbers, as YAML 1.2 does."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
 def read_experiment(path: str | os.PathLike[str]) -> Experiment:
     """Read an experiment from a YAML or JSON file (JSON is YAML)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"no experiment file at {path}") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML/JSON: {error}") from None
+    try:
+        # JSON first: PyYAML (YAML 1.1) reads JSON's 1e-05 as a string, not a number.
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = yaml.load(text, Loader=_Yaml12FloatLoader)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML/JSON: {error}") from None
     return Experiment.from_dict(data, source=str(path))
 
 
