@@ -4,6 +4,8 @@
   as the authors' code scales it (sigmoid outputs).
 - Invertible-residual paper: cross-entropy + Dice + 0.1·L2(reconstruction) + 0.1·KL.
 - Pendse et al.: Dice.
+- ``dice_bce`` (not from a paper): mean soft Dice + binary cross-entropy, for the CPU demo,
+  whose few optimiser steps the Dice-only loss is too slow to use.
 
 Models return logits; the losses apply the sigmoid or softmax, which is the same function as
 a network ending in it, with the numerically stable logit forms for the cross-entropies.
@@ -119,4 +121,18 @@ def pendse2020() -> SegmentationLoss:
     return SegmentationLoss("sigmoid", dice=1.0)
 
 
-LOSSES = {"bruegger2019": bruegger2019, "invres2020": invres2020, "pendse2020": pendse2020}
+def dice_bce() -> SegmentationLoss:
+    """Soft Dice averaged over WT, TC, ET plus their mean binary cross-entropy.
+
+    Not a paper's loss: the cross-entropy gives every voxel a gradient from the first step,
+    where the Dice of a near-empty prediction barely moves, so a short budget learns faster.
+    """
+    return SegmentationLoss("sigmoid", dice=1.0, cross_entropy=1.0)
+
+
+LOSSES = {
+    "bruegger2019": bruegger2019,
+    "invres2020": invres2020,
+    "pendse2020": pendse2020,
+    "dice_bce": dice_bce,
+}
