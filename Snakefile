@@ -28,9 +28,17 @@ include: "workflow/rules/memory.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every file of every experiment is a target: deleting any of them reruns its job and what
+# depends on it (Snakemake leaves a missing intermediate file alone otherwise).
 rule all:
     default_target: True
     input:
+        experiment_outputs("spec"),
+        experiment_outputs("best"),
+        experiment_outputs("log"),
+        experiment_outputs("summary"),
+        experiment_outputs("predictions"),
+        experiment_outputs("metrics"),
         experiment_outputs("summary_metrics"),
         table_outputs("csv"),
         table_outputs("md"),

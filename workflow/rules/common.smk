@@ -110,6 +110,7 @@ def experiment_outputs(kind):
     names = PLAN.experiment_names()
     paths = {
         "spec": f"{RESULTS}/experiments/{{exp}}.json",
+        "best": f"{RESULTS}/train/{{exp}}/best.pt",
         "summary": f"{RESULTS}/train/{{exp}}/summary.json",
         "log": f"{RESULTS}/train/{{exp}}/log.csv",
         "predictions": f"{RESULTS}/predictions/{{exp}}/predictions.csv",
