@@ -113,16 +113,31 @@ def test_invertible_residual_recipes(paper):
 def test_demo_scales_down_on_synthetic_data_one_thread_per_job(demo):
     assert list(demo.experiments) == NAMES
     assert {name: d.source for name, d in demo.datasets.items()} == {"brats": "synthetic", "iseg": "synthetic"}
+    assert {name: d.shape for name, d in demo.datasets.items()} == {"brats": (48, 64, 48), "iseg": (48, 64, 48)}
+    steps = 0
     for plan in demo.experiments.values():
         e = plan.experiment
-        assert e.epochs <= 4 and e.max_steps_per_epoch <= 8 and not e.amp
+        assert e.patch_size is None and e.augmentation == "none" and not e.amp and e.sliding_window is None
         assert plan.resources.threads == 1 and plan.resources.gpus == 1
         assert demo.launcher(plan.name) == "revunet"
-        assert max(e.model_params["channels"]) <= 64
-    # the recipe stays the paper's where the demo does not override it
+        assert max(e.model_params["channels"]) <= 128
+        steps += e.epochs * e.max_steps_per_epoch
+    assert steps == 16 * 48  # what keeps the default run within its time budget
+    # the paper's loss and architecture stay where the demo does not override them
     assert demo.experiments["bruegger_rev_4_1_full"].experiment.model_params["encoder_depth"] == 4
-    assert demo.experiments["bruegger_baseline"].experiment.weight_decay == 1e-5
+    assert demo.experiments["bruegger_baseline"].experiment.loss == "bruegger2019"
     assert demo.experiments["invres_iseg_full"].experiment.loss == "invres2020"
+
+
+def test_vae_branch_follows_the_training_input():
+    """``vae_input_size: training_input`` becomes the whole preprocessed volume in the demo."""
+    demo = plan_workflow(config())
+    assert demo.experiments["invres_iseg_full"].experiment.model_params["vae_input_size"] == [48, 64, 48]
+    tiny = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / "test.yaml").read_text(encoding="utf-8")))
+    small = plan_workflow({**tiny, "select": ["invres_brats_partial"]})
+    assert small.experiments["invres_brats_partial"].experiment.model_params["vae_input_size"] == [32, 48, 32]
+    with pytest.raises(ConfigError, match=r"invres_brats_partial\.model_params\.vae_input_size"):
+        plan_workflow(mutate("datasets.brats.demo.shape", None))
 
 
 @pytest.mark.parametrize("preset", ["demo", "paper"])
@@ -164,17 +179,35 @@ def mutate(path: str, value):
 @pytest.mark.parametrize(
     ("changed", "message"),
     [
-        (mutate("experiments.bruegger_baseline.demo.epoch", 3), r"experiments\.bruegger_baseline.*unknown experiment key.*'epoch'"),
+        (
+            mutate("experiments.bruegger_baseline.demo.epoch", 3),
+            r"experiments\.bruegger_baseline.*unknown experiment key.*'epoch'",
+        ),
         (mutate("experiments.bruegger_baseline.demo.lr", "fast"), r"key 'lr' must be a number"),
-        (mutate("experiments.pendse_baseline.recipe", "pendse"), r"experiments\.pendse_baseline\.recipe: unknown recipe 'pendse'"),
-        (mutate("experiments.pendse_baseline.demo.split", "other"), r"split 'other' is not defined for dataset 'brats'"),
+        (
+            mutate("experiments.pendse_baseline.recipe", "pendse"),
+            r"experiments\.pendse_baseline\.recipe: unknown recipe 'pendse'",
+        ),
+        (
+            mutate("experiments.pendse_baseline.demo.split", "other"),
+            r"split 'other' is not defined for dataset 'brats'",
+        ),
         (mutate("experiments.pendse_baseline.demo.dataset", "brats2018"), r"brats2018.*has no demo: block"),
-        (mutate("experiments.pendse_baseline.paper", "Pendse"), r"experiments\.pendse_baseline\.paper must be a mapping"),
+        (
+            mutate("experiments.pendse_baseline.paper", "Pendse"),
+            r"experiments\.pendse_baseline\.paper must be a mapping",
+        ),
         (mutate("experiments.pendse_baseline.task", "iseg"), r"task 'iseg' does not match dataset 'brats'"),
-        (mutate("recipes.pendse2020.dataset", "brats"), r"recipes\.pendse2020: \['dataset'\] belong in each experiment"),
+        (
+            mutate("recipes.pendse2020.dataset", "brats"),
+            r"recipes\.pendse2020: \['dataset'\] belong in each experiment",
+        ),
         (mutate("select", ["nope"]), r"select names unknown experiment\(s\) \['nope'\]"),
         (mutate("presets.demo.train.gpu", 1), r"presets\.demo\.train.*unknown resource\(s\) \['gpu'\]"),
-        (mutate("datasets.brats.demo.splits.main", {"fraction": 0.8, "counts": [1, 1]}), r"splits\.main: give exactly one"),
+        (
+            mutate("datasets.brats.demo.splits.main", {"fraction": 0.8, "counts": [1, 1]}),
+            r"splits\.main: give exactly one",
+        ),
     ],
 )
 def test_errors_name_the_key(changed, message):
@@ -196,12 +229,12 @@ def test_names_shared_with_other_modules_stay_in_step():
     assert set(REPORT_FIGURES) == set(figures.CAPTIONS) - {"example_segmentation"}
 
 
-def test_experiment_command_writes_specs_that_read_back(tmp_path, demo):
-    spec = demo.experiments["bruegger_baseline"].spec()
+def test_experiment_command_writes_specs_that_read_back(tmp_path, paper):
+    spec = paper.experiments["bruegger_baseline"].spec()
     out = tmp_path / "e.json"
     assert main(["experiment", "--spec", spec, "--out", str(out)]) == 0
     read = read_experiment(out)  # weight decay 1e-05 must read back as a number
-    assert read == demo.experiments["bruegger_baseline"].experiment and read.weight_decay == 1e-5
+    assert read == paper.experiments["bruegger_baseline"].experiment and read.weight_decay == 1e-5
     assert json.loads(out.read_text()) == json.loads(spec)
 
     by_name = tmp_path / "named.json"
@@ -228,9 +261,3 @@ def test_experiment_command_errors(argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=message):
         main(["experiment", *argv])
-
-
-def test_demo_training_budget_is_small(demo):
-    """Steps of the whole demo: what keeps the default run within its time budget."""
-    steps = sum(p.experiment.epochs * p.experiment.max_steps_per_epoch for p in demo.experiments.values())
-    assert steps <= 16 * 32

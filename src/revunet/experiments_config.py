@@ -31,6 +31,8 @@ WORKFLOW_KEYS = ("recipe", "dataset", "split", "resources")
 # here because that module imports torch).
 SYNTHETIC_FOLDERS = {"brats": "MICCAI_BraTS2020_TrainingData", "iseg": "iSeg-2019-Training"}
 DECATHLON_FOLDER = "Task01_BrainTumour"
+# model_params.vae_input_size may say this instead of a size: the size the model trains on.
+TRAINING_INPUT = "training_input"
 DEFAULT_RESOURCES = {"threads": 1, "gpus": 1, "mem_mb": 4000, "runtime": 60}
 # What `revunet tables` and `revunet figures` write (revunet.report.tables.TABLE_BUILDERS and
 # revunet.report.figures.write_figures; a test keeps these in step), besides one
@@ -211,8 +213,10 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         if plan.split not in datasets[plan.dataset].splits:
             raise ConfigError(
                 f"config: experiments.{name}: split {plan.split!r} is not defined for dataset {plan.dataset!r} "
-                f"at preset {preset} (datasets.{plan.dataset}.{preset}.splits has {sorted(datasets[plan.dataset].splits)})"
+                f"at preset {preset} (datasets.{plan.dataset}.{preset}.splits has "
+                f"{sorted(datasets[plan.dataset].splits)})"
             )
+        plan = _resolve_training_input(plan, datasets[plan.dataset], preset)
         if plan.experiment.task != datasets[plan.dataset].task:
             raise ConfigError(
                 f"config: experiments.{name}: task {plan.experiment.task!r} does not match dataset "
@@ -300,6 +304,22 @@ def _plan_experiment(
     return ExperimentPlan(experiment, dataset, str(workflow.get("split", "main")), resources)
 
 
+def _resolve_training_input(plan: ExperimentPlan, dataset: DatasetPlan, preset: str) -> ExperimentPlan:
+    """``model_params.vae_input_size: training_input`` -> the size the model trains on (its patch,
+    or the dataset's preprocessed shape for whole volumes), so a VAE branch follows the data."""
+    params = plan.experiment.model_params
+    if params.get("vae_input_size") != TRAINING_INPUT:
+        return plan
+    size = plan.experiment.patch_size or dataset.shape
+    if size is None:
+        raise ConfigError(
+            f"config: experiments.{plan.name}.model_params.vae_input_size: {TRAINING_INPUT!r} needs a patch_size "
+            f"or a fixed shape of dataset {dataset.name!r} at preset {preset}"
+        )
+    experiment = plan.experiment.replace(model_params={**params, "vae_input_size": list(size)})
+    return dataclasses.replace(plan, experiment=experiment)
+
+
 def _fields(block: Mapping[str, Any]) -> dict[str, Any]:
     """The experiment fields of an entry or preset block (workflow keys and preset blocks removed)."""
     return {key: value for key, value in block.items() if key not in WORKFLOW_KEYS and key not in PRESETS}
@@ -352,7 +372,9 @@ def _split(name: str, value: Any, where: str) -> SplitPlan:
         fraction=value.get("fraction"),
         counts=None if counts is None else (int(counts[0]), int(counts[1])),
         seed=int(value.get("seed", 0)),
-        held_out_name=_choice(value.get("held_out_name", "validation"), ("validation", "test"), f"{where}.held_out_name"),
+        held_out_name=_choice(
+            value.get("held_out_name", "validation"), ("validation", "test"), f"{where}.held_out_name"
+        ),
     )
 
 
@@ -360,7 +382,9 @@ def _resolve(path: str, data_root: str | None, where: str) -> str:
     if os.path.isabs(os.path.expanduser(path)):
         return os.path.expanduser(path)
     if not data_root:
-        raise ConfigError(f"config: {where}: {path!r} is relative, so data_root must say where it lies (--config data_root=...)")
+        raise ConfigError(
+            f"config: {where}: {path!r} is relative, so data_root must say where it lies (--config data_root=...)"
+        )
     return os.path.join(os.path.expanduser(data_root), path)
 
 

@@ -46,7 +46,8 @@ rule figures:
     shell:
         "revunet figures --experiments {params.folders[experiments]} --training {params.folders[training]}"
         " --evaluations {params.folders[evaluations]} --memory {params.folders[memory]}"
-        " --predictions {params.folders[predictions]} --cases-dir {params.folders[data]} --out {params.out} > {log} 2>&1"
+        " --predictions {params.folders[predictions]} --cases-dir {params.folders[data]}"
+        " --out {params.out} > {log} 2>&1"
 
 
 rule run_config:

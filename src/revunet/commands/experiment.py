@@ -32,50 +32,14 @@ def _load(text: str, what: str) -> Any:
     try:
         return json.loads(source) if path.suffix == ".json" else yaml.safe_load(source)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise SystemExit(f"{PREFIX}: {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
-
-
-def json_readable_as_yaml(data: Any) -> str:
-    """JSON text whose numbers YAML 1.1 also reads as numbers.
-
-    ``json.dumps(1e-05)`` gives ``1e-05``, which PyYAML's safe_load (and so
-    :func:`revunet.experiment.read_experiment`) reads as a string; ``1.0e-05`` is the same
-    JSON number and a YAML float. Floats are swapped for unique tokens, dumped, and put back.
-    """
-    floats: list[str] = []
-
-    def swap(value: Any) -> Any:
-        if isinstance(value, float):
-            text = repr(value)
-            if "e" in text and "." not in text.split("e")[0]:
-                mantissa, exponent = text.split("e")
-                text = f"{mantissa}.0e{exponent}"
-            floats.append(text)
-            return f"\x00float{len(floats) - 1}\x00"
-        if isinstance(value, dict):
-            return {key: swap(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [swap(item) for item in value]
-        return value
-
-    text = json.dumps(swap(data), indent=2, sort_keys=True)
-    for index, number in enumerate(floats):
-        text = text.replace(json.dumps(f"\x00float{index}\x00"), number)
-    return text + "\n"
-
-
-def _write_experiment(path: str, experiment: Any) -> None:
-    from revunet.atomic import write_text_atomic
-
-    write_text_atomic(path, json_readable_as_yaml(experiment.to_dict()))
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise SystemExit(f"{PREFIX}: {path} is not valid {kind}: {error}") from None
 
 
 def _experiment(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.experiment import Experiment
+    from revunet.experiment import Experiment, write_experiment
     from revunet.experiments_config import ConfigError, plan_workflow
-
-    write_experiment = _write_experiment
 
     if args.spec is not None:
         if args.name or args.preset or args.data_root:
