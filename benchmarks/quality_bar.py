@@ -9,10 +9,14 @@ thread, then compute hard Dice per region (WT, TC, ET; sigmoid > 0.5; both empty
 discriminant of ``benchmarks/synthetic_separability.py`` (intensities only, no context),
 fitted on the brain voxels of the same 16 training cases and tested on the same 4 cases.
 
-Run from the repository root (about 5 minutes on an idle core):
+The defaults are the demo recipe (benchmarks/README.md, "Quality bar"): 20 epochs x 8 steps,
+Adam lr 1e-3 x0.2 after epoch 15, validation every 5 epochs, about 145 CPU-s per model.
+Run from the repository root (about 5 minutes on an idle core; wall time grows on a busy machine):
 
     .venv/bin/python benchmarks/quality_bar.py [--work DIR] [--channels 16,32,64,128] [--groups 8]
-        [--lr 0.001] [--epochs 10] [--steps 8] [--augmentation none] [--ema-alpha 0.5] [--threads 1]
+        [--norm group] [--loss bruegger2019] [--lr 0.001] [--milestones 15] [--gamma 0.2] [--batch 1]
+        [--epochs 20] [--steps 8] [--validate-every 5] [--augmentation none] [--patch X,Y,Z]
+        [--ema-alpha 0] [--seed 0] [--threads 1] [--no-twin]
 """
 
 from __future__ import annotations
@@ -97,15 +101,20 @@ def demo_experiment(args: argparse.Namespace, memory_saving: bool) -> Experiment
         "name": "quality_bar_" + ("reversible" if memory_saving else "twin"),
         "task": "brats",
         "model": "partially_reversible",
-        "model_params": {"channels": args.channels, "groups": args.groups, "memory_saving": memory_saving},
-        "loss": "bruegger2019",
+        "model_params": {"channels": args.channels, "groups": args.groups, "norm": args.norm,
+                         "memory_saving": memory_saving},
+        "loss": args.loss,
         "augmentation": args.augmentation,
         "patch_size": args.patch,
         "optimizer": "adam",
         "lr": args.lr,
         "weight_decay": 0.0,
+        "milestones": args.milestones,
+        "gamma": args.gamma,
+        "batch_size": args.batch,
         "epochs": args.epochs,
         "max_steps_per_epoch": args.steps,
+        "validate_every": args.validate_every,
         "seed": args.seed,
         "ema_alpha": args.ema_alpha,
     })
@@ -116,14 +125,21 @@ def main() -> None:
     parser.add_argument("--work", help="keep data and runs here (default: a temporary folder)")
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=[16, 32, 64, 128])
     parser.add_argument("--groups", type=int, default=8)
+    parser.add_argument("--norm", default="group", choices=("group", "instance"))
+    parser.add_argument("--loss", default="bruegger2019", help="a preset of revunet.losses.LOSSES")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--milestones", type=lambda s: [int(c) for c in s.split(",") if c], default=[15],
+                        help="epochs after which the lr is multiplied by --gamma, comma-separated")
+    parser.add_argument("--gamma", type=float, default=0.2)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--validate-every", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=8, help="max_steps_per_epoch")
     parser.add_argument("--augmentation", default="none")
     parser.add_argument("--patch", type=lambda s: [int(c) for c in s.split(",")], default=None,
                         help="training patch X,Y,Z (default: the whole 48x64x48 volume; validation is always whole)")
-    parser.add_argument("--ema-alpha", type=float, default=0.5,
-                        help="EMA of the validation Dice that picks best.pt (0.95 in the paper; few epochs need less)")
+    parser.add_argument("--ema-alpha", type=float, default=0.0,
+                        help="EMA of the validation Dice that picks best.pt (0.95 in the paper; 0: the best validation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--twin", action=argparse.BooleanOptionalAction, default=True, help="also train the twin")
@@ -149,10 +165,11 @@ def main() -> None:
             results[experiment.name] = (scores, summary, cpu)
 
     sample = "patch " + "x".join(map(str, args.patch)) if args.patch else "full 48x64x48 volume"
-    print(f"\nsetup: channels {args.channels}, groups {args.groups}, Adam lr {args.lr:g}, EMA alpha {args.ema_alpha}, "
-          f"{args.epochs} epochs x {args.steps} steps (batch 1, {sample}), loss bruegger2019, "
-          f"augmentation {args.augmentation}, seed {args.seed}, {args.threads} thread(s); "
-          f"{len(split.train)} train / {len(split.held_out)} held-out cases")
+    milestones = f", x{args.gamma:g} after epoch(s) {args.milestones}" if args.milestones else ""
+    print(f"\nsetup: channels {args.channels}, {args.norm} norm (groups {args.groups}), Adam lr {args.lr:g}{milestones}, "
+          f"EMA alpha {args.ema_alpha}, {args.epochs} epochs x {args.steps} steps (batch {args.batch}, {sample}), "
+          f"validation every {args.validate_every} epoch(s), loss {args.loss}, augmentation {args.augmentation}, "
+          f"seed {args.seed}, {args.threads} thread(s); {len(split.train)} train / {len(split.held_out)} held-out cases")
     columns = ("WT", "TC", "ET", "mean", "/voxel", "best ep", "wall s", "cpu s", "cpu s/ep")
     print(f"{'model':<26} " + " ".join(f"{c:>{max(6, len(c))}}" for c in columns))
     reference = np.mean(list(baseline.values()))
