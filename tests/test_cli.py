@@ -64,3 +64,38 @@ def test_atomic_write_failure_keeps_old_content(tmp_path):
         write_text_atomic(target, 123)  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in Path(tmp_path).iterdir()] == ["out.txt"]
+
+
+def test_building_the_parser_does_not_import_torch():
+    """Every workflow job starts `revunet`; importing torch just to parse arguments costs seconds each time."""
+    import subprocess
+    import sys
+
+    code = "import sys, revunet.cli; revunet.cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_capacity_help_states_the_module_defaults():
+    from revunet import capacity
+    from revunet.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "capacity" in a.choices)
+    text = " ".join(sub.choices["capacity"].format_help().split())
+    assert f"(default {capacity.DEFAULT_BUDGET_GIB:g})" in text
+    assert f"(default {capacity.DEFAULT_FIXED_SIZE})" in text
+    assert f"(default {capacity.MAX_SIZE})" in text and f"(default {capacity.MAX_DEPTH})" in text
+    assert f"(default {capacity.MAX_MULTIPLIER})" in text
+    for name in capacity.CAPACITY_MODELS:
+        assert name in text
+
+
+def test_complexity_help_states_the_default_depths():
+    from revunet.cli import build_parser
+    from revunet.complexity import DEFAULT_DEPTHS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if getattr(a, "choices", None) and "complexity" in a.choices)
+    text = " ".join(sub.choices["complexity"].format_help().split())
+    assert "default " + " ".join(str(d) for d in DEFAULT_DEPTHS) in text

@@ -37,6 +37,7 @@ import pandas as pd
 from revunet.atomic import write_text_atomic
 from revunet.data.io import AFFINE_TOLERANCE_MM, LABEL_MAPS, CaseError, load_case
 from revunet.data.labels import BRATS_REGIONS, ISEG_CLASSES, brats_regions
+from revunet.data.splits import SPLIT_PARTS
 from revunet.metrics import METRIC_NAMES, region_scores
 
 TASK_REGIONS: dict[str, tuple[str, ...]] = {"brats": BRATS_REGIONS, "iseg": ISEG_CLASSES[1:]}
@@ -44,7 +45,7 @@ METRICS_COLUMNS = ("experiment", "case_id", "region", *METRIC_NAMES)
 SUMMARY_COLUMNS = ("experiment", "region", "metric", "mean", "std", "median", "n")
 MEAN_REGION = "mean"
 PREDICTIONS_FILE = "predictions.csv"
-PARTS = ("held_out", "train", "all")
+PARTS = SPLIT_PARTS
 
 
 class EvaluationError(ValueError):

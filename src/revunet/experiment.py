@@ -21,6 +21,8 @@ import yaml
 from revunet.atomic import write_text_atomic
 
 TASKS = ("brats", "iseg")
+# A command-line default meaning "take this setting from the experiment".
+FROM_EXPERIMENT = "experiment"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 

@@ -48,6 +48,8 @@ from revunet.atomic import open_atomic, write_text_atomic
 from revunet.data.label_maps import canonical_to_disk
 from revunet.data.labels import regions_to_brats_label
 from revunet.data.preprocess import PreprocessedCase, paste_back
+from revunet.data.splits import SPLIT_PARTS
+from revunet.experiment import FROM_EXPERIMENT
 from revunet.models.blocks import SegmentationHead
 from revunet.models.vae import SegmentationWithVAE
 
@@ -61,7 +63,7 @@ FLIP_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for count in range(4) for axes in itertools.combinations((2, 3, 4), count)
 )
 PREDICTIONS_COLUMNS = ("case_id", "prediction", "seconds")
-PARTS = ("held_out", "train", "all")
+PARTS = SPLIT_PARTS
 
 
 # --------------------------------------------------------------------------- probabilities
@@ -267,7 +269,6 @@ class InferenceError(ValueError):
     """Inputs that do not fit together (missing cases, a checkpoint of another task...)."""
 
 
-FROM_EXPERIMENT = "experiment"
 
 
 def resolve_device(device: str) -> torch.device:

@@ -34,15 +34,38 @@ def _capacity(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
     from revunet.capacity import (
         CAPACITY_MODELS,
+        DEFAULT_BUDGET_GIB,
+        DEFAULT_FIXED_SIZE,
+        DIMENSIONS,
+        MAX_DEPTH,
+        MAX_MULTIPLIER,
+        MAX_SIZE,
         CapacityError,
         capacity_table,
         summary,
         with_vae_dropped,
     )
 
+    # Defaults live in revunet.capacity (which imports torch); the parser only names them.
+    for name, default in (
+        ("budget_gib", DEFAULT_BUDGET_GIB),
+        ("fixed_size", DEFAULT_FIXED_SIZE),
+        ("max_size", MAX_SIZE),
+        ("max_depth", MAX_DEPTH),
+        ("max_multiplier", MAX_MULTIPLIER),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    dimensions = args.dimensions or list(DIMENSIONS)
     if args.out and not args.out.endswith(".csv"):
         raise SystemExit(f"--out must end in .csv, got {args.out!r}")
-    specs = [CAPACITY_MODELS[key] for key in args.models]
+    unknown = sorted(set(args.models or ()) - set(CAPACITY_MODELS))
+    if unknown:
+        raise SystemExit(f"revunet capacity: unknown --models {unknown}; choose from {', '.join(CAPACITY_MODELS)}")
+    unknown = sorted(set(args.dimensions or ()) - set(DIMENSIONS))
+    if unknown:
+        raise SystemExit(f"revunet capacity: unknown --dimensions {unknown}; choose from {', '.join(DIMENSIONS)}")
+    specs = [CAPACITY_MODELS[key] for key in args.models or CAPACITY_MODELS]
     if args.no_vae:
         specs = [with_vae_dropped(spec) if spec.vae else spec for spec in specs]
     started = time.perf_counter()
@@ -51,7 +74,7 @@ def _capacity(args: argparse.Namespace) -> int:
             specs,
             budget_gib=args.budget_gib,
             fixed_size=args.fixed_size,
-            dimensions=args.dimensions,
+            dimensions=dimensions,
             jobs=args.jobs,
             max_size=args.max_size,
             max_depth=args.max_depth,
@@ -74,17 +97,7 @@ def _capacity(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``revunet capacity`` to the command-line parser."""
-    from revunet.capacity import (
-        CAPACITY_MODELS,
-        DEFAULT_BUDGET_GIB,
-        DEFAULT_FIXED_SIZE,
-        DIMENSIONS,
-        MAX_DEPTH,
-        MAX_MULTIPLIER,
-        MAX_SIZE,
-    )
-
+    """Add ``revunet capacity`` to the command-line parser (without importing torch)."""
     capacity = commands.add_parser(
         "capacity",
         help="largest input, depth and width under a memory budget: reversible models vs their twins",
@@ -92,18 +105,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         "encoder depth and channel multiplier whose training step fits the budget (fake tensors: any budget, "
         "any machine), and compare the ratios with Pendse et al.'s claim (3x volume, 1.25x depth, 2x channels).",
     )
-    capacity.add_argument("--budget-gib", type=_positive_float, default=DEFAULT_BUDGET_GIB, help="default %(default)g")
+    capacity.add_argument("--budget-gib", type=_positive_float, help="memory budget in GiB (default 16)")
     capacity.add_argument(
-        "--models", nargs="+", choices=list(CAPACITY_MODELS), default=list(CAPACITY_MODELS), help="default: all"
+        "--models", nargs="+", metavar="MODEL", help="bruegger, mbconv-base, invres_partial, invres_full (default: all)"
     )
-    capacity.add_argument("--dimensions", nargs="+", choices=DIMENSIONS, default=list(DIMENSIONS), help="default: all")
+    capacity.add_argument("--dimensions", nargs="+", metavar="DIM", help="volume, depth, width (default: all)")
     capacity.add_argument(
-        "--fixed-size", type=_positive_int, default=DEFAULT_FIXED_SIZE, help="input edge of the depth and width searches"
+        "--fixed-size", type=_positive_int, help="input edge of the depth and width searches (default 128)"
     )
-    capacity.add_argument("--max-size", type=_positive_int, default=MAX_SIZE, help="largest input edge searched")
-    capacity.add_argument("--max-depth", type=_positive_int, default=MAX_DEPTH, help="largest encoder depth searched")
+    capacity.add_argument("--max-size", type=_positive_int, help="largest input edge searched (default 512)")
+    capacity.add_argument("--max-depth", type=_positive_int, help="largest encoder depth searched (default 64)")
     capacity.add_argument(
-        "--max-multiplier", type=_positive_int, default=MAX_MULTIPLIER, help="largest width multiplier searched"
+        "--max-multiplier", type=_positive_int, help="largest width multiplier searched (default 8)"
     )
     capacity.add_argument("--no-vae", action="store_true", help="measure invres models without their VAE branch")
     capacity.add_argument("--jobs", type=_positive_int, help="parallel processes (default: usable cores)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 def _complexity(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.complexity import complexity_table, plot
+    from revunet.complexity import DEFAULT_DEPTHS, complexity_table, plot
 
     if args.out and not args.out.endswith(".csv"):
         raise SystemExit(f"--out must end in .csv, got {args.out!r}")
@@ -22,7 +22,7 @@ def _complexity(args: argparse.Namespace) -> int:
         raise SystemExit(f"--channels must be a positive even number (couplings split them in halves), got {args.channels}")
     started = time.perf_counter()
     try:
-        table = complexity_table(args.depths, args.channels, args.size, args.groups)
+        table = complexity_table(args.depths or list(DEFAULT_DEPTHS), args.channels, args.size, args.groups)
     except ValueError as error:
         raise SystemExit(f"revunet complexity: {error}") from None
     shown = table.pivot(index="depth", columns="method", values="activations_mb")[list(table["method"].unique())]
@@ -43,7 +43,6 @@ def _complexity(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``revunet complexity`` to the command-line parser."""
-    from revunet.complexity import DEFAULT_DEPTHS
 
     complexity = commands.add_parser(
         "complexity",
@@ -52,7 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "stored naively, with checkpoint_sequential over round(sqrt(L)) segments, and reversibly, at each depth; "
         "fit the growth exponent (log-log slope over L >= 4).",
     )
-    complexity.add_argument("--depths", type=int, nargs="+", default=list(DEFAULT_DEPTHS), help="default 1 2 4 8 16 32")
+    complexity.add_argument("--depths", type=int, nargs="+", help="default 1 2 4 8 16 32")
     complexity.add_argument("--channels", type=int, default=60, help="coupled channels C (default 60)")
     complexity.add_argument("--size", type=int, default=64, help="edge S of the (1, C, S, S, S) input (default 64)")
     complexity.add_argument("--groups", type=int, default=30, help="GroupNorm groups of F and G (gcd with C/2 is used)")

@@ -10,7 +10,7 @@ import argparse
 
 def _window(text: str) -> tuple[int, int, int] | str | None:
     from revunet.data.preprocess import parse_shape
-    from revunet.infer import FROM_EXPERIMENT
+    from revunet.experiment import FROM_EXPERIMENT
 
     if text == FROM_EXPERIMENT:  # the default: argparse passes string defaults through the type
         return text
@@ -57,7 +57,9 @@ def _infer(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``revunet infer`` to the command-line parser."""
-    from revunet.infer import FROM_EXPERIMENT, PARTS
+    # Constants from torch-free modules: building the parser must not import torch.
+    from revunet.data.splits import SPLIT_PARTS as PARTS
+    from revunet.experiment import FROM_EXPERIMENT
 
     parser = commands.add_parser(
         "infer",

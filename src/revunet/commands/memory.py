@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch is imported inside the commands: building the parser must stay fast.
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -27,7 +26,7 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _factory(spec: str) -> Callable[..., torch.nn.Module]:
+def _factory(spec: str) -> Callable[..., Any]:
     """Resolve ``package.module:callable`` to the callable that builds the model."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
@@ -61,6 +60,8 @@ def _paper_table(args: argparse.Namespace) -> int:
 
 
 def _memory(args: argparse.Namespace) -> int:
+    import torch
+
     from revunet.atomic import write_text_atomic
     from revunet.memory import measure_training_step
 
@@ -86,7 +87,7 @@ def _memory(args: argparse.Namespace) -> int:
         model,
         args.input_shape,
         mode=args.mode,
-        autocast_dtype=AUTOCAST_DTYPES.get(args.autocast) if args.autocast else None,
+        autocast_dtype=getattr(torch, args.autocast) if args.autocast else None,
     )
     row = {"model": args.model, "kwargs": json.dumps(kwargs, sort_keys=True), **report.as_dict()}
     print(f"{args.model} {kwargs} at {'x'.join(map(str, args.input_shape))} ({args.mode}): {report.summary()}")
@@ -121,6 +122,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     memory.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
     memory.add_argument("--input-shape", type=_shape, help="e.g. 1,4,160,192,160")
     memory.add_argument("--mode", choices=("fake", "cpu", "cuda"), default="fake")
-    memory.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), help="mixed precision dtype")
+    memory.add_argument("--autocast", choices=AUTOCAST_DTYPES, help="mixed precision dtype")
     memory.add_argument("--out", help="write the result as .json or .csv (atomically)")
     memory.set_defaults(run=_memory)

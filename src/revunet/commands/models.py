@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 
 def _models(args: argparse.Namespace) -> int:
+    import torch
+
     from revunet.atomic import write_text_atomic
     from revunet.models import available, build_model, model_spec, parameter_count
 

@@ -30,6 +30,9 @@ import numpy as np
 
 from revunet.atomic import write_text_atomic
 
+# Which cases of a split a command works on: the held-out list, the training list, or all cases.
+SPLIT_PARTS = ("held_out", "train", "all")
+
 HELD_OUT_NAMES = ("validation", "test")
 
 
