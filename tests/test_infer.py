@@ -411,3 +411,16 @@ def test_infer_command_refuses_missing_or_corrupt_checkpoints_and_cases(brats, t
         _infer(brats, tmp_path / "iseg.pt", out)
     with pytest.raises(SystemExit):
         _infer(brats, checkpoint, out, "--overlap", "3")
+
+
+@pytest.mark.parametrize("layout", ["brats2020", "brats2023", "msd", "iseg"])
+def test_disk_to_canonical_inverts_canonical_to_disk(layout):
+    from revunet.data.label_maps import canonical_to_disk, disk_to_canonical, disk_values
+
+    canonical = np.array(sorted(disk_values(layout)), dtype=np.uint8).reshape(1, 1, -1)
+    assert np.array_equal(disk_to_canonical(canonical_to_disk(canonical, layout), layout), canonical)
+    assert np.array_equal(disk_to_canonical(canonical_to_disk(canonical, layout).astype(np.float32), layout), canonical)
+    with pytest.raises(ValueError, match=f"layout {layout} does not define"):
+        disk_to_canonical(np.full((1, 1, 1), 7), layout)
+    with pytest.raises(ValueError, match="non-integer"):
+        disk_to_canonical(np.full((1, 1, 1), 0.5), layout)

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from revunet.atomic import write_text_atomic
-from revunet.data.io import AFFINE_TOLERANCE_MM, LABEL_MAPS, CaseError, load_case
+from revunet.data.io import AFFINE_TOLERANCE_MM, CaseError, load_case
+from revunet.data.label_maps import disk_to_canonical
 from revunet.data.labels import BRATS_REGIONS, ISEG_CLASSES, brats_regions
 from revunet.data.splits import SPLIT_PARTS
 from revunet.metrics import METRIC_NAMES, region_scores
@@ -112,24 +113,11 @@ def load_prediction(path: str | os.PathLike[str], case_id: str, layout: str) -> 
         raise EvaluationError(
             f"case {case_id}: prediction file {path} has shape {data.shape}; expected a 3-D label map"
         )
-    mapping = LABEL_MAPS[layout]
-    if data.dtype.kind == "f" and not (np.isfinite(data).all() and np.array_equal(data, np.round(data))):
-        raise EvaluationError(
-            f"case {case_id}: prediction file {path} holds non-integer values; expected labels {sorted(mapping)}"
-        )
-    if data.dtype.kind not in "iubf":
-        raise EvaluationError(f"case {case_id}: prediction file {path} has data type {data.dtype}; expected integers")
-    values = np.unique(data).astype(np.int64)
-    unexpected = sorted(set(values.tolist()) - set(mapping))
-    if unexpected:
-        raise EvaluationError(
-            f"case {case_id}: prediction file {path} holds label values {unexpected} that layout {layout} does not "
-            f"define; expected a subset of {sorted(mapping)} (the dataset's on-disk labels)"
-        )
-    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for disk, canonical in mapping.items():
-        lookup[disk] = canonical
-    return lookup[data.astype(np.int64)], np.asarray(image.affine, dtype=np.float64)
+    try:
+        canonical = disk_to_canonical(data, layout)
+    except ValueError as error:
+        raise EvaluationError(f"case {case_id}: prediction file {path} {error}") from None
+    return canonical, np.asarray(image.affine, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- choosing and scoring cases

@@ -44,3 +44,30 @@ def canonical_to_disk(label: np.ndarray, layout: str) -> np.ndarray:
     for canonical, disk in inverse.items():
         lookup[canonical] = disk
     return lookup[label.astype(np.intp)]
+
+
+def disk_to_canonical(label: np.ndarray, layout: str) -> np.ndarray:
+    """Map a label map in ``layout``'s disk values to canonical values (uint8).
+
+    For reading predictions back (evaluation, figures); integer-valued floats are accepted,
+    as NIfTI writers sometimes store labels as floats. A value the layout does not define is
+    a ValueError naming the layout, the values and what was expected.
+    """
+    disk_values(layout)  # an unknown layout is an error naming the known ones
+    mapping = LABEL_MAPS[layout]
+    label = np.asarray(label)
+    if label.dtype.kind == "f" and not (np.isfinite(label).all() and np.array_equal(label, np.round(label))):
+        raise ValueError(f"holds non-integer values; expected labels {sorted(mapping)}")
+    if label.dtype.kind not in "iubf":
+        raise ValueError(f"has data type {label.dtype}; expected integers")
+    values = np.unique(label).astype(np.int64)
+    unexpected = sorted(set(values.tolist()) - set(mapping))
+    if unexpected:
+        raise ValueError(
+            f"holds label values {unexpected} that layout {layout} does not define; expected a subset of "
+            f"{sorted(mapping)} (the dataset's on-disk labels)"
+        )
+    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    for disk, canonical in mapping.items():
+        lookup[disk] = canonical
+    return lookup[label.astype(np.int64)]

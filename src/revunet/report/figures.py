@@ -365,7 +365,8 @@ def load_example(dataset: Dataset, experiment: Experiment, case_id: str, predict
     """The case's images and reference (canonical) and the prediction mapped from the layout's disk values."""
     import nibabel as nib
 
-    from revunet.data.io import LABEL_MAPS, CaseError, load_case
+    from revunet.data.io import CaseError, load_case
+    from revunet.data.label_maps import disk_to_canonical
 
     row = dataset.cases[dataset.cases["case_id"].astype(str) == case_id].iloc[0]
     try:
@@ -383,17 +384,11 @@ def load_example(dataset: Dataset, experiment: Experiment, case_id: str, predict
     raw = raw.reshape(raw.shape[:3]) if raw.ndim == 4 and raw.shape[3] == 1 else raw
     if raw.shape != case.label.shape:
         raise ReportInputError(f"{prediction}: shape {raw.shape}, expected the case's grid {case.label.shape}")
-    mapping = LABEL_MAPS[str(row["layout"])]
-    values = set(np.unique(raw).astype(int).tolist())
-    if not values <= set(mapping):
-        raise ReportInputError(
-            f"{prediction}: label values {sorted(values - set(mapping))} are not defined by layout {row['layout']!r}; "
-            f"expected a subset of {sorted(mapping)}"
-        )
-    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for disk, canonical in mapping.items():
-        lookup[disk] = canonical
-    return Example(dataset, experiment.name, case_id, case.images, case.label, lookup[raw.astype(np.int64)])
+    try:
+        prediction_label = disk_to_canonical(raw, str(row["layout"]))
+    except ValueError as error:
+        raise ReportInputError(f"{prediction}: {error}") from None
+    return Example(dataset, experiment.name, case_id, case.images, case.label, prediction_label)
 
 
 def region_masks(label: np.ndarray, task: str) -> dict[str, np.ndarray]:
