@@ -61,7 +61,7 @@ def test_every_figure_is_a_valid_png_and_pdf_with_a_caption(results, tmp_path): 
     assert list(written.columns) == ["file", "caption"]
     assert written["caption"].str.len().min() > 30
     brats_caption = written.set_index("file").loc["example_segmentation_brats.png", "caption"]
-    # The first held-out case of the first experiment (paper order) with predictions on that dataset.
+    # The first held-out case of the best-scoring experiment with predictions on that dataset.
     assert "bruegger_baseline" in brats_caption and "BraTS20_Training_001" in brats_caption
     assert "synthetic BraTS-like" in brats_caption
     assert "invres_iseg_full" in written.set_index("file").loc["example_segmentation_iseg.png", "caption"]
@@ -130,3 +130,18 @@ def test_cli_writes_figures_and_reports_errors(results, tmp_path, capsys):  # no
     assert (out / "memory_vs_paper.pdf").is_file() and (out / "index.csv").is_file()
     with pytest.raises(SystemExit, match="revunet figures: --example must read DATASET=EXPERIMENT"):
         main(argv + ["--example", "brats"])
+
+
+def test_example_defaults_to_the_best_scoring_experiment(results, tmp_path):  # noqa: F811
+    """A collapsed short run (empty prediction) must not become the example when a better one exists."""
+    import shutil
+
+    shutil.copytree(results["predictions"] / "bruegger_baseline", results["predictions"] / "pendse_baseline")
+    for name, dice in (("bruegger_baseline", 0.05), ("pendse_baseline", 0.9)):
+        path = results["evaluation"] / name / "metrics.csv"
+        pd.read_csv(path).assign(dice=dice).to_csv(path, index=False)
+    light = {"training": None, "memory": None}
+    index = dict(write_figures(figure_inputs(results, **light), tmp_path / "best"))
+    assert "experiment pendse_baseline" in index["example_segmentation_brats.png"]
+    index = dict(write_figures(figure_inputs(results, examples={"brats": "bruegger_baseline"}, **light), tmp_path / "c"))
+    assert "experiment bruegger_baseline" in index["example_segmentation_brats.png"]

@@ -341,10 +341,26 @@ def read_predictions(predictions: Path | None, name: str) -> pd.DataFrame | None
 
 
 def choose_example(
-    dataset: Dataset, experiments: Sequence[Experiment], predictions: Path | None, chosen: str | None = None
+    dataset: Dataset,
+    experiments: Sequence[Experiment],
+    predictions: Path | None,
+    chosen: str | None = None,
+    evaluations: Path | None = None,
 ) -> tuple[Experiment, str, Path] | None:
-    """(experiment, case id, prediction file) shown for ``dataset``: the chosen or first experiment with predictions."""
+    """(experiment, case id, prediction file) shown for ``dataset``.
+
+    The chosen experiment, else the one with the best held-out mean Dice (a short demo run can
+    collapse to an empty prediction, which would make a useless example), else the first in
+    paper order with predictions.
+    """
     candidates = [e for e in experiments if e.name == chosen] if chosen else list(experiments)
+    if not chosen and evaluations is not None:
+
+        def mean_dice(experiment: Experiment) -> float:
+            metrics = case_metrics(evaluations, experiment.name)
+            return float(metrics["dice"].mean()) if metrics is not None and len(metrics) else -1.0
+
+        candidates.sort(key=mean_dice, reverse=True)  # stable: ties keep paper order
     if chosen and not candidates:
         raise ReportInputError(
             f"--example {dataset.name}={chosen}: no experiment {chosen!r}; known: {[e.name for e in experiments]}"
@@ -484,7 +500,9 @@ def write_figures(inputs: FigureInputs, out: str | os.PathLike[str]) -> list[tup
     emit(memory_vs_depth(tables.get("bruegger2019"), complexity), "memory_vs_depth", CAPTIONS["memory_vs_depth"])
     for dataset in datasets:
         name = f"example_segmentation_{dataset.name}"
-        chosen = choose_example(dataset, experiments, inputs.predictions, inputs.examples.get(dataset.name))
+        chosen = choose_example(
+            dataset, experiments, inputs.predictions, inputs.examples.get(dataset.name), inputs.evaluations
+        )
         if chosen is None:
             figure, axes = new_figure(1, 1)
             _not_run(axes[0], f"{dataset.name}: no predictions yet (not run)")
