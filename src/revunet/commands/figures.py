@@ -58,8 +58,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--example",
         action="append",
         metavar="DATASET=EXPERIMENT",
-        help="experiment whose first held-out prediction is shown for DATASET (repeatable; default: the first "
-        "experiment in paper order with predictions on that dataset)",
+        help="experiment whose first held-out prediction is shown for DATASET (repeatable; default: the "
+        "experiment with the best held-out mean Dice among those with predictions on that dataset)",
     )
     parser.add_argument("--out", required=True, help="folder to write the figures into")
     parser.set_defaults(run=_figures)
