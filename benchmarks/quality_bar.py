@@ -30,7 +30,6 @@ import json
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,8 @@ from revunet.data.labels import BRATS_REGIONS, brats_regions  # noqa: E402
 from revunet.data.preprocess import load_preprocessed  # noqa: E402
 from revunet.data.splits import read_split  # noqa: E402
 from revunet.experiment import Experiment  # noqa: E402
-from revunet.train import predict_volume, train  # noqa: E402
+from revunet.infer import predict_volume  # noqa: E402
+from revunet.train import train  # noqa: E402
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
@@ -92,8 +92,8 @@ def network_dice(checkpoint: Path, pre: Path, test_ids: list[str]) -> dict[str, 
     for case_id in test_ids:
         case = load_preprocessed(pre, case_id)
         with torch.no_grad():
-            logits = predict_volume(model, torch.from_numpy(case.image)[None], model.size_multiple, nullcontext)
-        predicted = (torch.sigmoid(logits[0]) > 0.5).numpy()
+            probabilities = predict_volume(model, torch.from_numpy(case.image), "sigmoid")
+        predicted = (probabilities > 0.5).numpy()
         for region, p, t in zip(BRATS_REGIONS, predicted, brats_regions(case.label)):
             scores[region].append(dice(p, t))
     return {region: float(np.mean(values)) for region, values in scores.items()}

@@ -67,9 +67,9 @@ from revunet.data.dataset import PatchDataset, targets_for_task
 from revunet.data.labels import BRATS_REGIONS, ISEG_CLASSES, brats_regions
 from revunet.data.splits import read_split
 from revunet.experiment import Experiment, read_experiment, write_experiment
+from revunet.infer import predict_volume
 from revunet.losses import LOSSES, SegmentationLoss
 from revunet.models.registry import parameter_count
-from revunet.models.vae import SegmentationWithVAE
 from revunet.training.early_stopping import EarlyStopping
 from revunet.training.run_log import peak_memory_mib, peak_memory_source, write_log, write_summary
 
@@ -225,45 +225,33 @@ def weighted_total(loss: SegmentationLoss, terms: dict[str, torch.Tensor]) -> to
     return sum(getattr(loss, name) * value for name, value in terms.items())
 
 
-def logits_of(output: torch.Tensor | SegmentationWithVAE) -> torch.Tensor:
-    return output.logits if isinstance(output, SegmentationWithVAE) else output
-
-
 def hard_dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
     """Dice of two boolean masks; both empty counts as 1 (BraTS convention)."""
     total = int(prediction.sum()) + int(truth.sum())
     return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
-def predict_volume(model: nn.Module, image: torch.Tensor, multiple: int, autocast: Callable) -> torch.Tensor:
-    """Logits for one (1, C, X, Y, Z) volume, padded to ``multiple`` and cropped back, in float32."""
-    size = image.shape[-3:]
-    with autocast():
-        logits = logits_of(model(pad_to(image, padded_shape(size, multiple))))
-    return logits[..., : size[0], : size[1], : size[2]].float()
-
-
 @torch.no_grad()
-def validate(
-    model: nn.Module, dataset: PatchDataset, task: str, device: torch.device, multiple: int, autocast: Callable
-) -> dict[str, float]:
-    """Mean hard Dice per region over the held-out volumes (keys ``TASK_REGIONS[task]``)."""
-    was_training = model.training
-    model.eval()
+def validate(model: nn.Module, dataset: PatchDataset, task: str, device: torch.device) -> dict[str, float]:
+    """Mean hard Dice per region over the held-out volumes (keys ``TASK_REGIONS[task]``).
+
+    Whole volumes are predicted as `revunet infer` predicts them (padded to the model's size
+    multiple and cropped back, float32), so validation scores what inference will produce.
+    """
+    output = "sigmoid" if task == "brats" else "softmax"
     scores: dict[str, list[float]] = {region: [] for region in TASK_REGIONS[task]}
     for index in range(len(dataset)):
         item = dataset[index]
-        logits = predict_volume(model, item["image"].unsqueeze(0).to(device), multiple, autocast)[0]
-        label = item["label"].to(device)
+        probabilities = predict_volume(model, item["image"], output, device=device)
+        label = item["label"]
         if task == "brats":
-            predicted, truth = torch.sigmoid(logits) > 0.5, brats_regions(label)
+            predicted, truth = probabilities > 0.5, brats_regions(label)
         else:
-            classes = logits.argmax(0)
+            classes = probabilities.argmax(0)
             predicted = torch.stack([classes == c for c in range(1, 4)])
             truth = torch.stack([label == c for c in range(1, 4)])
         for region, p, t in zip(scores, predicted, truth):
             scores[region].append(hard_dice(p, t))
-    model.train(was_training)
     return {region: float(np.mean(values)) for region, values in scores.items()}
 
 
@@ -632,7 +620,7 @@ def _train(
         steps, train_loss, term_means = train_epoch(run, epoch, progress)
         scores = None
         if processes.is_main and held_out is not None and epoch % experiment.validate_every == 0:
-            scores = validate(model, held_out, experiment.task, device, multiple, autocast)
+            scores = validate(model, held_out, experiment.task, device)
         scores = processes.share(scores)
         mean_dice = None if scores is None else float(np.mean(list(scores.values())))
         improved = False
