@@ -24,6 +24,14 @@ def disk_values(layout: str) -> dict[int, int]:
     return inverse
 
 
+def _relabel(label: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """``label`` with every value ``v`` replaced by ``mapping[v]`` (uint8); values already checked."""
+    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    for source, target in mapping.items():
+        lookup[source] = target
+    return lookup[label.astype(np.intp)]
+
+
 def canonical_to_disk(label: np.ndarray, layout: str) -> np.ndarray:
     """Map a canonical label map (BraTS {0,1,2,4}, iSeg {0,1,2,3}) to ``layout``'s disk values (uint8).
 
@@ -40,10 +48,7 @@ def canonical_to_disk(label: np.ndarray, layout: str) -> np.ndarray:
             f"layout {layout!r}: label values {unknown} have no on-disk value "
             f"(the layout spells the canonical values {sorted(inverse)})"
         )
-    lookup = np.zeros(max(inverse) + 1, dtype=np.uint8)
-    for canonical, disk in inverse.items():
-        lookup[canonical] = disk
-    return lookup[label.astype(np.intp)]
+    return _relabel(label, inverse)
 
 
 def disk_to_canonical(label: np.ndarray, layout: str) -> np.ndarray:
@@ -67,7 +72,4 @@ def disk_to_canonical(label: np.ndarray, layout: str) -> np.ndarray:
             f"holds label values {unexpected} that layout {layout} does not define; expected a subset of "
             f"{sorted(mapping)} (the dataset's on-disk labels)"
         )
-    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for disk, canonical in mapping.items():
-        lookup[disk] = canonical
-    return lookup[label.astype(np.int64)]
+    return _relabel(label, mapping)
