@@ -155,7 +155,7 @@ def test_log_columns_schedule_and_summary(finished) -> None:
     with open(out / "log.csv", newline="") as stream:
         header = next(csv.reader(stream))
     assert header == [
-        "epoch", "steps", "train_loss", "loss_dice", "val_dice_WT", "val_dice_TC", "val_dice_ET",
+        "epoch", "steps", "train_loss", "loss_dice", "grad_norm", "val_dice_WT", "val_dice_TC", "val_dice_ET",
         "val_mean_dice", "ema_dice", "lr", "epoch_seconds", "peak_memory_mib", "time",
     ]
     rows = read_log(out / "log.csv")
@@ -412,6 +412,31 @@ def test_batch_two_equals_batch_one_with_accumulation_two_for_a_mean_loss(data, 
         torch.testing.assert_close(value, b["model_state"][key], rtol=1e-5, atol=1e-6, msg=key)
     initial = train_module.build_experiment_model(tiny()).state_dict()
     assert not torch.equal(a["model_state"]["stem.weight"], initial["stem.weight"])  # it did train
+
+
+def _one_sgd_step(data, out: Path, **changes) -> tuple[float, float]:
+    """(L2 norm of the parameter change, logged grad_norm) after one plain SGD step with lr 1."""
+    pre, split = data
+    experiment = tiny(optimizer="sgd", lr=1.0, epochs=1, max_steps_per_epoch=1, validate_every=5, **changes)
+    train_module.seed_everything(experiment.seed)
+    initial = train_module.build_experiment_model(experiment).state_dict()
+    train(experiment, pre, split, out, device="cpu", progress=False)
+    final = load_checkpoint(out / "last.pt")
+    change = torch.cat([(final["model_state"][k] - v).flatten() for k, v in initial.items() if v.is_floating_point()])
+    return float(change.norm()), float(read_log(out / "log.csv")[0]["grad_norm"])
+
+
+def test_gradient_clipping_bounds_the_step_and_the_log_keeps_the_norm_before_clipping(data, tmp_path) -> None:
+    # SGD's first step with momentum is lr * gradient, so the parameter change is the gradient itself
+    free, free_norm = _one_sgd_step(data, tmp_path / "free")
+    assert free == pytest.approx(free_norm, rel=1e-4)  # the logged norm is the gradient's true norm
+    clipped, logged = _one_sgd_step(data, tmp_path / "clipped", grad_clip_norm=free_norm / 10)
+    assert clipped == pytest.approx(free_norm / 10, rel=1e-4)
+    assert logged == pytest.approx(free_norm, rel=1e-6)  # logged before clipping
+    loose, _ = _one_sgd_step(data, tmp_path / "loose", grad_clip_norm=free_norm * 10)
+    assert loose == pytest.approx(free, rel=1e-6)  # a bound above the norm changes nothing
+    with pytest.raises(ValueError, match="grad_clip_norm must be positive"):
+        tiny(grad_clip_norm=0)
 
 
 def _free_port() -> int:

@@ -35,7 +35,8 @@ class Experiment:
     the whole preprocessed volume; ``samples_per_volume`` patches per case per epoch.
     Optimisation: Adam-family ``optimizer`` with ``lr``/``weight_decay``; the learning rate
     is multiplied by ``gamma`` at each epoch in ``milestones``; ``accumulation`` micro-batches
-    per optimiser step; ``max_steps_per_epoch`` caps an epoch (None: one pass over the data).
+    per optimiser step; ``max_steps_per_epoch`` caps an epoch (None: one pass over the data);
+    ``grad_clip_norm`` rescales each step's gradient to at most that global L2 norm (None: off).
     Early stopping: validation (full volumes) every ``validate_every`` epochs; an exponential
     moving average (``ema_alpha``) of the validation mean Dice; stop when the epoch exceeds the
     EMA's best epoch + ``patience``. ``loss`` and ``augmentation`` name presets of
@@ -58,6 +59,7 @@ class Experiment:
     optimizer: str = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
+    grad_clip_norm: float | None = None
     milestones: tuple[int, ...] = ()
     gamma: float = 0.2
     epochs: int = 1
@@ -94,6 +96,8 @@ class Experiment:
             problems.append(f"ema_alpha must lie in [0, 1), got {self.ema_alpha}")
         if not self.lr > 0:
             problems.append(f"lr must be positive, got {self.lr}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            problems.append(f"grad_clip_norm must be positive or null, got {self.grad_clip_norm}")
         if self.window_overlap < 0:
             problems.append(f"window_overlap must be >= 0, got {self.window_overlap}")
         for key in ("patch_size", "sliding_window"):

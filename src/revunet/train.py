@@ -416,8 +416,11 @@ def make_optimizer(experiment: Experiment, model: nn.Module) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=decay)
 
 
-def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[str, float]]:
-    """One epoch (``epoch`` is 1-based); returns (optimiser steps, mean loss, mean unweighted terms)."""
+def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[str, float], float]:
+    """One epoch (``epoch`` is 1-based).
+
+    Returns (optimiser steps, mean loss, mean unweighted terms, mean gradient norm before clipping).
+    """
     experiment = run.experiment
     run.sampler.set_epoch(epoch - 1)
     run.train_set.set_epoch(epoch - 1)
@@ -455,15 +458,20 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[
                 f"non-finite loss ({step_values[0].item()}) at epoch {epoch} step {step}; "
                 f"the last good checkpoint is kept (epoch {epoch - 1})"
             )
+        run.scaler.unscale_(run.optimizer)
+        # with max_norm inf this only measures the norm (and multiplies by 1.0, which is exact)
+        clip = experiment.grad_clip_norm if experiment.grad_clip_norm is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.trained.parameters(), clip)
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        step_values = torch.cat([step_values, grad_norm.detach().float().reshape(1).to(step_values.device)])
         totals = step_values if totals is None else totals + step_values
         bar.update()
         bar.set_postfix(loss=f"{step_values[0].item():.4f}")
     bar.close()
     assert totals is not None
     means = (totals / steps).tolist()
-    return steps, means[0], dict(zip(names, means[1:]))
+    return steps, means[0], dict(zip(names, means[1:-1])), means[-1]
 
 
 def _bare_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -617,7 +625,7 @@ def _train(
     for epoch in epochs:
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        steps, train_loss, term_means = train_epoch(run, epoch, progress)
+        steps, train_loss, term_means, grad_norm = train_epoch(run, epoch, progress)
         scores = None
         if processes.is_main and held_out is not None and epoch % experiment.validate_every == 0:
             scores = validate(model, held_out, experiment.task, device)
@@ -634,7 +642,7 @@ def _train(
         seconds = time.perf_counter() - started
         train_seconds += seconds
         row = {"epoch": epoch, "steps": steps, "train_loss": train_loss,
-               **{f"loss_{name}": value for name, value in term_means.items()},
+               **{f"loss_{name}": value for name, value in term_means.items()}, "grad_norm": grad_norm,
                **{f"val_dice_{region}": (scores or {}).get(region) for region in regions},
                "val_mean_dice": mean_dice, "ema_dice": None if scores is None else stopper.ema,
                "lr": lr, "epoch_seconds": seconds, "peak_memory_mib": peak_memory_mib(device),

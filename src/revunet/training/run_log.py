@@ -2,8 +2,8 @@
 
 ``log.csv`` columns, in order: ``epoch, steps, train_loss``, one ``loss_<term>`` per loss term
 the run produced (``dice, cross_entropy, reconstruction, kl``: each term's *unweighted* mean
-over the epoch's optimiser steps; ``train_loss`` is the weighted total), ``val_dice_<REGION>``
-per region/class, ``val_mean_dice``, ``ema_dice`` (empty on epochs without validation), then
+over the epoch's optimiser steps; ``train_loss`` is the weighted total), ``grad_norm`` (the
+mean global L2 norm of the gradient before clipping), ``val_dice_<REGION>`` per region/class, ``val_mean_dice``, ``ema_dice`` (empty on epochs without validation), then
 ``lr`` (the rate used during the epoch), ``epoch_seconds`` (training + validation),
 ``peak_memory_mib`` and ``time`` (ISO wall clock at the end of the epoch).
 
@@ -40,6 +40,7 @@ def log_columns(regions: Sequence[str], terms: Sequence[str]) -> list[str]:
         "steps",
         "train_loss",
         *(f"loss_{term}" for term in ordered_terms),
+        "grad_norm",
         *(f"val_dice_{region}" for region in regions),
         "val_mean_dice",
         "ema_dice",
