@@ -16,8 +16,8 @@ Each run is scored twice: ``best.pt`` (picked on the held-out cases themselves, 
 minutes on an idle core; wall time grows on a busy machine):
 
     .venv/bin/python benchmarks/quality_bar.py [--work DIR] [--channels 16,32,64,128] [--groups 8]
-        [--norm group] [--loss bruegger2019] [--lr 0.001] [--milestones 15] [--gamma 0.2] [--batch 1]
-        [--accumulation 1] [--weight-decay 0] [--epochs 20] [--steps 8] [--validate-every 5]
+        [--norm group] [--loss bruegger2019] [--smooth S] [--lr 0.001] [--milestones 15] [--gamma 0.2] [--batch 1]
+        [--accumulation 1] [--weight-decay 0] [--grad-clip NORM] [--epochs 20] [--steps 8] [--validate-every 5]
         [--augmentation none] [--patch X,Y,Z] [--ema-alpha 0] [--seed 0] [--threads 1] [--no-twin]
 """
 
@@ -114,11 +114,13 @@ def demo_experiment(args: argparse.Namespace, memory_saving: bool) -> Experiment
         "model_params": {"channels": args.channels, "groups": args.groups, "norm": args.norm,
                          "memory_saving": memory_saving},
         "loss": args.loss,
+        "loss_params": {} if args.smooth is None else {"smooth": args.smooth},
         "augmentation": args.augmentation,
         "patch_size": args.patch,
         "optimizer": "adam",
         "lr": args.lr,
         "weight_decay": args.weight_decay,
+        "grad_clip_norm": args.grad_clip,
         "milestones": args.milestones,
         "gamma": args.gamma,
         "batch_size": args.batch,
@@ -138,11 +140,14 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=8)
     parser.add_argument("--norm", default="group", choices=("group", "instance"))
     parser.add_argument("--loss", default="bruegger2019", help="a preset of revunet.losses.LOSSES")
+    parser.add_argument("--smooth", type=float, default=None, help="Dice smoothing (default: the loss preset's, 1)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--milestones", type=lambda s: [int(c) for c in s.split(",") if c], default=[15],
                         help="epochs after which the lr is multiplied by --gamma, comma-separated")
     parser.add_argument("--gamma", type=float, default=0.2)
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam (L2) weight decay")
+    parser.add_argument("--grad-clip", type=float, default=None,
+                        help="grad_clip_norm: largest global L2 norm of a step's gradient (default: no clipping)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--accumulation", type=int, default=1,
                         help="micro-batches per optimiser step (--steps counts optimiser steps)")
@@ -186,10 +191,10 @@ def main() -> None:
     sample = "patch " + "x".join(map(str, args.patch)) if args.patch else "full 48x64x48 volume"
     milestones = f", x{args.gamma:g} after epoch(s) {args.milestones}" if args.milestones else ""
     print(f"\nsetup: channels {args.channels}, {args.norm} norm (groups {args.groups}), Adam lr {args.lr:g}{milestones}, "
-          f"weight decay {args.weight_decay:g}, EMA alpha {args.ema_alpha}, {args.epochs} epochs x {args.steps} steps "
+          f"weight decay {args.weight_decay:g}, gradient clipping {args.grad_clip}, EMA alpha {args.ema_alpha}, {args.epochs} epochs x {args.steps} steps "
           f"(batch {args.batch} x accumulation {args.accumulation}, {sample}), "
           f"validation every {args.validate_every} epoch(s), "
-          f"loss {args.loss}, augmentation {args.augmentation}, "
+          f"loss {args.loss} (smooth {args.smooth or 'preset'}), augmentation {args.augmentation}, "
           f"seed {args.seed}, {args.threads} thread(s); {len(split.train)} train / {len(split.held_out)} held-out cases")
     columns = ("WT", "TC", "ET", "mean", "/voxel", "best ep", "wall s", "cpu s", "cpu s/ep")
     print(f"{'model':<32} " + " ".join(f"{c:>{max(6, len(c))}}" for c in columns))

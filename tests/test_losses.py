@@ -7,7 +7,7 @@ import torch
 
 from revunet.experiment import Experiment
 from revunet.losses import LOSSES
-from revunet.train import make_loss
+from revunet.train import TrainError, make_loss
 
 
 def _example() -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,3 +67,25 @@ def test_training_accepts_dice_bce_for_brats():
                                        "loss": "dice_bce"})
     loss = make_loss(experiment)
     assert loss.output == "sigmoid" and loss.dice == 1.0 and loss.cross_entropy == 1.0
+
+
+def test_loss_params_override_the_preset_and_bad_ones_are_named():
+    experiment = Experiment.from_dict({"name": "e", "task": "brats", "model": "partially_reversible",
+                                       "loss": "bruegger2019", "loss_params": {"smooth": 1e-5}})
+    loss = make_loss(experiment)
+    assert (loss.smooth, loss.dice_scale, loss.dice_reduction) == (1e-5, 0.2, "sum")
+    # an empty target channel: smoothing 1 pulls the prediction towards zero, 1e-5 leaves it almost alone
+    target = torch.zeros(1, 3, 4, 4, 4)
+    target[:, :2, :2] = 1
+    gradients = []
+    for smooth in (1.0, 1e-5):
+        logits = torch.zeros_like(target, requires_grad=True)
+        make_loss(experiment.replace(loss_params={"smooth": smooth}))(logits, target).backward()
+        gradients.append(logits.grad[:, 2].abs().sum().item())
+    assert gradients[0] > 1e3 * gradients[1]
+    for params, message in (({"smoth": 1.0}, r"unknown loss field\(s\) \['smoth'\]"),
+                            ({"smooth": 0}, "smooth must be positive"),
+                            ({"smooth": "1"}, "smooth must be a number"),
+                            ({"dice_reduction": "max"}, "dice_reduction must be 'sum' or 'mean'")):
+        with pytest.raises(TrainError, match=r"experiment 'e': loss_params: .*" + message):
+            make_loss(experiment.replace(loss_params=params))

@@ -40,7 +40,8 @@ class Experiment:
     Early stopping: validation (full volumes) every ``validate_every`` epochs; an exponential
     moving average (``ema_alpha``) of the validation mean Dice; stop when the epoch exceeds the
     EMA's best epoch + ``patience``. ``loss`` and ``augmentation`` name presets of
-    :data:`revunet.losses.LOSSES` and :class:`revunet.data.augment.AugmentationConfig`.
+    :data:`revunet.losses.LOSSES` and :class:`revunet.data.augment.AugmentationConfig`;
+    ``loss_params`` overrides fields of the loss preset (e.g. ``{smooth: 1.0e-5}``).
     Inference: ``sliding_window`` None predicts the full volume, else the window size;
     ``window_overlap`` in voxels; ``test_time_flips`` averages over axis flips.
     Provenance: ``paper``/``table``/``row`` link the experiment to the paper's table row.
@@ -51,6 +52,7 @@ class Experiment:
     model: str
     model_params: dict[str, Any] = field(default_factory=dict)
     loss: str = "bruegger2019"
+    loss_params: dict[str, Any] = field(default_factory=dict)
     augmentation: str = "none"
     patch_size: tuple[int, int, int] | None = None
     samples_per_volume: int = 1

@@ -13,7 +13,9 @@ a network ending in it, with the numerically stable logit forms for the cross-en
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch.nn import functional
@@ -61,6 +63,18 @@ class SegmentationLoss:
     dice_scale: float = 1.0
     smooth: float = 1.0
     dice_reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.output not in ("sigmoid", "softmax"):
+            raise ValueError(f"loss output must be 'sigmoid' or 'softmax', got {self.output!r}")
+        if self.dice_reduction not in ("sum", "mean"):
+            raise ValueError(f"loss dice_reduction must be 'sum' or 'mean', got {self.dice_reduction!r}")
+        # smooth 0 would make an empty target with an empty prediction 0/0
+        if not self.smooth > 0:
+            raise ValueError(f"loss smooth must be positive, got {self.smooth}")
+        for name in ("dice", "cross_entropy", "reconstruction", "kl", "dice_scale"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
 
     def terms(
         self, output: torch.Tensor | SegmentationWithVAE, target: torch.Tensor, image: torch.Tensor | None = None
@@ -128,6 +142,22 @@ def dice_bce() -> SegmentationLoss:
     where the Dice of a near-empty prediction barely moves, so a short budget learns faster.
     """
     return SegmentationLoss("sigmoid", dice=1.0, cross_entropy=1.0)
+
+
+def configured_loss(preset: SegmentationLoss, params: Mapping[str, Any], source: str = "loss_params") -> SegmentationLoss:
+    """``preset`` with some of its fields replaced, e.g. ``{"smooth": 1e-5}``; unknown fields are named."""
+    known = {f.name: f for f in fields(SegmentationLoss)}
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown loss field(s) {unknown}; known: {sorted(known)}")
+    for name, value in params.items():
+        expected = str if known[name].type == "str" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ValueError(f"{source}: {name} must be a {'string' if expected is str else 'number'}, got {value!r}")
+    try:
+        return replace(preset, **params)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 LOSSES = {

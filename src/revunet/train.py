@@ -68,7 +68,7 @@ from revunet.data.labels import BRATS_REGIONS, ISEG_CLASSES, brats_regions
 from revunet.data.splits import read_split
 from revunet.experiment import Experiment, read_experiment, write_experiment
 from revunet.infer import predict_volume
-from revunet.losses import LOSSES, SegmentationLoss
+from revunet.losses import LOSSES, SegmentationLoss, configured_loss
 from revunet.models.registry import parameter_count
 from revunet.training.early_stopping import EarlyStopping
 from revunet.training.run_log import peak_memory_mib, peak_memory_source, write_log, write_summary
@@ -210,14 +210,19 @@ def collate(items: list[dict[str, Any]], multiple: int) -> dict[str, torch.Tenso
 
 
 def make_loss(experiment: Experiment) -> SegmentationLoss:
-    """The experiment's loss preset; the invertible-residual one follows the model's output."""
+    """The experiment's loss preset with its ``loss_params``; the invertible-residual one follows the model's output."""
     if experiment.loss not in LOSSES:
         raise TrainError(
             f"experiment {experiment.name!r}: unknown loss {experiment.loss!r}; choose one of {sorted(LOSSES)}"
         )
     if experiment.loss == "invres2020":
-        return LOSSES["invres2020"](output=experiment.model_params.get("output", "sigmoid"))
-    return LOSSES[experiment.loss]()
+        preset = LOSSES["invres2020"](output=experiment.model_params.get("output", "sigmoid"))
+    else:
+        preset = LOSSES[experiment.loss]()
+    try:
+        return configured_loss(preset, experiment.loss_params, f"experiment {experiment.name!r}: loss_params")
+    except ValueError as error:
+        raise TrainError(str(error)) from None
 
 
 def weighted_total(loss: SegmentationLoss, terms: dict[str, torch.Tensor]) -> torch.Tensor:
