@@ -17,7 +17,7 @@ minutes on an idle core; wall time grows on a busy machine):
 
     .venv/bin/python benchmarks/quality_bar.py [--work DIR] [--channels 16,32,64,128] [--groups 8]
         [--norm group] [--loss bruegger2019] [--smooth S] [--lr 0.001] [--milestones 15] [--gamma 0.2] [--batch 1]
-        [--accumulation 1] [--weight-decay 0] [--grad-clip NORM] [--epochs 20] [--steps 8] [--validate-every 5]
+        [--accumulation 1] [--weight-decay 0] [--grad-clip NORM] [--warmup 0] [--epochs 20] [--steps 8] [--validate-every 5]
         [--augmentation none] [--patch X,Y,Z] [--ema-alpha 0] [--seed 0] [--threads 1] [--no-twin]
 """
 
@@ -121,6 +121,7 @@ def demo_experiment(args: argparse.Namespace, memory_saving: bool) -> Experiment
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "grad_clip_norm": args.grad_clip,
+        "warmup_steps": args.warmup,
         "milestones": args.milestones,
         "gamma": args.gamma,
         "batch_size": args.batch,
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam (L2) weight decay")
     parser.add_argument("--grad-clip", type=float, default=None,
                         help="grad_clip_norm: largest global L2 norm of a step's gradient (default: no clipping)")
+    parser.add_argument("--warmup", type=int, default=0, help="warmup_steps: linear learning-rate ramp")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--accumulation", type=int, default=1,
                         help="micro-batches per optimiser step (--steps counts optimiser steps)")
@@ -191,7 +193,7 @@ def main() -> None:
     sample = "patch " + "x".join(map(str, args.patch)) if args.patch else "full 48x64x48 volume"
     milestones = f", x{args.gamma:g} after epoch(s) {args.milestones}" if args.milestones else ""
     print(f"\nsetup: channels {args.channels}, {args.norm} norm (groups {args.groups}), Adam lr {args.lr:g}{milestones}, "
-          f"weight decay {args.weight_decay:g}, gradient clipping {args.grad_clip}, EMA alpha {args.ema_alpha}, {args.epochs} epochs x {args.steps} steps "
+          f"weight decay {args.weight_decay:g}, gradient clipping {args.grad_clip}, warm-up {args.warmup} steps, EMA alpha {args.ema_alpha}, {args.epochs} epochs x {args.steps} steps "
           f"(batch {args.batch} x accumulation {args.accumulation}, {sample}), "
           f"validation every {args.validate_every} epoch(s), "
           f"loss {args.loss} (smooth {args.smooth or 'preset'}), augmentation {args.augmentation}, "

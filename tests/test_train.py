@@ -245,11 +245,12 @@ sys.exit(main(sys.argv[2:]))
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(data, tmp_path) -> None:
     pre, split = data
     spec = tmp_path / "exp.json"
-    # batch 2, accumulation, augmentation, a schedule and dropout (torch's global generator):
+    # batch 2, accumulation, augmentation, a schedule, a warm-up into epoch 3 (2 steps per epoch),
+    # clipping and dropout (torch's global generator):
     # every piece of state a resumed run must restore is exercised
     write_experiment(spec, tiny(epochs=4, batch_size=2, accumulation=2, samples_per_volume=2,
                                 augmentation="invres2020", milestones=[2], optimizer="adamw", weight_decay=1e-3,
-                                model_params={**TINY, "dropout": 0.2}))
+                                warmup_steps=5, grad_clip_norm=0.5, model_params={**TINY, "dropout": 0.2}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
     def command(out: Path) -> list[str]:
@@ -437,6 +438,19 @@ def test_gradient_clipping_bounds_the_step_and_the_log_keeps_the_norm_before_cli
     assert loose == pytest.approx(free, rel=1e-6)  # a bound above the norm changes nothing
     with pytest.raises(ValueError, match="grad_clip_norm must be positive"):
         tiny(grad_clip_norm=0)
+
+
+def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(data, tmp_path) -> None:
+    free, free_norm = _one_sgd_step(data, tmp_path / "free")
+    warm, _ = _one_sgd_step(data, tmp_path / "warm", warmup_steps=4)
+    assert warm == pytest.approx(free_norm / 4, rel=1e-4)  # step 1 of 4: a quarter of the rate
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    for step, expected in ((1, 0.125), (3, 0.375), (4, 0.5), (9, 0.5)):
+        with train_module.warmed_up(optimizer, step, 4):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+        assert optimizer.param_groups[0]["lr"] == 0.5
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        tiny(warmup_steps=-1)
 
 
 def _free_port() -> int:

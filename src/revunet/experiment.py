@@ -36,7 +36,8 @@ class Experiment:
     Optimisation: Adam-family ``optimizer`` with ``lr``/``weight_decay``; the learning rate
     is multiplied by ``gamma`` at each epoch in ``milestones``; ``accumulation`` micro-batches
     per optimiser step; ``max_steps_per_epoch`` caps an epoch (None: one pass over the data);
-    ``grad_clip_norm`` rescales each step's gradient to at most that global L2 norm (None: off).
+    ``grad_clip_norm`` rescales each step's gradient to at most that global L2 norm (None: off);
+    ``warmup_steps`` ramps the learning rate linearly over the first optimiser steps (k/N of it at step k).
     Early stopping: validation (full volumes) every ``validate_every`` epochs; an exponential
     moving average (``ema_alpha``) of the validation mean Dice; stop when the epoch exceeds the
     EMA's best epoch + ``patience``. ``loss`` and ``augmentation`` name presets of
@@ -62,6 +63,7 @@ class Experiment:
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip_norm: float | None = None
+    warmup_steps: int = 0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.2
     epochs: int = 1
@@ -92,6 +94,8 @@ class Experiment:
                 problems.append(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             problems.append(f"max_steps_per_epoch must be at least 1 or null, got {self.max_steps_per_epoch}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.patience is not None and self.patience < 0:
             problems.append(f"patience must be >= 0 or null, got {self.patience}")
         if not 0 <= self.ema_alpha < 1:

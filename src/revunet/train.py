@@ -421,6 +421,26 @@ def make_optimizer(experiment: Experiment, model: nn.Module) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=decay)
 
 
+@contextlib.contextmanager
+def warmed_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> Iterator[None]:
+    """Scale the scheduled learning rate by step/warmup_steps for the optimiser step ``step`` (1-based).
+
+    The schedule's own rate is put back afterwards, so the scheduler and checkpoints never see
+    the warm-up and a resumed run warms up exactly as an uninterrupted one.
+    """
+    if step >= warmup_steps:
+        yield
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr * step / warmup_steps
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
+
+
 def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[str, float], float]:
     """One epoch (``epoch`` is 1-based).
 
@@ -467,7 +487,8 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[
         # with max_norm inf this only measures the norm (and multiplies by 1.0, which is exact)
         clip = experiment.grad_clip_norm if experiment.grad_clip_norm is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(run.trained.parameters(), clip)
-        run.scaler.step(run.optimizer)
+        with warmed_up(run.optimizer, (epoch - 1) * steps + step, experiment.warmup_steps):
+            run.scaler.step(run.optimizer)
         run.scaler.update()
         step_values = torch.cat([step_values, grad_norm.detach().float().reshape(1).to(step_values.device)])
         totals = step_values if totals is None else totals + step_values
