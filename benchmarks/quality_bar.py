@@ -16,7 +16,7 @@ Each run is scored twice: ``best.pt`` (picked on the held-out cases themselves, 
 minutes on an idle core; wall time grows on a busy machine):
 
     .venv/bin/python benchmarks/quality_bar.py [--work DIR] [--channels 16,32,64,128] [--groups 8]
-        [--norm group] [--loss bruegger2019] [--smooth S] [--lr 0.001] [--milestones 15] [--gamma 0.2] [--batch 1]
+        [--norm group] [--head-norm] [--loss bruegger2019] [--smooth S] [--lr 0.001] [--milestones 15] [--gamma 0.2] [--batch 1]
         [--accumulation 1] [--weight-decay 0] [--grad-clip NORM] [--warmup 0] [--epochs 20] [--steps 8] [--validate-every 5]
         [--augmentation none] [--patch X,Y,Z] [--ema-alpha 0] [--seed 0] [--threads 1] [--no-twin]
 """
@@ -112,7 +112,7 @@ def demo_experiment(args: argparse.Namespace, memory_saving: bool) -> Experiment
         "task": "brats",
         "model": "partially_reversible",
         "model_params": {"channels": args.channels, "groups": args.groups, "norm": args.norm,
-                         "memory_saving": memory_saving},
+                         "memory_saving": memory_saving, **({"head_norm": True} if args.head_norm else {})},
         "loss": args.loss,
         "loss_params": {} if args.smooth is None else {"smooth": args.smooth},
         "augmentation": args.augmentation,
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=[16, 32, 64, 128])
     parser.add_argument("--groups", type=int, default=8)
     parser.add_argument("--norm", default="group", choices=("group", "instance"))
+    parser.add_argument("--head-norm", action="store_true", help="model_params.head_norm: Norm-LeakyReLU before the head")
     parser.add_argument("--loss", default="bruegger2019", help="a preset of revunet.losses.LOSSES")
     parser.add_argument("--smooth", type=float, default=None, help="Dice smoothing (default: the loss preset's, 1)")
     parser.add_argument("--lr", type=float, default=1e-3)

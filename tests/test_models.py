@@ -122,7 +122,13 @@ def _gradients(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad for p in model.parameters()]
 
 
-@pytest.mark.parametrize("name, setup", [(n, SMALL[n]) for n in REVERSIBLE] + [("partially_reversible", MBCONV)])
+HEAD_NORM = ({**SMALL["partially_reversible"][0], "head_norm": True}, SMALL["partially_reversible"][1])
+
+
+@pytest.mark.parametrize(
+    "name, setup",
+    [(n, SMALL[n]) for n in REVERSIBLE] + [("partially_reversible", MBCONV), ("partially_reversible", HEAD_NORM)],
+)
 def test_reversible_models_match_their_twins(name, setup):
     params, shape = setup
     torch.manual_seed(0)

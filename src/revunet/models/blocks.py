@@ -186,15 +186,18 @@ class SegmentationHead(nn.Module):
     which is the same function).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, output: str = "sigmoid") -> None:
+    def __init__(self, in_channels: int, out_channels: int, output: str = "sigmoid", norm: nn.Module | None = None) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.output = output
+        # optional Norm -> LeakyReLU before the convolution: bounds the scale of what the
+        # convolution reads (see PartiallyReversibleUNet's head_norm)
+        self.norm = nn.Sequential(norm, nn.LeakyReLU(0.01)) if norm is not None else None
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(x if self.norm is None else self.norm(x))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.output == "sigmoid" else torch.softmax(logits, dim=1)

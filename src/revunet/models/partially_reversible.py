@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from revunet.models.blocks import NORMS, SegmentationHead, channel_list, check_spatial_size, coupling_blocks
+from revunet.models.blocks import NORMS, SegmentationHead, channel_list, check_spatial_size, coupling_blocks, make_norm
 from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae
 from revunet.reversible import ReversibleSequence
 
@@ -45,6 +45,10 @@ class PartiallyReversibleUNet(nn.Module):
         dropout: channel dropout inside F and G (replayed exactly in the recomputation).
         vae_input_size: training patch size; adds the VAE branch when given.
         latent_dim: VAE latent size.
+        head_norm: normalise and activate (``norm``, LeakyReLU) before the 1x1x1 head. Not in
+            the paper: its head reads the additive residual stream directly, whose scale grows
+            in training; at the CPU demo's high learning rate that drives a region's logits to
+            saturation (the channel "dies": every voxel on or off, no gradient back).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class PartiallyReversibleUNet(nn.Module):
         dropout: float = 0.0,
         vae_input_size: Sequence[int] | None = None,
         latent_dim: int = 128,
+        head_norm: bool = False,
     ) -> None:
         super().__init__()
         widths = channel_list(channels)
@@ -85,7 +90,8 @@ class PartiallyReversibleUNet(nn.Module):
         self.decoder = nn.ModuleList(sequence(w, decoder_depth, "residual") for w in widths)
         self.up = nn.ModuleList(nn.Conv3d(b, a, kernel_size=1) for a, b in zip(widths[:-1], widths[1:]))
         self.fuse = nn.ModuleList(nn.Conv3d(2 * a, a, kernel_size=1) for a in widths[:-1]) if skip == "concat" else None
-        self.head = SegmentationHead(widths[0], out_channels, output)
+        head_norm_layer = make_norm(norm, widths[0], groups) if head_norm else None
+        self.head = SegmentationHead(widths[0], out_channels, output, head_norm_layer)
         self.vae = (
             VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups) if vae_input_size is not None else None
         )
