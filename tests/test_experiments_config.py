@@ -117,12 +117,16 @@ def test_demo_scales_down_on_synthetic_data_one_thread_per_job(demo):
     steps = 0
     for plan in demo.experiments.values():
         e = plan.experiment
-        assert e.patch_size is None and e.augmentation == "none" and not e.amp and e.sliding_window is None
+        assert e.patch_size == (32, 48, 32) and e.batch_size == 2
+        assert e.augmentation == "none" and not e.amp and e.sliding_window is None
         assert plan.resources.threads == 1 and plan.resources.gpus == 1
         assert demo.launcher(plan.name) == "revunet"
         assert max(e.model_params["channels"]) <= 128
         steps += e.epochs * e.max_steps_per_epoch
-    assert steps == 16 * 48  # what keeps the default run within its time budget
+    # what keeps the default run within its time budget: Brügger's six rows get the quality
+    # bar's 45 x 8 steps, the other ten 16 x 8
+    assert steps == 6 * 45 * 8 + 10 * 16 * 8
+    assert all(demo.experiments[name].experiment.epochs == 45 for name in NAMES[:6])
     # the paper's loss and architecture stay where the demo does not override them
     assert demo.experiments["bruegger_rev_4_1_full"].experiment.model_params["encoder_depth"] == 4
     assert demo.experiments["bruegger_baseline"].experiment.loss == "bruegger2019"
@@ -130,14 +134,16 @@ def test_demo_scales_down_on_synthetic_data_one_thread_per_job(demo):
 
 
 def test_vae_branch_follows_the_training_input():
-    """``vae_input_size: training_input`` becomes the whole preprocessed volume in the demo."""
+    """``vae_input_size: training_input`` becomes the demo's training crop (or the whole volume without one)."""
     demo = plan_workflow(config())
-    assert demo.experiments["invres_iseg_full"].experiment.model_params["vae_input_size"] == [48, 64, 48]
+    assert demo.experiments["invres_iseg_full"].experiment.model_params["vae_input_size"] == [32, 48, 32]
     tiny = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / "test.yaml").read_text(encoding="utf-8")))
     small = plan_workflow({**tiny, "select": ["invres_brats_partial"]})
     assert small.experiments["invres_brats_partial"].experiment.model_params["vae_input_size"] == [32, 48, 32]
     with pytest.raises(ConfigError, match=r"invres_brats_partial\.model_params\.vae_input_size"):
-        plan_workflow(mutate("datasets.brats.demo.shape", None))
+        whole_volumes = mutate("datasets.brats.demo.shape", None)  # no crop and no fixed volume shape
+        whole_volumes["presets"]["demo"]["experiment"]["patch_size"] = None
+        plan_workflow(whole_volumes)
 
 
 @pytest.mark.parametrize("preset", ["demo", "paper"])
