@@ -9,16 +9,18 @@ thread, then compute hard Dice per region (WT, TC, ET; sigmoid > 0.5; both empty
 discriminant of ``benchmarks/synthetic_separability.py`` (intensities only, no context),
 fitted on the brain voxels of the same 16 training cases and tested on the same 4 cases.
 
-The defaults are the demo recipe (benchmarks/README.md, "Quality bar"): 20 epochs x 8 steps,
-Adam lr 1e-3 x0.2 after epoch 15, validation every 5 epochs, about 145 CPU-s per model.
-Each run is scored twice: ``best.pt`` (picked on the held-out cases themselves, so optimistic) and
-``last.pt`` (the final weights, picked by nothing). Run from the repository root (about 5
-minutes on an idle core; wall time grows on a busy machine):
+The defaults are the demo recipe (benchmarks/README.md, "Quality bar"; the workflow's demo
+preset trains Brügger's rows with it): batches of two 32x48x32 crops, 45 epochs x 8 steps,
+Adam lr 1e-3 x0.2 after epoch 35, validation on whole volumes every 5 epochs, about 130
+CPU-s per model. Each run is scored twice: ``best.pt`` (picked on the held-out cases
+themselves, so optimistic) and ``last.pt`` (the final weights, picked by nothing). Run from
+the repository root (about 5 minutes on an idle core; wall time grows on a busy machine):
 
     .venv/bin/python benchmarks/quality_bar.py [--work DIR] [--channels 16,32,64,128] [--groups 8]
-        [--norm group] [--head-norm] [--loss bruegger2019] [--smooth S] [--lr 0.001] [--milestones 15] [--gamma 0.2] [--batch 1]
-        [--accumulation 1] [--weight-decay 0] [--grad-clip NORM] [--warmup 0] [--epochs 20] [--steps 8] [--validate-every 5]
-        [--augmentation none] [--patch X,Y,Z] [--ema-alpha 0] [--seed 0] [--threads 1] [--no-twin]
+        [--norm group] [--head-norm] [--loss bruegger2019] [--smooth S] [--lr 0.001] [--milestones 35]
+        [--gamma 0.2] [--batch 2] [--accumulation 1] [--weight-decay 0] [--grad-clip NORM] [--warmup 0]
+        [--epochs 45] [--steps 8] [--validate-every 5] [--augmentation none] [--patch 32,48,32]
+        [--ema-alpha 0] [--seed 0] [--threads 1] [--no-twin]
 """
 
 from __future__ import annotations
@@ -144,22 +146,22 @@ def main() -> None:
     parser.add_argument("--loss", default="bruegger2019", help="a preset of revunet.losses.LOSSES")
     parser.add_argument("--smooth", type=float, default=None, help="Dice smoothing (default: the loss preset's, 1)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--milestones", type=lambda s: [int(c) for c in s.split(",") if c], default=[15],
+    parser.add_argument("--milestones", type=lambda s: [int(c) for c in s.split(",") if c], default=[35],
                         help="epochs after which the lr is multiplied by --gamma, comma-separated")
     parser.add_argument("--gamma", type=float, default=0.2)
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam (L2) weight decay")
     parser.add_argument("--grad-clip", type=float, default=None,
                         help="grad_clip_norm: largest global L2 norm of a step's gradient (default: no clipping)")
     parser.add_argument("--warmup", type=int, default=0, help="warmup_steps: linear learning-rate ramp")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--accumulation", type=int, default=1,
                         help="micro-batches per optimiser step (--steps counts optimiser steps)")
     parser.add_argument("--validate-every", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=45)
     parser.add_argument("--steps", type=int, default=8, help="max_steps_per_epoch")
     parser.add_argument("--augmentation", default="none")
-    parser.add_argument("--patch", type=lambda s: [int(c) for c in s.split(",")], default=None,
-                        help="training patch X,Y,Z (default: the whole 48x64x48 volume; validation is always whole)")
+    parser.add_argument("--patch", type=lambda s: [int(c) for c in s.split(",")] if s else None, default=[32, 48, 32],
+                        help="training patch X,Y,Z ('' for the whole 48x64x48 volume; validation is always whole)")
     parser.add_argument("--ema-alpha", type=float, default=0.0,
                         help="EMA of the validation Dice that picks best.pt (0.95 in the paper; 0: the best validation)")
     parser.add_argument("--seed", type=int, default=0)
