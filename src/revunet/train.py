@@ -444,7 +444,7 @@ def warmed_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) ->
 def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[str, float], float]:
     """One epoch (``epoch`` is 1-based).
 
-    Returns (optimiser steps, mean loss, mean unweighted terms, mean gradient norm before clipping).
+    Returns (optimiser steps, mean loss, mean unweighted terms, mean finite gradient norm before clipping).
     """
     experiment = run.experiment
     run.sampler.set_epoch(epoch - 1)
@@ -455,6 +455,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[
     remaining = len(run.loader)
     totals: torch.Tensor | None = None
     names: list[str] = []
+    grad_norms: list[float] = []
     bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
     for step in range(1, steps + 1):
         group = [next(batches) for _ in range(min(experiment.accumulation, remaining))]
@@ -490,14 +491,17 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[
         with warmed_up(run.optimizer, (epoch - 1) * steps + step, experiment.warmup_steps):
             run.scaler.step(run.optimizer)
         run.scaler.update()
-        step_values = torch.cat([step_values, grad_norm.detach().float().reshape(1).to(step_values.device)])
+        grad_norms.append(float(grad_norm))
         totals = step_values if totals is None else totals + step_values
         bar.update()
         bar.set_postfix(loss=f"{step_values[0].item():.4f}")
     bar.close()
     assert totals is not None
     means = (totals / steps).tolist()
-    return steps, means[0], dict(zip(names, means[1:-1])), means[-1]
+    # steps the gradient scaler skipped (inf/NaN gradients in float16) have no norm to average
+    finite = [norm for norm in grad_norms if math.isfinite(norm)]
+    mean_norm = sum(finite) / len(finite) if finite else math.nan
+    return steps, means[0], dict(zip(names, means[1:])), mean_norm
 
 
 def _bare_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 ``log.csv`` columns, in order: ``epoch, steps, train_loss``, one ``loss_<term>`` per loss term
 the run produced (``dice, cross_entropy, reconstruction, kl``: each term's *unweighted* mean
 over the epoch's optimiser steps; ``train_loss`` is the weighted total), ``grad_norm`` (the
-mean global L2 norm of the gradient before clipping), ``val_dice_<REGION>`` per region/class, ``val_mean_dice``, ``ema_dice`` (empty on epochs without validation), then
+mean global L2 norm of the gradient before clipping, over the steps whose gradients were finite), ``val_dice_<REGION>`` per region/class, ``val_mean_dice``, ``ema_dice`` (empty on epochs without validation), then
 ``lr`` (the scheduled rate of the epoch; a warm-up scales it down over the first steps), ``epoch_seconds`` (training + validation),
 ``peak_memory_mib`` and ``time`` (ISO wall clock at the end of the epoch).
 
