@@ -124,8 +124,8 @@ def test_demo_scales_down_on_synthetic_data_one_thread_per_job(demo):
         assert max(e.model_params["channels"]) <= 128
         steps += e.epochs * e.max_steps_per_epoch
     # what keeps the default run within its time budget: Brügger's six rows get the quality
-    # bar's 45 x 8 steps, the other ten 16 x 8
-    assert steps == 6 * 45 * 8 + 10 * 16 * 8
+    # bar's 45 x 8 steps, the other ten 10 x 8
+    assert steps == 6 * 45 * 8 + 10 * 10 * 8
     assert all(demo.experiments[name].experiment.epochs == 45 for name in NAMES[:6])
     # the paper's loss and architecture stay where the demo does not override them
     assert demo.experiments["bruegger_rev_4_1_full"].experiment.model_params["encoder_depth"] == 4
