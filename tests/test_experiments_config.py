@@ -140,9 +140,9 @@ def test_vae_branch_follows_the_training_input():
     tiny = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / "test.yaml").read_text(encoding="utf-8")))
     small = plan_workflow({**tiny, "select": ["invres_brats_partial"]})
     assert small.experiments["invres_brats_partial"].experiment.model_params["vae_input_size"] == [32, 48, 32]
+    whole_volumes = mutate("datasets.brats.demo.shape", None)  # no crop and no fixed volume shape
+    whole_volumes["presets"]["demo"]["experiment"]["patch_size"] = None
     with pytest.raises(ConfigError, match=r"invres_brats_partial\.model_params\.vae_input_size"):
-        whole_volumes = mutate("datasets.brats.demo.shape", None)  # no crop and no fixed volume shape
-        whole_volumes["presets"]["demo"]["experiment"]["patch_size"] = None
         plan_workflow(whole_volumes)
 
 
