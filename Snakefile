@@ -5,10 +5,22 @@ revunet.experiments_config. See README.md for how to run it.
 """
 
 import os
+import sys
 
 from snakemake.utils import min_version, validate
 
 min_version("8.20")
+
+
+envvars:
+    "PATH",
+
+
+# Jobs call `revunet` by name: put the folder of the Python running Snakemake first on PATH,
+# so `.venv/bin/snakemake` finds the package installed beside it without an activated
+# environment (a conda job environment, when used, still comes first inside its job).
+search_path = os.environ["PATH"]
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), search_path])
 
 
 configfile: "config.yaml"

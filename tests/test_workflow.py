@@ -33,7 +33,11 @@ def snakemake(workdir: Path, *args: str, configfiles: tuple[str, ...] = (CONFIG,
     """Run the repository's workflow in ``workdir``; returns (exit code, stdout + stderr)."""
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
     command += ["--configfile", *configfiles, *args]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # without the environment's bin folder on PATH, as after `bash .ci/setup` in a fresh shell:
+    # the workflow itself must find `revunet` next to the Python that runs Snakemake
+    bin_folder = Path(sys.executable).parent
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != bin_folder]
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
     return done.returncode, done.stdout + done.stderr
 
