@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from revunet.memory_tables import TABLES, measure_row
+from revunet.memory.paper_tables import TABLES, measure_row
 
 MIB = 2**20
 TARGET = 0.05

@@ -189,7 +189,7 @@ class InputRequiresGrad(nn.Module):
         return self.module(x)
 
 
-# Peers whose peak the tensor tracker of ``revunet.memory`` cannot follow, and why.
+# Peers whose peak the tensor tracker of ``revunet.memory.accounting`` cannot follow, and why.
 TRACKER_CAVEATS: dict[str, str] = {
     "memcnn": "tracked peak over-counts (storage.resize_(0) unseen)",
 }

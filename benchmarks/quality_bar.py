@@ -40,14 +40,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_separability import GaussianClassifier, dice  # noqa: E402
 
-from revunet.checkpoint import model_from_checkpoint  # noqa: E402
+from revunet.training.checkpoint import model_from_checkpoint  # noqa: E402
 from revunet.cli import main as revunet  # noqa: E402
-from revunet.data.labels import BRATS_REGIONS, brats_regions  # noqa: E402
+from revunet.tasks import TASKS  # noqa: E402
+
+BRATS_REGIONS = TASKS["brats"].regions
 from revunet.data.preprocess import load_preprocessed  # noqa: E402
 from revunet.data.splits import read_split  # noqa: E402
-from revunet.experiment import Experiment  # noqa: E402
-from revunet.infer import predict_volume  # noqa: E402
-from revunet.train import train  # noqa: E402
+from revunet.experiments.recipe import Experiment  # noqa: E402
+from revunet.evaluation.predict import predict_volume  # noqa: E402
+from revunet.training.train import train  # noqa: E402
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
@@ -82,7 +84,7 @@ def voxel_baseline(pre: Path, train_ids: list[str], test_ids: list[str]) -> dict
         x, brain = brain_features(case.image)
         predicted = np.zeros_like(case.label)
         predicted[brain] = classifier.predict(x)
-        for region, p, t in zip(BRATS_REGIONS, brats_regions(predicted), brats_regions(case.label)):
+        for region, p, t in zip(BRATS_REGIONS, TASKS["brats"].region_stack(predicted), TASKS["brats"].region_stack(case.label)):
             scores[region].append(dice(p, t))
     return {region: float(np.mean(values)) for region, values in scores.items()}
 
@@ -96,7 +98,7 @@ def network_dice(checkpoint: Path, pre: Path, test_ids: list[str]) -> dict[str, 
         with torch.no_grad():
             probabilities = predict_volume(model, torch.from_numpy(case.image), "sigmoid")
         predicted = (probabilities > 0.5).numpy()
-        for region, p, t in zip(BRATS_REGIONS, predicted, brats_regions(case.label)):
+        for region, p, t in zip(BRATS_REGIONS, predicted, TASKS["brats"].region_stack(case.label)):
             scores[region].append(dice(p, t))
     return {region: float(np.mean(values)) for region, values in scores.items()}
 
@@ -143,7 +145,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=8)
     parser.add_argument("--norm", default="group", choices=("group", "instance"))
     parser.add_argument("--head-norm", action="store_true", help="model_params.head_norm: Norm-LeakyReLU before the head")
-    parser.add_argument("--loss", default="bruegger2019", help="a preset of revunet.losses.LOSSES")
+    parser.add_argument("--loss", default="bruegger2019", help="a preset of revunet.training.losses.LOSSES")
     parser.add_argument("--smooth", type=float, default=None, help="Dice smoothing (default: the loss preset's, 1)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--milestones", type=lambda s: [int(c) for c in s.split(",") if c], default=[35],

@@ -46,7 +46,7 @@ from peers import (  # noqa: E402
     gradient_mismatch,
 )
 
-from revunet.memory import MIB, adam, measure_training_step, sum_of_outputs  # noqa: E402
+from revunet.memory.accounting import MIB, adam, measure_training_step, sum_of_outputs  # noqa: E402
 
 GRADIENT_TOLERANCE = 1e-4  # relative to the largest gradient entry; float32 reconstruction is ~1e-7
 TIME_TARGET = 1.3  # our step time may be at most this multiple of the twin's

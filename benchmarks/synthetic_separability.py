@@ -23,8 +23,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from revunet.data.labels import ISEG_DISK_VALUES, brats_regions
-from revunet.data.synth import (
+from revunet.data.labels import ISEG_DISK_VALUES
+from revunet.tasks import TASKS
+from revunet.data.synth.generate import (
     DEFAULT_SPACING,
     DEFAULT_SUBJECTS,
     brats_case_id,
@@ -135,7 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.keep) if args.keep else Path(scratch)
         for task, n, loader, regions, names in (
-            ("brats", args.brats_subjects, load_brats, brats_regions, ("WT", "TC", "ET")),
+            ("brats", args.brats_subjects, load_brats, TASKS["brats"].region_stack, ("WT", "TC", "ET")),
             (
                 "iseg",
                 args.iseg_subjects,

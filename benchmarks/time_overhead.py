@@ -41,8 +41,8 @@ from reversible_core import (  # noqa: E402
 )
 
 from revunet.atomic import write_text_atomic  # noqa: E402
-from revunet.losses import LOSSES  # noqa: E402
-from revunet.memory import adam  # noqa: E402
+from revunet.training.losses import LOSSES  # noqa: E402
+from revunet.memory.accounting import adam  # noqa: E402
 from revunet.models import build_model  # noqa: E402
 
 TIME_TARGET = 1.3  # our reversible step may take at most this multiple of the twin's

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from revunet.capacity import (
+from revunet.memory.capacity import (
     CAPACITY_MODELS,
     GIB,
     MIB,

@@ -77,7 +77,7 @@ def test_building_the_parser_does_not_import_torch():
 
 
 def test_capacity_help_states_the_module_defaults():
-    from revunet import capacity
+    from revunet.memory import capacity
     from revunet.cli import build_parser
 
     parser = build_parser()
@@ -93,7 +93,7 @@ def test_capacity_help_states_the_module_defaults():
 
 def test_complexity_help_states_the_default_depths():
     from revunet.cli import build_parser
-    from revunet.complexity import DEFAULT_DEPTHS
+    from revunet.memory.complexity import DEFAULT_DEPTHS
 
     parser = build_parser()
     sub = next(a for a in parser._actions if getattr(a, "choices", None) and "complexity" in a.choices)

@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
-from revunet.complexity import (
+from revunet.memory.complexity import (
     CheckpointedSequence,
     build_chain,
     complexity_table,
     growth_exponent,
     sqrt_segments,
 )
-from revunet.memory import measure_training_step
+from revunet.memory.accounting import measure_training_step
 
 DEPTHS = (1, 2, 4, 8, 16, 32)
 

@@ -17,7 +17,7 @@ from revunet.data.augment import (
     warp_slices,
 )
 from revunet.data.dataset import PatchDataset, sample_patch_start, targets_for_task
-from revunet.data.labels import TASK_MODALITIES
+from revunet.catalog import TASK_MODALITIES
 from revunet.data.preprocess import PreprocessedCase, PreprocessMeta, save_preprocessed
 
 SHAPE = (24, 28, 20)

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
-from revunet.data.labels import brats_regions
+from revunet.tasks import TASKS
 from revunet.data.layouts import read_case_table
-from revunet.evaluate import METRICS_COLUMNS, SUMMARY_COLUMNS, summarise
-from revunet.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, region_scores
+from revunet.evaluation.score import METRICS_COLUMNS, SUMMARY_COLUMNS, summarise
+from revunet.evaluation.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, region_scores
 
 SPACING_MM = 3.0  # revunet synth's default grid
 
@@ -107,8 +107,8 @@ def test_brats_exact_missing_et_and_shifted(brats, tmp_path, capsys):
 
     # The shifted case: the spacing (3 mm) reaches the distances, and the regions are BraTS's nested ones.
     assert scores.loc[(ids[2], "WT"), "hausdorff"] == pytest.approx(SPACING_MM)
-    expected = brats_regions(references[ids[2]][0])
-    predicted = brats_regions(shifted)
+    expected = TASKS["brats"].region_stack(references[ids[2]][0])
+    predicted = TASKS["brats"].region_stack(shifted)
     for index, region in enumerate(("WT", "TC")):
         direct = region_scores(predicted[index], expected[index], (SPACING_MM,) * 3)
         assert scores.loc[(ids[2], region), list(METRIC_NAMES)].tolist() == pytest.approx(list(direct.values()))

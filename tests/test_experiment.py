@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from revunet.experiment import Experiment, read_experiment, write_experiment
+from revunet.experiments.recipe import Experiment, read_experiment, write_experiment
 
 BASE = {"name": "demo", "task": "brats", "model": "partially_reversible"}
 

@@ -12,17 +12,15 @@ import torch
 import yaml
 
 from revunet.cli import main
-from revunet.experiment import read_experiment
-from revunet.experiments_config import (
-    REPORT_FIGURES,
-    REPORT_TABLES,
-    SYNTHETIC_FOLDERS,
+from revunet.experiments.recipe import read_experiment
+from revunet.catalog import REPORT_FIGURES, REPORT_TABLES, SYNTHETIC_FOLDERS
+from revunet.experiments.plan import (
     ConfigError,
     deep_merge,
     plan_workflow,
 )
 from revunet.models.registry import build_model
-from revunet.report.paper_numbers import paper_results
+from revunet.papers import paper_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
@@ -227,7 +225,7 @@ def test_relative_dataset_paths_need_a_data_root():
 
 
 def test_names_shared_with_other_modules_stay_in_step():
-    from revunet.data import synth
+    from revunet.data.synth import generate as synth
     from revunet.report import figures, tables
 
     assert SYNTHETIC_FOLDERS == {"brats": synth.BRATS_ROOT, "iseg": synth.ISEG_ROOT}

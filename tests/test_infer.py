@@ -14,16 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from revunet.checkpoint import build_experiment_model, save_checkpoint
+from revunet.training.checkpoint import build_experiment_model, save_checkpoint
 from revunet.cli import main
-from revunet.data.label_maps import canonical_to_disk
-from revunet.data.labels import brats_regions
+from revunet.data.labels import canonical_to_disk
+from revunet.tasks import TASKS
 from revunet.data.layouts import find_cases, read_case_table, write_case_table
 from revunet.data.preprocess import load_preprocessed, npz_path
 from revunet.data.splits import read_split
-from revunet.data.synth import write_dataset
-from revunet.experiment import Experiment
-from revunet.infer import (
+from revunet.data.synth.generate import write_dataset
+from revunet.experiments.recipe import Experiment
+from revunet.evaluation.predict import (
     FLIP_AXES,
     InferenceSettings,
     predict_case,
@@ -78,7 +78,7 @@ class LabelOracle(nn.Module):
     def __init__(self, label: np.ndarray, task: str) -> None:
         super().__init__()
         if task == "brats":
-            target = brats_regions(label).astype(np.float32) * 2 - 1
+            target = TASKS["brats"].region_stack(label).astype(np.float32) * 2 - 1
         else:
             target = np.eye(4, dtype=np.float32)[label].transpose(3, 0, 1, 2)
         self.logits = torch.from_numpy(np.ascontiguousarray(target) * 20)
@@ -337,7 +337,7 @@ def test_infer_command_writes_one_label_file_per_held_out_case_and_the_list_last
 
 
 def test_infer_options_override_the_experiment(brats, tmp_path, monkeypatch):
-    import revunet.infer
+    import revunet.evaluation.predict
 
     calls = []
 
@@ -345,7 +345,7 @@ def test_infer_options_override_the_experiment(brats, tmp_path, monkeypatch):
         calls.append({"output": output, **options})
         return torch.zeros((3, *image.shape[1:]))
 
-    monkeypatch.setattr(revunet.infer, "predict_volume", record)
+    monkeypatch.setattr(revunet.evaluation.predict, "predict_volume", record)
     recipe = {"sliding_window": (24, 24, 24), "window_overlap": 4, "test_time_flips": True}
     checkpoint = tiny_checkpoint(tmp_path / "best.pt", **recipe)
     assert _infer(brats, checkpoint, tmp_path / "a") == 0
@@ -415,7 +415,7 @@ def test_infer_command_refuses_missing_or_corrupt_checkpoints_and_cases(brats, t
 
 @pytest.mark.parametrize("layout", ["brats2020", "brats2023", "msd", "iseg"])
 def test_disk_to_canonical_inverts_canonical_to_disk(layout):
-    from revunet.data.label_maps import canonical_to_disk, disk_to_canonical, disk_values
+    from revunet.data.labels import canonical_to_disk, disk_to_canonical, disk_values
 
     canonical = np.array(sorted(disk_values(layout)), dtype=np.uint8).reshape(1, 1, -1)
     assert np.array_equal(disk_to_canonical(canonical_to_disk(canonical, layout), layout), canonical)

@@ -17,7 +17,7 @@ import pytest
 
 from revunet.cli import main
 from revunet.commands.cases import LAYOUT_HELP
-from revunet.data.labels import TASK_MODALITIES
+from revunet.catalog import TASK_MODALITIES
 from revunet.data.layouts import (
     LAYOUT_NAMES,
     CaseError,

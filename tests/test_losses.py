@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from revunet.experiment import Experiment
-from revunet.losses import LOSSES
-from revunet.train import TrainError, make_loss
+from revunet.experiments.recipe import Experiment
+from revunet.training.losses import LOSSES
+from revunet.training.train import TrainError, make_loss
 
 
 def _example() -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Tests of :mod:`revunet.memory`: the exact peak-memory accounting of a training step.
+"""Tests of :mod:`revunet.memory.accounting`: the exact peak-memory accounting of a training step.
 
 The quantities asserted here are the ones the replication reports: peak bytes of
 one steady-state training step and its break-down. ``cpu`` mode tracks real
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from revunet.memory import CATEGORIES, PHASES, LiveTensorTracker, MemoryReport, measure_training_step
+from revunet.memory.accounting import CATEGORIES, PHASES, LiveTensorTracker, MemoryReport, measure_training_step
 from revunet.models.blocks import residual_coupling_sequence
 
 FLOAT32 = 4  # bytes

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from revunet.cli import main
-from revunet.memory_tables import TABLES, LegacyGroupNorm, memory_table, with_legacy_group_norm
-from revunet.report.paper_numbers import paper_memory_mib, paper_results
+from revunet.memory.paper_tables import TABLES, LegacyGroupNorm, memory_table, with_legacy_group_norm
+from revunet.papers import paper_memory_mib, paper_results
 
 REQUIRED = ["row", "paper_mb", "measured_mb", "ratio", "parameters_mb", "gradients_mb", "optimizer_state_mb", "activations_mb"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from revunet.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, joint_crop, region_scores
+from revunet.evaluation.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, joint_crop, region_scores
 
 SIX_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from revunet.cli import main
-from revunet.memory import measure_training_step
+from revunet.memory.accounting import measure_training_step
 from revunet.models import SegmentationWithVAE, available, build_model, model_spec, parameter_count
 from revunet.models.blocks import MBConv3d
 from revunet.models.vae import kl_divergence, reconstruction_l2

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from revunet.cli import main
-from revunet.data.labels import TASK_MODALITIES
+from revunet.catalog import TASK_MODALITIES
 from revunet.data.preprocess import (
     PreprocessMeta,
     centre_offsets,

@@ -13,8 +13,9 @@ import pytest
 from scipy import ndimage
 
 from revunet.cli import main
-from revunet.data.labels import ISEG_DISK_VALUES, brats_regions
-from revunet.data.synth import (
+from revunet.data.labels import ISEG_DISK_VALUES
+from revunet.tasks import TASKS
+from revunet.data.synth.generate import (
     BRATS_ROOT,
     DEFAULT_SPACING,
     DEFAULT_SUBJECTS,
@@ -34,8 +35,8 @@ from revunet.data.synth import (
     synth_iseg_subject,
     write_dataset,
 )
-from revunet.data.synth_anatomy import TEMPLATE_NOTICE
-from revunet.data.synth_tumour import case_plan
+from revunet.data.synth.anatomy import TEMPLATE_NOTICE
+from revunet.data.synth.tumour import case_plan
 
 SPACING = 5.0  # coarse: a subject takes about 0.1 s
 CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -84,7 +85,7 @@ def test_grids_follow_the_real_geometry():
 
 def test_labels_are_nested(brats_subjects):
     for subject in brats_subjects:
-        wt, tc, et = brats_regions(subject.label)
+        wt, tc, et = TASKS["brats"].region_stack(subject.label)
         assert not (et & ~tc).any() and not (tc & ~wt).any()
         # The core is enclosed by edema, necrosis by the core (on the 26-neighbourhood).
         assert not (ndimage.binary_dilation(tc, CUBE) & ~wt).any()

@@ -17,8 +17,8 @@ import pytest
 
 from revunet.cli import main
 from revunet.data.layouts import write_case_table
-from revunet.experiment import Experiment, write_experiment
-from revunet.report.paper_numbers import paper_results
+from revunet.experiments.recipe import Experiment, write_experiment
+from revunet.papers import paper_results
 from revunet.report.tables import ReportInputError, ReportInputs, build_tables, parse_data_descriptions, write_tables
 
 BRATS_CASES = ("BraTS20_Training_001", "BraTS20_Training_002")
@@ -488,7 +488,7 @@ def test_nothing_run_yet_gives_complete_tables_of_paper_numbers(tmp_path):
 
 @pytest.mark.slow
 def test_real_memory_table_fills_measured_column(results, tmp_path):
-    from revunet.memory_tables import memory_table
+    from revunet.memory.paper_tables import memory_table
 
     measured = memory_table("invres_iseg")
     measured.to_csv(results["memory"] / "invres_iseg.csv", index=False)

@@ -23,15 +23,15 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from revunet import train as train_module
-from revunet.checkpoint import load_checkpoint, model_from_checkpoint
+from revunet.training import train as train_module
+from revunet.training.checkpoint import load_checkpoint, model_from_checkpoint
 from revunet.cli import main as cli_main
-from revunet.data.labels import TASK_MODALITIES
+from revunet.catalog import TASK_MODALITIES
 from revunet.data.preprocess import PreprocessedCase, PreprocessMeta, save_preprocessed
 from revunet.data.splits import split_document, write_split
-from revunet.experiment import Experiment, write_experiment
-from revunet.losses import SegmentationLoss
-from revunet.train import ShardedOrder, TrainError, train
+from revunet.experiments.recipe import Experiment, write_experiment
+from revunet.training.losses import SegmentationLoss
+from revunet.training.train import ShardedOrder, TrainError, train
 from revunet.training.early_stopping import EarlyStopping
 
 SHAPE = (16, 16, 16)

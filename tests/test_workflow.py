@@ -118,7 +118,7 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path, config, names):
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     """One run of config/test.yaml (kept in one test so parallel workers never run it twice)."""
-    from revunet.experiments_config import REPORT_FIGURES, REPORT_TABLES
+    from revunet.catalog import REPORT_FIGURES, REPORT_TABLES
 
     code, output = snakemake(tmp_path, "--cores", "2", configfiles=(CONFIG, TINY), timeout=900)
     assert code == 0, output[-5000:]

@@ -1,19 +1,13 @@
 # Shared wiring: the plan of the run (from config.yaml), result paths, and input functions.
-# Every decision lives in revunet.experiments_config (tested); this file only looks things up.
+# Every decision lives in revunet.experiments.plan (tested); this file only looks things up.
 
 import json
 import sys
 
 from snakemake.exceptions import WorkflowError
 
-from revunet.experiments_config import (
-    DECATHLON_FOLDER,
-    REPORT_FIGURES,
-    REPORT_TABLES,
-    SYNTHETIC_FOLDERS,
-    ConfigError,
-    plan_workflow,
-)
+from revunet.catalog import DECATHLON_FOLDER, REPORT_FIGURES, REPORT_TABLES, SYNTHETIC_FOLDERS
+from revunet.experiments.plan import ConfigError, plan_workflow
 
 try:
     PLAN = plan_workflow(config)

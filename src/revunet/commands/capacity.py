@@ -1,6 +1,6 @@
 """`revunet capacity`: the largest input, depth and width that fit a memory budget, reversible vs twin.
 
-See :mod:`revunet.capacity` for the models, the protocol and the search.
+See :mod:`revunet.memory.capacity` for the models, the protocol and the search.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _positive_int(text: str) -> int:
 
 def _capacity(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.capacity import (
+    from revunet.memory.capacity import (
         CAPACITY_MODELS,
         DEFAULT_BUDGET_GIB,
         DEFAULT_FIXED_SIZE,
@@ -46,7 +46,7 @@ def _capacity(args: argparse.Namespace) -> int:
         with_vae_dropped,
     )
 
-    # Defaults live in revunet.capacity (which imports torch); the parser only names them.
+    # Defaults live in revunet.memory.capacity (which imports torch); the parser only names them.
     for name, default in (
         ("budget_gib", DEFAULT_BUDGET_GIB),
         ("fixed_size", DEFAULT_FIXED_SIZE),

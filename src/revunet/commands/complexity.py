@@ -1,6 +1,6 @@
 """`revunet complexity`: activation memory against depth, naive vs checkpointing vs reversible.
 
-See :mod:`revunet.complexity` for what is measured and how.
+See :mod:`revunet.memory.complexity` for what is measured and how.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 def _complexity(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.complexity import DEFAULT_DEPTHS, complexity_table, plot
+    from revunet.memory.complexity import DEFAULT_DEPTHS, complexity_table, plot
 
     if args.out and not args.out.endswith(".csv"):
         raise SystemExit(f"--out must end in .csv, got {args.out!r}")

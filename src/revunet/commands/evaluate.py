@@ -1,7 +1,7 @@
 """`revunet evaluate`: Dice, HD95, Hausdorff, sensitivity and specificity of a folder of predictions.
 
-See :mod:`revunet.evaluate` for the inputs, the two CSV files it writes and the conventions, and
-:mod:`revunet.metrics` for the metrics themselves.
+See :mod:`revunet.evaluation.score` for the inputs, the two CSV files it writes and the conventions, and
+:mod:`revunet.evaluation.metrics` for the metrics themselves.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 def _evaluate(args: argparse.Namespace) -> int:
     from revunet.data.layouts import read_case_table
     from revunet.data.splits import read_split
-    from revunet.evaluate import (
+    from revunet.evaluation.score import (
         evaluate_predictions,
         read_predictions,
         select_cases,

@@ -19,7 +19,9 @@ PREFIX = "revunet experiment"
 
 
 def _load(text: str, what: str) -> Any:
-    """A document given inline as JSON, or as a JSON/YAML file."""
+    """A document given inline as JSON, or as a JSON/YAML file (read as :mod:`revunet.documents` reads)."""
+    from revunet.documents import DocumentError, parse_document
+
     if text.lstrip().startswith(("{", "[")):
         try:
             return json.loads(text)
@@ -28,18 +30,16 @@ def _load(text: str, what: str) -> Any:
     path = Path(text)
     if not path.is_file():
         raise SystemExit(f"{PREFIX}: {what} {text!r} is neither inline JSON nor an existing file")
-    source = path.read_text(encoding="utf-8")
     try:
-        return json.loads(source) if path.suffix == ".json" else yaml.safe_load(source)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise SystemExit(f"{PREFIX}: {path} is not valid {kind}: {error}") from None
+        return parse_document(path.read_text(encoding="utf-8"), str(path))
+    except DocumentError as error:
+        raise SystemExit(f"{PREFIX}: {error}") from None
 
 
 def _experiment(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.experiment import Experiment, write_experiment
-    from revunet.experiments_config import ConfigError, plan_workflow
+    from revunet.experiments.recipe import Experiment, write_experiment
+    from revunet.experiments.plan import ConfigError, plan_workflow
 
     if args.spec is not None:
         if args.name or args.preset or args.data_root:

@@ -1,6 +1,6 @@
 """`revunet infer`: predict the cases of a split with a trained checkpoint, as NIfTI label files.
 
-See :mod:`revunet.infer` for how volumes are predicted and written.
+See :mod:`revunet.evaluation.predict` for how volumes are predicted and written.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 
 def _window(text: str) -> tuple[int, int, int] | str | None:
     from revunet.data.preprocess import parse_shape
-    from revunet.experiment import FROM_EXPERIMENT
+    from revunet.experiments.recipe import FROM_EXPERIMENT
 
     if text == FROM_EXPERIMENT:  # the default: argparse passes string defaults through the type
         return text
@@ -33,7 +33,7 @@ def _overlap(text: str) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from revunet.infer import infer_cases
+    from revunet.evaluation.predict import infer_cases
 
     try:
         path = infer_cases(
@@ -59,7 +59,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add ``revunet infer`` to the command-line parser."""
     # Constants from torch-free modules: building the parser must not import torch.
     from revunet.data.splits import SPLIT_PARTS as PARTS
-    from revunet.experiment import FROM_EXPERIMENT
+    from revunet.experiments.recipe import FROM_EXPERIMENT
 
     parser = commands.add_parser(
         "infer",

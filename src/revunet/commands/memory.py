@@ -1,6 +1,6 @@
 """`revunet memory`: peak memory of one training step of any model at any input size.
 
-See :mod:`revunet.memory` for how the peak is measured.
+See :mod:`revunet.memory.accounting` for how the peak is measured.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _factory(spec: str) -> Callable[..., Any]:
 
 def _paper_table(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.memory_tables import memory_table
+    from revunet.memory.paper_tables import memory_table
 
     if args.model or args.input_shape:
         raise SystemExit("--table measures the paper's own configurations; drop --model/--input-shape")
@@ -63,7 +63,7 @@ def _memory(args: argparse.Namespace) -> int:
     import torch
 
     from revunet.atomic import write_text_atomic
-    from revunet.memory import measure_training_step
+    from revunet.memory.accounting import measure_training_step
 
     if args.table:
         return _paper_table(args)

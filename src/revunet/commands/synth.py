@@ -1,6 +1,6 @@
 """`revunet synth`: write the embedded synthetic BraTS-like or iSeg-like dataset.
 
-See :mod:`revunet.data.synth` for what the subjects look like and how the files are laid out.
+See :mod:`revunet.data.synth.generate` for what the subjects look like and how the files are laid out.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _positive_int(text: str) -> int:
 
 
 def _spacing(text: str) -> float:
-    from revunet.data.synth import MAX_SPACING, MIN_SPACING
+    from revunet.data.synth.generate import MAX_SPACING, MIN_SPACING
 
     try:
         value = float(text)
@@ -31,7 +31,7 @@ def _spacing(text: str) -> float:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from revunet.data.synth import write_dataset
+    from revunet.data.synth.generate import write_dataset
 
     try:
         summary = write_dataset(args.task, args.out, args.subjects, args.spacing, args.seed, force=args.force)

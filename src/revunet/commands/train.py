@@ -1,4 +1,4 @@
-"""`revunet train`: train one experiment into a run folder (resumable; see :mod:`revunet.train`)."""
+"""`revunet train`: train one experiment into a run folder (resumable; see :mod:`revunet.training.train`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 
 def _train(args: argparse.Namespace) -> int:
-    from revunet.experiment import read_experiment
-    from revunet.train import TrainError, train
+    from revunet.experiments.recipe import read_experiment
+    from revunet.training.train import TrainError, train
 
     try:
         experiment = read_experiment(args.experiment)
@@ -38,7 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", required=True, metavar="SPLIT_JSON", help="split file written by `revunet split`")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA when available"
+        "--device", default="auto", help="auto (default: CUDA when available), cpu, cuda (GPU LOCAL_RANK) or cuda:N"
     )
     parser.add_argument(
         "--progress",

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from revunet.data.augment import Augmentation
-from revunet.data.labels import brats_regions
+from revunet.tasks import get_task
 from revunet.data.preprocess import PreprocessMeta, npz_path, read_meta, window
 
 
@@ -43,13 +43,7 @@ def targets_for_task(label: torch.Tensor | np.ndarray, task: str) -> torch.Tenso
     ``(B, X, Y, Z)`` → ``(B, 3, X, Y, Z)`` (independent sigmoid channels).
     iSeg: int64 class indices of the same shape (softmax classes 0–3).
     """
-    label = torch.as_tensor(label)
-    if task == "brats":
-        regions = brats_regions(label).to(torch.float32)
-        return regions.movedim(0, 1) if label.ndim == 4 else regions
-    if task == "iseg":
-        return label.to(torch.int64)
-    raise ValueError(f"unknown task {task!r}; expected 'brats' or 'iseg'")
+    return get_task(task).targets(label)
 
 
 def sample_patch_start(

@@ -3,7 +3,7 @@
 Every dataset layout stores the same information differently: separate files or one 4-D file
 per case, NIfTI or Analyze, labels 0/1/2/4 or 1/2/3 or 10/150/250. :func:`load_case` turns a
 row of the case table (see :mod:`revunet.data.layouts`) into one :class:`LoadedCase` in the
-canonical conventions of :mod:`revunet.data.labels`, so that nothing downstream needs to know
+canonical conventions of :mod:`revunet.tasks` (label spellings in :mod:`revunet.data.labels`), so that nothing downstream needs to know
 where the data came from.
 
 It is a pure reader: it writes nothing and keeps no state, so a broken case raises a
@@ -26,28 +26,8 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from revunet.data.labels import TASK_MODALITIES, check_label_values
-
-# On-disk label value -> canonical label value, per layout (the case table's ``layout`` column).
-_BRATS_IDENTITY = {0: 0, 1: 1, 2: 2, 4: 4}
-LABEL_MAPS: dict[str, dict[int, int]] = {
-    "brats2018": _BRATS_IDENTITY,
-    "brats2020": _BRATS_IDENTITY,
-    "brats2021": _BRATS_IDENTITY,
-    # BraTS 2023 renumbered enhancing tumour from 4 to 3.
-    "brats2023": {0: 0, 1: 1, 2: 2, 3: 4},
-    # Decathlon Task01: 1 edema, 2 non-enhancing tumour, 3 enhancing tumour.
-    "msd": {0: 0, 1: 2, 2: 1, 3: 4},
-    "iseg": {0: 0, 10: 1, 150: 2, 250: 3},
-}
-LAYOUT_TASKS: dict[str, str] = {
-    "brats2018": "brats",
-    "brats2020": "brats",
-    "brats2021": "brats",
-    "brats2023": "brats",
-    "msd": "brats",
-    "iseg": "iseg",
-}
+from revunet.catalog import TASK_MODALITIES
+from revunet.data.labels import LABEL_MAPS, LAYOUT_TASKS, check_label_values, relabel
 
 # Two grids whose affines differ by less than this (in mm, entry-wise) are the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
@@ -255,10 +235,7 @@ def _canonical_label(case_id: str, layout: str, cell: str, raw: np.ndarray) -> n
         )
     except ValueError as error:
         raise CaseLabelError(str(error), case_id, cell) from None
-    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for disk, canonical in mapping.items():
-        lookup[disk] = canonical
-    return lookup[values]
+    return relabel(values, mapping)
 
 
 def load_case(row: Mapping[str, Any]) -> LoadedCase:

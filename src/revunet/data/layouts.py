@@ -12,7 +12,7 @@ Accepted layouts (``layout`` names; file names may end in ``.nii`` or ``.nii.gz`
 - ``iseg``: ``subject-N-{T1,T2,label}.hdr/.img`` Analyze pairs in one folder.
 
 The case table has one row per case: ``case_id, task, layout``, one column per canonical
-modality of the task (:data:`revunet.data.labels.TASK_MODALITIES`) and ``label``. Paths are
+modality of the task (:data:`revunet.catalog.TASK_MODALITIES`) and ``label``. Paths are
 absolute; an unlabelled case has an empty ``label``. For the Decathlon's 4-D files a modality
 cell reads ``"<absolute path>#<k>"``: channel ``k`` of the file's last axis.
 :func:`revunet.data.io.load_case` (re-exported here) reads one row.
@@ -34,8 +34,6 @@ import pandas as pd
 
 from revunet.atomic import write_text_atomic
 from revunet.data.io import (
-    LABEL_MAPS,
-    LAYOUT_TASKS,
     CaseError,
     CaseFileMissing,
     CaseGeometryError,
@@ -45,7 +43,8 @@ from revunet.data.io import (
     LoadedCase,
     load_case,
 )
-from revunet.data.labels import TASK_MODALITIES
+from revunet.catalog import TASK_MODALITIES
+from revunet.data.labels import LABEL_MAPS, LAYOUT_TASKS
 
 __all__ = [
     "LAYOUT_NAMES",

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from revunet.atomic import open_atomic, write_text_atomic
-from revunet.data.labels import TASK_MODALITIES
+from revunet.catalog import TASK_MODALITIES
 
 if TYPE_CHECKING:  # layouts.py is written alongside; only its LoadedCase shape is needed here
     from revunet.data.layouts import LoadedCase

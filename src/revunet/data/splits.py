@@ -29,9 +29,7 @@ from typing import Any
 import numpy as np
 
 from revunet.atomic import write_text_atomic
-
-# Which cases of a split a command works on: the held-out list, the training list, or all cases.
-SPLIT_PARTS = ("held_out", "train", "all")
+from revunet.catalog import SPLIT_PARTS
 
 HELD_OUT_NAMES = ("validation", "test")
 
@@ -133,6 +131,14 @@ class Split:
     scheme: str
     unused: list[str] = field(default_factory=list)
     excluded_unlabelled: list[str] = field(default_factory=list)
+
+    def part(self, name: str) -> list[str]:
+        """Case ids of one part (:data:`revunet.catalog.SPLIT_PARTS`): ``held_out``, ``train``, or
+        ``all``: every labelled case the split lists (train, held-out, then unused), each once."""
+        parts = {"held_out": self.held_out, "train": self.train, "all": [*self.train, *self.held_out, *self.unused]}
+        if name not in parts:
+            raise ValueError(f"unknown split part {name!r}; expected one of {SPLIT_PARTS}")
+        return [str(case_id) for case_id in parts[name]]
 
 
 def split_document(

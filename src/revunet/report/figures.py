@@ -34,8 +34,10 @@ import numpy as np
 import pandas as pd
 
 from revunet.atomic import write_bytes_atomic, write_text_atomic
-from revunet.experiment import Experiment
-from revunet.report.paper_numbers import paper_results
+from revunet.catalog import TASK_REGIONS
+from revunet.experiments.recipe import Experiment
+from revunet.papers import paper_results
+from revunet.tasks import get_task
 from revunet.report.tables import (
     COMPLEXITY_COLUMNS,
     MEMORY_COLUMNS,
@@ -59,7 +61,6 @@ TABLE_TITLES = {
     "invres_brats": "Invertible residual (BraTS)",
     "pendse2020": "Pendse et al. 2020 (BraTS)",
 }
-TASK_REGIONS = {"brats": ("WT", "TC", "ET"), "iseg": ("CSF", "GM", "WM")}
 REGION_COLOURS = {
     "WT": "tab:green",
     "TC": "tab:orange",
@@ -382,7 +383,7 @@ def load_example(dataset: Dataset, experiment: Experiment, case_id: str, predict
     import nibabel as nib
 
     from revunet.data.io import CaseError, load_case
-    from revunet.data.label_maps import disk_to_canonical
+    from revunet.data.labels import disk_to_canonical
 
     row = dataset.cases[dataset.cases["case_id"].astype(str) == case_id].iloc[0]
     try:
@@ -409,9 +410,7 @@ def load_example(dataset: Dataset, experiment: Experiment, case_id: str, predict
 
 def region_masks(label: np.ndarray, task: str) -> dict[str, np.ndarray]:
     """The contoured regions of a canonical label map: BraTS WT/TC/ET, iSeg CSF/GM/WM."""
-    if task == "brats":
-        return {"WT": label != 0, "TC": (label == 1) | (label == 4), "ET": label == 4}
-    return {name: label == value for value, name in enumerate(TASK_REGIONS["iseg"], start=1)}
+    return get_task(task).region_masks(label)
 
 
 def centre_slice(reference: np.ndarray, image: np.ndarray) -> int:

@@ -1,6 +1,6 @@
 """Every table of the three papers rebuilt with the papers' numbers and ours side by side.
 
-The papers' numbers come from ``paper_results.yaml`` (:mod:`revunet.report.paper_numbers`); ours
+The papers' numbers come from ``paper_results.yaml`` (:mod:`revunet.papers`); ours
 from the workflow's outputs (formats in the project's interface notes):
 
 - ``EXP_DIR/<exp>.json``: the experiments; their ``table`` and ``row`` fields say which paper row
@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from revunet.atomic import write_text_atomic
-from revunet.experiment import Experiment, read_experiment
-from revunet.report.paper_numbers import paper_results
+from revunet.experiments.recipe import Experiment, read_experiment
+from revunet.papers import paper_results
 
 NOT_RUN = "not run"
 METRICS_COLUMNS = ("experiment", "case_id", "region", "dice", "hd95", "hausdorff", "sensitivity", "specificity")
@@ -698,7 +698,7 @@ def complexity_report_table(context: _Context) -> ReportTable:
 
 def capacity_report_table(context: _Context) -> ReportTable:
     """Pendse et al.'s claim (3x volume, 1.25x depth, 2x channels at a fixed budget) against measured ratios."""
-    from revunet.capacity import CLAIM_KEYS
+    from revunet.memory.capacity import CLAIM_KEYS
 
     claims = paper_results()["pendse2020"]["claims"]
     path = context.inputs.memory / "capacity.csv" if context.inputs.memory else None

@@ -1,1 +1,1 @@
-"""Pieces of `revunet train` that are worth testing on their own (see :mod:`revunet.train`)."""
+"""Pieces of `revunet train` that are worth testing on their own (see :mod:`revunet.training.train`)."""

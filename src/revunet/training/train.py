@@ -1,6 +1,6 @@
 """`revunet train`: one experiment's training run, resumable, on CPU, one GPU or several processes.
 
-The recipe comes from the :class:`~revunet.experiment.Experiment`: registry model, loss preset,
+The recipe comes from the :class:`~revunet.experiments.recipe.Experiment`: registry model, loss preset,
 optimiser (``adam``, ``adamw``, or ``sgd`` with momentum 0.9), learning rate multiplied by
 ``gamma`` after each epoch listed in ``milestones`` (``MultiStepLR``: with milestone 250 the
 251st epoch runs at the reduced rate), patches or whole volumes, batch size, gradient
@@ -9,7 +9,7 @@ accumulation, augmentation preset and early stopping.
 Run folder (only rank 0 writes; every file atomically):
 
 - ``experiment.json``: the experiment;
-- ``last.pt``: after every epoch, the training checkpoint (:mod:`revunet.checkpoint` format
+- ``last.pt``: after every epoch, the training checkpoint (:mod:`revunet.training.checkpoint` format
   plus ``optimizer_state``, ``scheduler_state``, ``scaler_state``, ``rng_state`` (python,
   numpy, torch, cuda), ``early_stopping``, ``log_rows``, ``best`` (the best weights so far
   and their validation figures), ``train_seconds``, ``stopped``, ``world_size``, ``device``,
@@ -61,20 +61,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from revunet.checkpoint import CHECKPOINT_FORMAT, build_experiment_model, load_checkpoint, save_checkpoint
+from revunet.catalog import TASK_OUTPUTS as TASK_OUTPUT
+from revunet.catalog import TASK_REGIONS
+from revunet.training.checkpoint import CHECKPOINT_FORMAT, build_experiment_model, load_checkpoint, save_checkpoint
 from revunet.data.augment import Augmentation, AugmentationConfig
 from revunet.data.dataset import PatchDataset, targets_for_task
-from revunet.data.labels import BRATS_REGIONS, ISEG_CLASSES, brats_regions
 from revunet.data.splits import read_split
-from revunet.experiment import Experiment, read_experiment, write_experiment
-from revunet.infer import predict_volume
-from revunet.losses import LOSSES, SegmentationLoss, configured_loss
+from revunet.experiments.recipe import Experiment, read_experiment, write_experiment
+from revunet.evaluation.predict import predict_volume
+from revunet.training.losses import LOSSES, SegmentationLoss, configured_loss
 from revunet.models.registry import parameter_count
+from revunet.devices import DeviceError, resolve_device
+from revunet.tasks import get_task
 from revunet.training.early_stopping import EarlyStopping
 from revunet.training.run_log import peak_memory_mib, peak_memory_source, write_log, write_summary
 
-TASK_OUTPUT = {"brats": "sigmoid", "iseg": "softmax"}
-TASK_REGIONS = {"brats": BRATS_REGIONS, "iseg": ISEG_CLASSES[1:]}
 OUTPUT_FILES = ("best.pt", "log.csv", "summary.json")
 
 
@@ -122,23 +123,15 @@ class Processes:
         return values
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` is CUDA when available; under torchrun each process takes GPU ``LOCAL_RANK``."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise TrainError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda was asked for but torch sees no CUDA device")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
 @contextlib.contextmanager
 def process_group(device_name: str) -> Iterator[tuple[Processes, torch.device]]:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    try:
+        device = resolve_device(device_name, local_rank)
+    except DeviceError as error:
+        raise TrainError(str(error)) from None
     if world_size <= 1:
         yield Processes(), device
         return
@@ -243,18 +236,12 @@ def validate(model: nn.Module, dataset: PatchDataset, task: str, device: torch.d
     Whole volumes are predicted as `revunet infer` predicts them (padded to the model's size
     multiple and cropped back, float32), so validation scores what inference will produce.
     """
-    output = "sigmoid" if task == "brats" else "softmax"
-    scores: dict[str, list[float]] = {region: [] for region in TASK_REGIONS[task]}
+    spec = get_task(task)
+    scores: dict[str, list[float]] = {region: [] for region in spec.regions}
     for index in range(len(dataset)):
         item = dataset[index]
-        probabilities = predict_volume(model, item["image"], output, device=device)
-        label = item["label"]
-        if task == "brats":
-            predicted, truth = probabilities > 0.5, brats_regions(label)
-        else:
-            classes = probabilities.argmax(0)
-            predicted = torch.stack([classes == c for c in range(1, 4)])
-            truth = torch.stack([label == c for c in range(1, 4)])
+        probabilities = predict_volume(model, item["image"], spec.output, device=device)
+        predicted, truth = spec.predicted_regions(probabilities), spec.region_stack(item["label"])
         for region, p, t in zip(scores, predicted, truth):
             scores[region].append(hard_dice(p, t))
     return {region: float(np.mean(values)) for region, values in scores.items()}

@@ -2,8 +2,8 @@
 
 Real BraTS and iSeg data need registration and a download, so the default pipeline runs on
 synthetic subjects built from the MNI ICBM152 2009a template that ships with nilearn (see
-:mod:`revunet.data.synth_anatomy` for the template, its licence and the per-subject warp,
-:mod:`revunet.data.synth_tumour` for the tumour labels and :mod:`revunet.data.synth_mri` for
+:mod:`revunet.data.synth.anatomy` for the template, its licence and the per-subject warp,
+:mod:`revunet.data.synth.tumour` for the tumour labels and :mod:`revunet.data.synth.mri` for
 the image contrasts). The datasets are written in the on-disk layouts of the real ones, so the
 pipeline reads them with the same readers:
 
@@ -42,13 +42,14 @@ import numpy as np
 from scipy import ndimage
 
 from revunet.atomic import write_bytes_atomic, write_text_atomic
+from revunet.catalog import SYNTHETIC_FOLDERS
 from revunet.data.labels import (
     BRATS_LABELS,
     ISEG_LABELS,
+    canonical_to_disk,
     check_label_values,
-    iseg_to_disk,
 )
-from revunet.data.synth_anatomy import (
+from revunet.data.synth.anatomy import (
     TEMPLATE_NAME,
     TEMPLATE_NOTICE,
     Anatomy,
@@ -57,7 +58,7 @@ from revunet.data.synth_anatomy import (
     grid_shape,
     warp_anatomy,
 )
-from revunet.data.synth_mri import (
+from revunet.data.synth.mri import (
     BRATS_CONTRAST,
     BRATS_MODALITIES,
     ISEG_CONTRAST,
@@ -66,7 +67,7 @@ from revunet.data.synth_mri import (
     normal_findings,
     render,
 )
-from revunet.data.synth_tumour import (
+from revunet.data.synth.tumour import (
     EDEMA,
     ENHANCING,
     NECROSIS,
@@ -81,8 +82,8 @@ GENERATOR_VERSION = 1
 MANIFEST_NAME = "synth_manifest.json"
 NOTICE_NAME = "NOTICE-MNI-ICBM152.txt"
 
-BRATS_ROOT = "MICCAI_BraTS2020_TrainingData"
-ISEG_ROOT = "iSeg-2019-Training"
+BRATS_ROOT = SYNTHETIC_FOLDERS["brats"]
+ISEG_ROOT = SYNTHETIC_FOLDERS["iseg"]
 BRATS_FOV_MM = (240.0, 240.0, 155.0)
 ISEG_FOV_MM = (144.0, 192.0, 256.0)
 DEFAULT_SPACING = 3.0
@@ -272,7 +273,7 @@ def _write_iseg(root: Path, n_subjects: int, spacing: float, seed: int) -> list[
     for index in range(n_subjects):
         subject = make_iseg_subject(index, seed, spacing)
         check_label_values(subject.label, ISEG_LABELS, f"synthetic iSeg subject {index + 1}")
-        volumes = {"T1": subject.images["t1"], "T2": subject.images["t2"], "label": iseg_to_disk(subject.label)}
+        volumes = {"T1": subject.images["t1"], "T2": subject.images["t2"], "label": canonical_to_disk(subject.label, "iseg")}
         for role, array in volumes.items():
             stem = f"subject-{index + 1}-{role}"
             header_bytes, image_bytes = _analyze_bytes(array, spacing)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
 from revunet.atomic import write_bytes_atomic
-from revunet.memory import MIB, measure_training_step
+from revunet.memory.accounting import MIB, measure_training_step
 from revunet.models.blocks import residual_coupling_sequence
 
 METHODS = ("naive", "checkpointing", "reversible")

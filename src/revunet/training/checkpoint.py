@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from revunet.atomic import open_atomic
-from revunet.experiment import Experiment
+from revunet.experiments.recipe import Experiment
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "experiment", "model_state", "epoch")

@@ -11,20 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from revunet.atomic import write_text_atomic
+from revunet.documents import read_document
 
 TASKS = ("brats", "iseg")
 # A command-line default meaning "take this setting from the experiment".
 FROM_EXPERIMENT = "experiment"
 OPTIMIZERS = ("adam", "adamw", "sgd")
-
 
 @dataclass(frozen=True)
 class Experiment:
@@ -41,7 +38,7 @@ class Experiment:
     Early stopping: validation (full volumes) every ``validate_every`` epochs; an exponential
     moving average (``ema_alpha``) of the validation mean Dice; stop when the epoch exceeds the
     EMA's best epoch + ``patience``. ``loss`` and ``augmentation`` name presets of
-    :data:`revunet.losses.LOSSES` and :class:`revunet.data.augment.AugmentationConfig`;
+    :data:`revunet.training.losses.LOSSES` and :class:`revunet.data.augment.AugmentationConfig`;
     ``loss_params`` overrides fields of the loss preset (e.g. ``{smooth: 1.0e-5}``).
     Inference: ``sliding_window`` None predicts the full volume, else the window size;
     ``window_overlap`` in voxels; ``test_time_flips`` averages over axis flips.
@@ -138,9 +135,7 @@ class Experiment:
         """A copy with ``changes`` applied (validated like :meth:`from_dict`)."""
         return Experiment.from_dict({**self.to_dict(), **changes}, source=f"experiment {self.name!r}")
 
-
 _INTS = ("int",)
-
 
 def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
     """Check ``value`` against the field's annotation (a string, as annotations are postponed)."""
@@ -177,35 +172,14 @@ def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
         return dict(value)
     raise TypeError(f"{where}: unsupported annotation {annotation}")  # pragma: no cover - programming error
 
-
-class _Yaml12FloatLoader(yaml.SafeLoader):
-    """SafeLoader that also reads exponent floats without a dot (``1e-5``) as numbers, as YAML 1.2 does."""
-
-
-_Yaml12FloatLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
 def read_experiment(path: str | os.PathLike[str]) -> Experiment:
     """Read an experiment from a YAML or JSON file (JSON is YAML)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_document(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no experiment file at {path}") from None
-    try:
-        # JSON first: PyYAML (YAML 1.1) reads JSON's 1e-05 as a string, not a number.
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            data = yaml.load(text, Loader=_Yaml12FloatLoader)
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML/JSON: {error}") from None
     return Experiment.from_dict(data, source=str(path))
-
 
 def write_experiment(path: str | os.PathLike[str], experiment: Experiment) -> Path:
     """Write ``experiment`` atomically as JSON (readable by :func:`read_experiment`)."""

@@ -4,7 +4,7 @@ Pendse et al. summarise reversibility as "at a fixed memory budget, volumes up t
 25 % more depth or 2x the channels of a corresponding non-reversible network". This module
 measures the three quantities for each reversible model of the registry and for its
 non-reversible twin (``memory_saving=False``: the same parameters, stored by plain autograd),
-under the training protocol of the model's memory table (:mod:`revunet.memory_tables`:
+under the training protocol of the model's memory table (:mod:`revunet.memory.paper_tables`:
 its loss, targets, mixed precision and persistent gradients; Adam, batch 1, no validation
 pass), with fake tensors so that any size is measured on any machine.
 
@@ -44,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from revunet.memory import MIB, MemoryReport
+from revunet.memory.accounting import MIB, MemoryReport
 
 GIB = 2**30
 DIMENSIONS = ("volume", "depth", "width")
@@ -71,7 +71,7 @@ class CapacityModel:
         key: short name (``--models``).
         model: registry name (must be reversible: its twin is ``memory_saving=False``).
         config: the paper configuration it stands for.
-        table: the :data:`revunet.memory_tables.TABLES` entry whose protocol is used.
+        table: the :data:`revunet.memory.paper_tables.TABLES` entry whose protocol is used.
         channels: the configuration's widths, top level first (multiplier 1).
         params: other keyword arguments of the model.
         width_quanta: rounding quantum of each level's width when the multiplier changes.
@@ -223,7 +223,7 @@ def measure_point(
     spec: CapacityModel, memory_saving: bool, size: int, depth: int = 1, k: int = WIDTH_STEPS
 ) -> MemoryReport:
     """One training step of ``spec`` (or its twin) at input size³, encoder depth and multiplier k/8."""
-    from revunet.memory_tables import TABLES, MemoryRow, measure_row
+    from revunet.memory.paper_tables import TABLES, MemoryRow, measure_row
 
     row = MemoryRow(spec.config, spec.model, spec.build_params(size, depth, k), (size, size, size))
     return measure_row(TABLES[spec.table], row, mode="fake", memory_saving=memory_saving, include_validation=False)
@@ -357,7 +357,7 @@ def capacity_table(
     ``jobs`` processes search in parallel (default: the usable cores, at most the number of
     model variants); 1 runs in this process.
     """
-    from revunet.report.paper_numbers import paper_results
+    from revunet.papers import paper_results
 
     specs = list(CAPACITY_MODELS.values()) if specs is None else list(specs)
     unknown = [d for d in dimensions if d not in DIMENSIONS]

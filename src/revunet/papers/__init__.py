@@ -14,7 +14,7 @@ MEMORY_UNIT_MIB = {"MiB": 1.0, "GiB": 1024.0}
 @cache
 def paper_results() -> dict[str, Any]:
     """Every paper table, keyed by table name (``bruegger2019``, ``invres_iseg``, …)."""
-    text = resources.files("revunet.report").joinpath("paper_results.yaml").read_text(encoding="utf-8")
+    text = resources.files("revunet.papers").joinpath("paper_results.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from revunet.data.synth_anatomy import Anatomy, deep_white_matter_points, smooth_field
+from revunet.data.synth.anatomy import Anatomy, deep_white_matter_points, smooth_field
 
 NECROSIS, EDEMA, ENHANCING = 1, 2, 4
 CUBE = np.ones((3, 3, 3), dtype=bool)  # the 26-neighbourhood

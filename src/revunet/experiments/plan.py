@@ -2,7 +2,7 @@
 
 The Snakefile validates ``config.yaml`` against its schema and hands the result to
 :func:`plan_workflow`, which applies the scale preset (``demo`` or ``paper``) and returns a
-:class:`WorkflowPlan`: one :class:`revunet.experiment.Experiment` per selected experiment
+:class:`WorkflowPlan`: one :class:`revunet.experiments.recipe.Experiment` per selected experiment
 with the dataset, split and resources of its training job, and the datasets those
 experiments need. The rules only read this plan, so every decision lives here and is tested.
 
@@ -22,31 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from revunet.experiment import Experiment
+from revunet.catalog import SYNTHETIC_FOLDERS
+from revunet.experiments.recipe import Experiment
 
 PRESETS = ("demo", "paper")
 SOURCES = ("synthetic", "local", "decathlon")
 WORKFLOW_KEYS = ("recipe", "dataset", "split", "resources")
-# The folders `revunet synth` writes (revunet.data.synth.BRATS_ROOT / ISEG_ROOT; not imported
-# here because that module imports torch).
-SYNTHETIC_FOLDERS = {"brats": "MICCAI_BraTS2020_TrainingData", "iseg": "iSeg-2019-Training"}
-DECATHLON_FOLDER = "Task01_BrainTumour"
 # model_params.vae_input_size may say this instead of a size: the size the model trains on.
 TRAINING_INPUT = "training_input"
 DEFAULT_RESOURCES = {"threads": 1, "gpus": 1, "mem_mb": 4000, "runtime": 60}
-# What `revunet tables` and `revunet figures` write (revunet.report.tables.TABLE_BUILDERS and
-# revunet.report.figures.write_figures; a test keeps these in step), besides one
-# example_segmentation_<dataset> figure per dataset.
-REPORT_TABLES = (
-    "bruegger2019",
-    "invres_iseg",
-    "invres_brats",
-    "pendse2020_memory",
-    "pendse2020_dice",
-    "complexity",
-    "capacity",
-)
-REPORT_FIGURES = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
 
 
 class ConfigError(ValueError):

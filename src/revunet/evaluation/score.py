@@ -5,10 +5,10 @@ Inputs are what ``revunet infer`` writes: ``PRED_DIR/predictions.csv`` (columns 
 one label-map NIfTI per case on the case's original grid, in the dataset's on-disk label
 convention (the case table's ``layout``). Each prediction is mapped to canonical labels with
 :data:`revunet.data.io.LABEL_MAPS`, the reference is read with :func:`revunet.data.io.load_case`,
-and every region is scored by :func:`revunet.metrics.region_scores` with the reference's voxel
+and every region is scored by :func:`revunet.evaluation.metrics.region_scores` with the reference's voxel
 spacing (mm, from its header):
 
-- BraTS: the nested regions WT, TC, ET (:func:`revunet.data.labels.brats_regions`);
+- BraTS: the nested regions WT, TC, ET (:meth:`revunet.tasks.Task.region_masks`);
 - iSeg: the classes CSF, GM, WM (canonical labels 1, 2, 3).
 
 Outputs (CSV, written atomically, the summary last so that its presence means both are complete):
@@ -35,13 +35,12 @@ import numpy as np
 import pandas as pd
 
 from revunet.atomic import write_text_atomic
+from revunet.catalog import SPLIT_PARTS, TASK_REGIONS
 from revunet.data.io import AFFINE_TOLERANCE_MM, CaseError, load_case
-from revunet.data.label_maps import disk_to_canonical
-from revunet.data.labels import BRATS_REGIONS, ISEG_CLASSES, brats_regions
-from revunet.data.splits import SPLIT_PARTS
-from revunet.metrics import METRIC_NAMES, region_scores
+from revunet.data.labels import disk_to_canonical
+from revunet.evaluation.metrics import METRIC_NAMES, region_scores
+from revunet.tasks import get_task
 
-TASK_REGIONS: dict[str, tuple[str, ...]] = {"brats": BRATS_REGIONS, "iseg": ISEG_CLASSES[1:]}
 METRICS_COLUMNS = ("experiment", "case_id", "region", *METRIC_NAMES)
 SUMMARY_COLUMNS = ("experiment", "region", "metric", "mean", "std", "median", "n")
 MEAN_REGION = "mean"
@@ -55,11 +54,7 @@ class EvaluationError(ValueError):
 
 def region_masks(label: np.ndarray, task: str) -> dict[str, np.ndarray]:
     """Boolean masks of the scored regions of a canonical label map, in :data:`TASK_REGIONS` order."""
-    if task == "brats":
-        return dict(zip(BRATS_REGIONS, brats_regions(label), strict=True))
-    if task == "iseg":
-        return {name: label == value for value, name in enumerate(ISEG_CLASSES) if value > 0}
-    raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_REGIONS)}")
+    return get_task(task).region_masks(label)
 
 
 def case_scores(
@@ -131,9 +126,10 @@ def select_cases(predictions: pd.DataFrame, split: Any | None, part: str) -> lis
     listed = predictions["case_id"].tolist()
     if split is None:
         return listed
-    if part not in PARTS:
-        raise EvaluationError(f"unknown split part {part!r}; expected one of {PARTS}")
-    wanted = {"held_out": split.held_out, "train": split.train, "all": [*split.train, *split.held_out]}[part]
+    try:
+        wanted = split.part(part)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
     missing = sorted(set(wanted) - set(listed))
     if missing:
         raise EvaluationError(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from revunet.data.synth_anatomy import Grid, smooth_field
+from revunet.data.synth.anatomy import Grid, smooth_field
 
 # tissue -> (t1, t1ce, t2, flair), relative to white matter.
 BRATS_CONTRAST: dict[str, tuple[float, float, float, float]] = {

@@ -5,7 +5,7 @@ to the model's ``size_multiple``) or as overlapping windows blended by torchio's
 sampler and aggregator; optional test-time flips average the probabilities; probabilities
 become canonical labels (BraTS: sigmoid > 0.5 per region, then the overwrite order WT→2,
 TC→1, ET→4; iSeg: argmax); :func:`revunet.data.preprocess.paste_back` returns them to the
-original image grid, :func:`revunet.data.label_maps.canonical_to_disk` to the dataset's own
+original image grid, :func:`revunet.data.labels.canonical_to_disk` to the dataset's own
 label values; the result is written as a uint8 NIfTI with the original affine.
 
 Choices, and why:
@@ -45,18 +45,16 @@ from torch import nn
 from torch.nn import functional
 
 from revunet.atomic import open_atomic, write_text_atomic
-from revunet.data.label_maps import canonical_to_disk
-from revunet.data.labels import regions_to_brats_label
+from revunet.catalog import OUTPUTS, TASK_OUTPUTS
+from revunet.data.labels import canonical_to_disk
 from revunet.data.preprocess import PreprocessedCase, paste_back
-from revunet.data.splits import SPLIT_PARTS
-from revunet.experiment import FROM_EXPERIMENT
+from revunet.catalog import SPLIT_PARTS
+from revunet.devices import DeviceError, resolve_device
+from revunet.experiments.recipe import FROM_EXPERIMENT
 from revunet.models.blocks import SegmentationHead
 from revunet.models.vae import SegmentationWithVAE
+from revunet.tasks import get_task
 
-OUTPUTS = ("sigmoid", "softmax")
-TASK_OUTPUTS = {"brats": "sigmoid", "iseg": "softmax"}
-TASK_CHANNELS = {"brats": 3, "iseg": 4}
-SIGMOID_THRESHOLD = 0.5
 OVERLAP_MODE = "hann"
 # Every subset of the spatial axes of a (N, C, X, Y, Z) batch: the 8 flips of test-time augmentation.
 FLIP_AXES: tuple[tuple[int, ...], ...] = tuple(
@@ -203,16 +201,7 @@ def probabilities_to_label(probs: torch.Tensor | np.ndarray, task: str) -> np.nd
     BraTS: each of WT, TC, ET is thresholded at 0.5 (strictly above) and the masks are
     written in the overwrite order WT→2, TC→1, ET→4. iSeg: the most probable class 0..3.
     """
-    probs = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
-    if task not in TASK_CHANNELS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_CHANNELS)}")
-    if probs.ndim != 4 or probs.shape[0] != TASK_CHANNELS[task]:
-        raise ValueError(
-            f"{task}: expected probabilities of shape ({TASK_CHANNELS[task]}, x, y, z), got {probs.shape}"
-        )
-    if task == "brats":
-        return regions_to_brats_label(probs > SIGMOID_THRESHOLD)
-    return probs.argmax(axis=0).astype(np.uint8)
+    return get_task(task).labels_from_probabilities(probs)
 
 
 def write_label_nifti(path: str | os.PathLike[str], label: np.ndarray, affine: np.ndarray | Sequence) -> Path:
@@ -269,17 +258,6 @@ class InferenceError(ValueError):
     """Inputs that do not fit together (missing cases, a checkpoint of another task...)."""
 
 
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU; ``"cuda"`` without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InferenceError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(device)
-
-
 def model_output(model: nn.Module, task: str) -> str:
     """The activation the model's head declares (``SegmentationHead.output``), checked against the task."""
     declared = {module.output for module in model.modules() if isinstance(module, SegmentationHead)}
@@ -287,17 +265,6 @@ def model_output(model: nn.Module, task: str) -> str:
     if declared and declared != {expected}:
         raise InferenceError(f"the model's head uses {sorted(declared)} but task {task!r} needs {expected!r}")
     return expected
-
-
-def select_cases(table, split, part: str) -> list[str]:  # noqa: ANN001 - a DataFrame and a Split
-    """Case ids to predict: the split's held-out or training list, or (``all``) every case of the table."""
-    if part == "held_out":
-        return [str(case_id) for case_id in split.held_out]
-    if part == "train":
-        return [str(case_id) for case_id in split.train]
-    if part == "all":
-        return table["case_id"].astype(str).tolist()
-    raise InferenceError(f"part must be one of {PARTS}, got {part!r}")
 
 
 def infer_cases(
@@ -323,16 +290,22 @@ def infer_cases(
     written last, and an older one is removed first, so it exists only after a complete run.
     Returns its path.
     """
-    from revunet.checkpoint import model_from_checkpoint
+    from revunet.training.checkpoint import model_from_checkpoint
     from revunet.data.layouts import read_case_table
     from revunet.data.preprocess import load_preprocessed, meta_path, npz_path
     from revunet.data.splits import read_split
 
     out = Path(out)
-    target = resolve_device(device)
+    try:
+        target = resolve_device(device)
+    except DeviceError as error:
+        raise InferenceError(str(error)) from None
     table = read_case_table(cases)
     the_split = read_split(split)
-    case_ids = select_cases(table, the_split, part)
+    try:
+        case_ids = the_split.part(part)
+    except ValueError as error:
+        raise InferenceError(str(error)) from None
     if not case_ids:
         raise InferenceError(f"{split}: the {part} part lists no cases")
     rows = {str(row["case_id"]): row for row in table.to_dict(orient="records")}

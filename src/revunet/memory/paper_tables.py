@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from revunet.losses import LOSSES
-from revunet.memory import CATEGORIES, MIB, LiveTensorTracker, MemoryReport, measure_training_step
+from revunet.training.losses import LOSSES
+from revunet.memory.accounting import CATEGORIES, MIB, LiveTensorTracker, MemoryReport, measure_training_step
 from revunet.models import build_model, model_spec
-from revunet.report.paper_numbers import paper_memory_mib, paper_results, paper_row
+from revunet.papers import paper_memory_mib, paper_results, paper_row
 
 FULL_VOLUME = (160, 192, 160)
 
@@ -49,7 +49,7 @@ class MemoryProtocol:
     """What the paper's memory counter covered."""
 
     task: str  # "brats": 4 modalities, WT/TC/ET sigmoid targets; "iseg": 2 modalities, 4 classes
-    loss: str  # a name in revunet.losses.LOSSES
+    loss: str  # a name in revunet.training.losses.LOSSES
     loss_args: tuple[Any, ...] = ()
     validation_size: tuple[int, int, int] | None = None
     autocast: torch.dtype | None = None

@@ -1,0 +1,50 @@
+"""The project's names, in one torch-free place that every layer may import.
+
+Snakemake imports the workflow plan each time it parses the Snakefile, and `revunet --help`
+must stay fast, so nothing here imports torch, numpy or pandas. Modules that implement a
+name (a task in :mod:`revunet.tasks`, a memory table in :mod:`revunet.memory.paper_tables`,
+a table builder in :mod:`revunet.report.tables`) take the name from here; tests check that
+each list and its implementations agree.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------- tasks
+
+TASK_NAMES = ("brats", "iseg")
+# The modality files of a case, in channel order.
+TASK_MODALITIES: dict[str, tuple[str, ...]] = {"brats": ("t1", "t1ce", "t2", "flair"), "iseg": ("t1", "t2")}
+# The scored regions: BraTS's nested tumour regions, iSeg's tissue classes (background not scored).
+TASK_REGIONS: dict[str, tuple[str, ...]] = {"brats": ("WT", "TC", "ET"), "iseg": ("CSF", "GM", "WM")}
+# How the network's logits become probabilities: independent regions or exclusive classes.
+OUTPUTS = ("sigmoid", "softmax")
+TASK_OUTPUTS: dict[str, str] = {"brats": "sigmoid", "iseg": "softmax"}
+
+# --------------------------------------------------------------------------- splits
+
+# Which cases of a split a command works on; ``all`` means every case of the split.
+SPLIT_PARTS = ("held_out", "train", "all")
+
+# --------------------------------------------------------------------------- data folders
+
+# The folders `revunet synth` writes under a dataset's raw folder, one per task.
+SYNTHETIC_FOLDERS: dict[str, str] = {"brats": "MICCAI_BraTS2020_TrainingData", "iseg": "iSeg-2019-Training"}
+DECATHLON_FOLDER = "Task01_BrainTumour"
+
+# --------------------------------------------------------------------------- memory and report
+
+# The papers' memory tables that `revunet memory --table NAME` measures.
+MEMORY_TABLES = ("bruegger2019", "invres_iseg", "invres_brats", "pendse2020")
+# What `revunet tables` writes (one CSV and one Markdown file each).
+REPORT_TABLES = (
+    "bruegger2019",
+    "invres_iseg",
+    "invres_brats",
+    "pendse2020_memory",
+    "pendse2020_dice",
+    "complexity",
+    "capacity",
+)
+# What `revunet figures` writes, besides one example_segmentation_<dataset> figure per dataset.
+REPORT_FIGURES = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
+EXAMPLE_FIGURE = "example_segmentation"

@@ -1,0 +1,56 @@
+"""Reading YAML and JSON documents the same way everywhere (commands, recipes, the workflow).
+
+PyYAML implements YAML 1.1, which reads ``1e-4`` (an exponent without a dot) as the string
+``"1e-4"``; users write learning rates that way, and JSON writes ``1e-05``. The loader here
+reads them, and ``1E-4`` and ``.5``, as numbers, as YAML 1.2 does. JSON is tried first
+(it is a subset of YAML, and its parser is exact about its own numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class DocumentError(ValueError):
+    """A document that is not valid YAML or JSON; the message names its source."""
+
+
+class _Yaml12NumbersLoader(yaml.SafeLoader):
+    """SafeLoader that reads YAML 1.2's float forms (``1e-4``, ``1E-4``, ``.5``) as numbers."""
+
+
+_Yaml12NumbersLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+# An integer literal (``3``) must stay an int: the float resolver above would also match it,
+# so the int resolver, registered first on the base class, keeps precedence for digits only.
+
+
+def parse_document(text: str, source: str) -> Any:
+    """The value of a YAML or JSON document; ``source`` names it in errors."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return yaml.load(text, Loader=_Yaml12NumbersLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise DocumentError(f"{source}: not valid YAML/JSON: {error}") from None
+
+
+def read_document(path: str | os.PathLike[str]) -> Any:
+    """The value of the YAML or JSON file at ``path`` (FileNotFoundError naming it if absent)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    return parse_document(text, str(path))

@@ -1,0 +1,1 @@
+"""After training: prediction (:mod:`.predict`), metrics (:mod:`.metrics`), scoring a split (:mod:`.score`)."""
