@@ -16,8 +16,9 @@ Choices, and why:
   voxel the weight cancels and its prediction is kept as it is.
 - A window larger than the volume along an axis is shrunk to the volume along that axis;
   a window (or whole volume) that the model cannot take is zero-padded at its far end up to
-  the model's ``size_multiple`` and the padding is cropped from the output. Zero is the
-  background value of the z-scored images, so padding looks like more background.
+  the model's ``size_multiple`` (:mod:`revunet.models.sizing`) and the padding is cropped
+  from the output. Zero is the background value of the z-scored images, so padding looks
+  like more background.
 - Test-time flips use all 8 combinations of the three spatial axes (identity included),
   matching training augmentation that flips each axis independently; they are applied to
   each window. Probabilities, not labels, are averaged.
