@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
-from revunet.tasks import TASKS
 from revunet.data.layouts import read_case_table
-from revunet.evaluation.score import METRICS_COLUMNS, SUMMARY_COLUMNS, summarise
 from revunet.evaluation.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, region_scores
+from revunet.evaluation.score import METRICS_COLUMNS, SUMMARY_COLUMNS, summarise
+from revunet.tasks import TASKS
 
 SPACING_MM = 3.0  # revunet synth's default grid
 

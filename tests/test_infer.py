@@ -14,24 +14,23 @@ import pytest
 import torch
 from torch import nn
 
-from revunet.training.checkpoint import build_experiment_model, save_checkpoint
 from revunet.cli import main
 from revunet.data.labels import canonical_to_disk
-from revunet.tasks import TASKS
 from revunet.data.layouts import find_cases, read_case_table, write_case_table
 from revunet.data.preprocess import load_preprocessed, npz_path
 from revunet.data.splits import read_split
 from revunet.data.synth.generate import write_dataset
-from revunet.experiments.recipe import Experiment
 from revunet.evaluation.predict import (
     FLIP_AXES,
     InferenceSettings,
     predict_case,
     predict_volume,
-    probabilities_to_label,
     write_label_nifti,
 )
+from revunet.experiments.recipe import Experiment
 from revunet.models.vae import SegmentationWithVAE
+from revunet.tasks import TASKS
+from revunet.training.checkpoint import build_experiment_model, save_checkpoint
 
 SPACING = 4.0  # mm: a 60x60x39 BraTS grid whose brains (about 34x43x34) are cropped in y, padded in x and z
 SHAPE = "36,40,36"
@@ -198,19 +197,19 @@ def test_bad_settings_are_named(kwargs, message):
 # --------------------------------------------------------------------------- labels
 
 
-def test_probabilities_to_label_follows_the_overwrite_order_and_argmax():
+def test_labels_from_probabilities_follow_the_overwrite_order_and_argmax():
     probs = np.zeros((3, 5, 1, 1), dtype=np.float32)
     probs[:, 0, 0, 0] = [0.9, 0.2, 0.1]  # WT only -> edema 2
     probs[:, 1, 0, 0] = [0.9, 0.8, 0.1]  # WT + TC -> 1
     probs[:, 2, 0, 0] = [0.2, 0.1, 0.7]  # ET alone still wins -> 4
     probs[:, 3, 0, 0] = [0.5, 0.5, 0.5]  # exactly 0.5 is not above the threshold -> 0
     probs[:, 4, 0, 0] = [0.6, 0.9, 0.9]
-    assert probabilities_to_label(torch.from_numpy(probs), "brats")[:, 0, 0].tolist() == [2, 1, 4, 0, 4]
+    assert TASKS["brats"].labels_from_probabilities(torch.from_numpy(probs))[:, 0, 0].tolist() == [2, 1, 4, 0, 4]
 
     classes = np.array([[0.1, 0.7], [0.2, 0.1], [0.6, 0.1], [0.1, 0.1]], dtype=np.float32).reshape(4, 2, 1, 1)
-    assert probabilities_to_label(classes, "iseg")[:, 0, 0].tolist() == [2, 0]
+    assert TASKS["iseg"].labels_from_probabilities(classes)[:, 0, 0].tolist() == [2, 0]
     with pytest.raises(ValueError, match=r"\(4, x, y, z\)"):
-        probabilities_to_label(probs, "iseg")
+        TASKS["iseg"].labels_from_probabilities(probs)
 
 
 def test_canonical_to_disk_inverts_the_layouts():

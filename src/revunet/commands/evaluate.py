@@ -45,6 +45,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``revunet evaluate`` to the command-line parser."""
+    from revunet.catalog import SPLIT_PARTS  # torch-free: building the parser must not import torch
+
     parser = commands.add_parser(
         "evaluate",
         help="score predictions: Dice, HD95, Hausdorff, sensitivity, specificity per case and region",
@@ -63,7 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--part",
-        choices=("held_out", "train", "all"),
+        choices=SPLIT_PARTS,
         help="with --split: which part to score (default held_out); each of its cases needs a prediction",
     )
     parser.add_argument("--experiment", help="experiment name written in the tables (default: PRED_DIR's folder name)")

@@ -58,7 +58,7 @@ def _infer(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``revunet infer`` to the command-line parser."""
     # Constants from torch-free modules: building the parser must not import torch.
-    from revunet.data.splits import SPLIT_PARTS as PARTS
+    from revunet.catalog import SPLIT_PARTS
     from revunet.experiments.recipe import FROM_EXPERIMENT
 
     parser = commands.add_parser(
@@ -77,7 +77,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", required=True, help="split file written by `revunet split`")
     parser.add_argument(
         "--part",
-        choices=PARTS,
+        choices=SPLIT_PARTS,
         default="held_out",
         help="which cases: the split's held-out list (default), its training list, or every case of the table",
     )

@@ -16,8 +16,9 @@ Choices, and why:
   voxel the weight cancels and its prediction is kept as it is.
 - A window larger than the volume along an axis is shrunk to the volume along that axis;
   a window (or whole volume) that the model cannot take is zero-padded at its far end up to
-  the model's ``size_multiple`` and the padding is cropped from the output. Zero is the
-  background value of the z-scored images, so padding looks like more background.
+  the model's ``size_multiple`` (:mod:`revunet.models.sizing`) and the padding is cropped
+  from the output. Zero is the background value of the z-scored images, so padding looks
+  like more background.
 - Test-time flips use all 8 combinations of the three spatial axes (identity included),
   matching training augmentation that flips each axis independently; they are applied to
   each window. Probabilities, not labels, are averaged.
@@ -36,24 +37,26 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
 from torch import nn
-from torch.nn import functional
 
 from revunet.atomic import open_atomic, write_text_atomic
-from revunet.catalog import OUTPUTS, TASK_OUTPUTS
+from revunet.catalog import OUTPUTS
 from revunet.data.labels import canonical_to_disk
-from revunet.data.preprocess import PreprocessedCase, paste_back
-from revunet.catalog import SPLIT_PARTS
+from revunet.data.layouts import read_case_table
+from revunet.data.preprocess import PreprocessedCase, load_preprocessed, meta_path, npz_path, paste_back
+from revunet.data.splits import read_split
 from revunet.devices import DeviceError, resolve_device
-from revunet.experiments.recipe import FROM_EXPERIMENT
-from revunet.models.blocks import SegmentationHead
+from revunet.experiments.recipe import FROM_EXPERIMENT, Experiment
+from revunet.models.sizing import head_outputs, pad_to_multiple, size_multiple
 from revunet.models.vae import SegmentationWithVAE
 from revunet.tasks import get_task
+from revunet.training.checkpoint import model_from_checkpoint
 
 OVERLAP_MODE = "hann"
 # Every subset of the spatial axes of a (N, C, X, Y, Z) batch: the 8 flips of test-time augmentation.
@@ -61,24 +64,16 @@ FLIP_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for count in range(4) for axes in itertools.combinations((2, 3, 4), count)
 )
 PREDICTIONS_COLUMNS = ("case_id", "prediction", "seconds")
-PARTS = SPLIT_PARTS
+PREDICTIONS_FILE = "predictions.csv"
 
 
 # --------------------------------------------------------------------------- probabilities
 
 
-def _size_multiple(model: nn.Module) -> int:
-    return max(1, int(getattr(model, "size_multiple", 1)))
-
-
 def _probabilities(model: nn.Module, batch: torch.Tensor, output: str) -> torch.Tensor:
     """Model probabilities for a batch of any spatial size (padded to the model's multiple, cropped back)."""
-    multiple = _size_multiple(model)
     size = batch.shape[2:]
-    padding = [(-s) % multiple for s in size]
-    if any(padding):
-        # functional.pad lists (before, after) pairs from the last axis backwards.
-        batch = functional.pad(batch, [amount for p in reversed(padding) for amount in (0, p)])
+    batch = pad_to_multiple(batch, size_multiple(model))
     logits = model(batch)
     if isinstance(logits, SegmentationWithVAE):
         logits = logits.logits
@@ -195,15 +190,6 @@ def predict_volume(
 # --------------------------------------------------------------------------- labels and files
 
 
-def probabilities_to_label(probs: torch.Tensor | np.ndarray, task: str) -> np.ndarray:
-    """Canonical uint8 label map from ``(K, X, Y, Z)`` probabilities.
-
-    BraTS: each of WT, TC, ET is thresholded at 0.5 (strictly above) and the masks are
-    written in the overwrite order WT→2, TC→1, ET→4. iSeg: the most probable class 0..3.
-    """
-    return get_task(task).labels_from_probabilities(probs)
-
-
 def write_label_nifti(path: str | os.PathLike[str], label: np.ndarray, affine: np.ndarray | Sequence) -> Path:
     """Write a uint8 label map as a gzipped NIfTI-1 file with ``affine``, atomically.
 
@@ -247,7 +233,7 @@ def predict_case(model: nn.Module, case: PreprocessedCase, layout: str, settings
         device=settings.device,
         fallback_window=settings.fallback_window,
     )
-    label = probabilities_to_label(probs, case.meta.task)
+    label = get_task(case.meta.task).labels_from_probabilities(probs)
     return canonical_to_disk(paste_back(label, case.meta), layout)
 
 
@@ -259,12 +245,100 @@ class InferenceError(ValueError):
 
 
 def model_output(model: nn.Module, task: str) -> str:
-    """The activation the model's head declares (``SegmentationHead.output``), checked against the task."""
-    declared = {module.output for module in model.modules() if isinstance(module, SegmentationHead)}
-    expected = TASK_OUTPUTS[task]
+    """The task's activation, checked against what the model's heads declare (:func:`revunet.models.sizing.head_outputs`)."""
+    declared = head_outputs(model)
+    expected = get_task(task).output
     if declared and declared != {expected}:
         raise InferenceError(f"the model's head uses {sorted(declared)} but task {task!r} needs {expected!r}")
     return expected
+
+
+def _case_rows(
+    cases: str | os.PathLike[str],
+    preprocessed: str | os.PathLike[str],
+    split: str | os.PathLike[str],
+    part: str,
+) -> list[tuple[str, dict[str, Any]]]:
+    """(case id, case-table row) of every case of the split's ``part``, in its order; each has preprocessed files."""
+    table = read_case_table(cases)
+    try:
+        case_ids = read_split(split).part(part)
+    except ValueError as error:
+        raise InferenceError(str(error)) from None
+    if not case_ids:
+        raise InferenceError(f"{split}: the {part} part lists no cases")
+    rows = {str(row["case_id"]): row for row in table.to_dict(orient="records")}
+    absent = [case_id for case_id in case_ids if case_id not in rows]
+    if absent:
+        raise InferenceError(f"case(s) {absent[:10]} of {split} ({part}) are not in the case table {cases}")
+    for case_id in case_ids:
+        for path in (npz_path(preprocessed, case_id), meta_path(preprocessed, case_id)):
+            if not path.is_file():
+                raise InferenceError(
+                    f"case {case_id}: no preprocessed file {path} (run `revunet preprocess` for this case)"
+                )
+    return [(case_id, rows[case_id]) for case_id in case_ids]
+
+
+def _settings(
+    model: nn.Module,
+    experiment: Experiment,
+    target: torch.device,
+    flips: bool | None,
+    window: Sequence[int] | None | str,
+    overlap: int | None,
+) -> InferenceSettings:
+    """The experiment's inference settings, with the options that are given overriding them."""
+    settings = InferenceSettings(
+        output=model_output(model, experiment.task),
+        window=experiment.sliding_window if window == FROM_EXPERIMENT else (tuple(window) if window else None),
+        overlap=experiment.window_overlap if overlap is None else int(overlap),
+        flips=experiment.test_time_flips if flips is None else bool(flips),
+        device=target,
+        fallback_window=experiment.patch_size,
+    )
+    if settings.window is not None:
+        _check_window(settings.window, settings.overlap)
+    return settings
+
+
+def _describe(settings: InferenceSettings) -> str:
+    """How the cases are predicted, for the log: whole volumes or windows, and flips."""
+    if settings.window is None:
+        how = "whole volumes"
+    else:
+        how = f"{'x'.join(map(str, settings.window))} windows, overlap {settings.overlap}"
+    return f"{how}, flips {'on' if settings.flips else 'off'}"
+
+
+def _predict_and_write(
+    model: nn.Module,
+    task: str,
+    case_id: str,
+    layout: str,
+    preprocessed: str | os.PathLike[str],
+    path: Path,
+    settings: InferenceSettings,
+) -> tuple[int, ...]:
+    """Predict one case and write its label file; returns the label map's shape."""
+    try:
+        case = load_preprocessed(preprocessed, case_id)
+        if case.meta.task != task:
+            raise InferenceError(f"preprocessed for task {case.meta.task!r}, not {task!r}")
+        label = predict_case(model, case, layout, settings)
+        write_label_nifti(path, label, case.meta.affine)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # a damaged or odd case
+        raise InferenceError(f"case {case_id} ({preprocessed}): {error}") from error
+    return label.shape
+
+
+def _write_listing(out: Path, records: Sequence[tuple[str, str, float]]) -> Path:
+    """``predictions.csv``: case id, file name inside ``out`` and seconds (3 decimals) of every case."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(PREDICTIONS_COLUMNS)
+    writer.writerows((case_id, name, f"{seconds:.3f}") for case_id, name, seconds in records)
+    return write_text_atomic(out / PREDICTIONS_FILE, text.getvalue())
 
 
 def infer_cases(
@@ -290,76 +364,29 @@ def infer_cases(
     written last, and an older one is removed first, so it exists only after a complete run.
     Returns its path.
     """
-    from revunet.training.checkpoint import model_from_checkpoint
-    from revunet.data.layouts import read_case_table
-    from revunet.data.preprocess import load_preprocessed, meta_path, npz_path
-    from revunet.data.splits import read_split
-
     out = Path(out)
     try:
         target = resolve_device(device)
     except DeviceError as error:
         raise InferenceError(str(error)) from None
-    table = read_case_table(cases)
-    the_split = read_split(split)
-    try:
-        case_ids = the_split.part(part)
-    except ValueError as error:
-        raise InferenceError(str(error)) from None
-    if not case_ids:
-        raise InferenceError(f"{split}: the {part} part lists no cases")
-    rows = {str(row["case_id"]): row for row in table.to_dict(orient="records")}
-    absent = [case_id for case_id in case_ids if case_id not in rows]
-    if absent:
-        raise InferenceError(f"case(s) {absent[:10]} of {split} ({part}) are not in the case table {cases}")
-    for case_id in case_ids:
-        for path in (npz_path(preprocessed, case_id), meta_path(preprocessed, case_id)):
-            if not path.is_file():
-                raise InferenceError(
-                    f"case {case_id}: no preprocessed file {path} (run `revunet preprocess` for this case)"
-                )
-
+    rows = _case_rows(cases, preprocessed, split, part)
     model, experiment, _ = model_from_checkpoint(checkpoint, map_location=target)
-    tasks = {rows[case_id]["task"] for case_id in case_ids}
+    tasks = {row["task"] for _, row in rows}
     if tasks != {experiment.task}:
         raise InferenceError(
             f"{checkpoint} was trained for task {experiment.task!r} but the cases are {sorted(tasks)} ({cases})"
         )
-    settings = InferenceSettings(
-        output=model_output(model, experiment.task),
-        window=experiment.sliding_window if window == FROM_EXPERIMENT else (tuple(window) if window else None),
-        overlap=experiment.window_overlap if overlap is None else int(overlap),
-        flips=experiment.test_time_flips if flips is None else bool(flips),
-        device=target,
-        fallback_window=experiment.patch_size,
-    )
-    if settings.window is not None:
-        _check_window(settings.window, settings.overlap)
-    how = "whole volumes" if settings.window is None else (
-        f"{'x'.join(map(str, settings.window))} windows, overlap {settings.overlap}"
-    )
-    flipping = "on" if settings.flips else "off"
-    log(f"{experiment.name}: {len(case_ids)} {part} case(s) on {target}, {how}, flips {flipping}")
+    settings = _settings(model, experiment, target, flips, window, overlap)
+    log(f"{experiment.name}: {len(rows)} {part} case(s) on {target}, {_describe(settings)}")
 
     # The list marks a finished run: drop an old one before the first file is replaced.
-    (out / "predictions.csv").unlink(missing_ok=True)
+    (out / PREDICTIONS_FILE).unlink(missing_ok=True)
     records = []
-    for case_id in case_ids:
+    for case_id, row in rows:
         start = time.perf_counter()
         name = f"{case_id}.nii.gz"
-        try:
-            case = load_preprocessed(preprocessed, case_id)
-            if case.meta.task != experiment.task:
-                raise InferenceError(f"preprocessed for task {case.meta.task!r}, not {experiment.task!r}")
-            label = predict_case(model, case, rows[case_id]["layout"], settings)
-            write_label_nifti(out / name, label, case.meta.affine)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # a damaged or odd case
-            raise InferenceError(f"case {case_id} ({preprocessed}): {error}") from error
+        shape = _predict_and_write(model, experiment.task, case_id, row["layout"], preprocessed, out / name, settings)
         seconds = time.perf_counter() - start
         records.append((case_id, name, seconds))
-        log(f"{case_id}: {'x'.join(map(str, label.shape))} -> {out / name} ({seconds:.2f} s)")
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(PREDICTIONS_COLUMNS)
-    writer.writerows((case_id, name, f"{seconds:.3f}") for case_id, name, seconds in records)
-    return write_text_atomic(out / "predictions.csv", text.getvalue())
+        log(f"{case_id}: {'x'.join(map(str, shape))} -> {out / name} ({seconds:.2f} s)")
+    return _write_listing(out, records)

@@ -4,7 +4,7 @@ Inputs are what ``revunet infer`` writes: ``PRED_DIR/predictions.csv`` (columns 
 ``prediction``, ``seconds``; a relative ``prediction`` path is read relative to ``PRED_DIR``) and
 one label-map NIfTI per case on the case's original grid, in the dataset's on-disk label
 convention (the case table's ``layout``). Each prediction is mapped to canonical labels with
-:data:`revunet.data.io.LABEL_MAPS`, the reference is read with :func:`revunet.data.io.load_case`,
+:data:`revunet.data.labels.LABEL_MAPS`, the reference is read with :func:`revunet.data.io.load_case`,
 and every region is scored by :func:`revunet.evaluation.metrics.region_scores` with the reference's voxel
 spacing (mm, from its header):
 
@@ -35,33 +35,27 @@ import numpy as np
 import pandas as pd
 
 from revunet.atomic import write_text_atomic
-from revunet.catalog import SPLIT_PARTS, TASK_REGIONS
 from revunet.data.io import AFFINE_TOLERANCE_MM, CaseError, load_case
 from revunet.data.labels import disk_to_canonical
 from revunet.evaluation.metrics import METRIC_NAMES, region_scores
+from revunet.evaluation.predict import PREDICTIONS_FILE
 from revunet.tasks import get_task
 
 METRICS_COLUMNS = ("experiment", "case_id", "region", *METRIC_NAMES)
 SUMMARY_COLUMNS = ("experiment", "region", "metric", "mean", "std", "median", "n")
 MEAN_REGION = "mean"
-PREDICTIONS_FILE = "predictions.csv"
-PARTS = SPLIT_PARTS
 
 
 class EvaluationError(ValueError):
     """Predictions that cannot be scored; the message names the case and the file."""
 
 
-def region_masks(label: np.ndarray, task: str) -> dict[str, np.ndarray]:
-    """Boolean masks of the scored regions of a canonical label map, in :data:`TASK_REGIONS` order."""
-    return get_task(task).region_masks(label)
-
-
 def case_scores(
     prediction: np.ndarray, reference: np.ndarray, task: str, spacing: Sequence[float]
 ) -> dict[str, dict[str, float]]:
     """region -> metric -> value for one case, from canonical label maps of one shape."""
-    predicted, expected = region_masks(prediction, task), region_masks(reference, task)
+    regions = get_task(task).region_masks
+    predicted, expected = regions(prediction), regions(reference)
     return {region: region_scores(predicted[region], expected[region], spacing) for region in expected}
 
 
