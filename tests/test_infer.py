@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from revunet.training.checkpoint import build_experiment_model, save_checkpoint
+from revunet.models.build import build_experiment_model
+from revunet.training.state import save_checkpoint
 from revunet.cli import main
 from revunet.data.labels import canonical_to_disk
 from revunet.tasks import TASKS

@@ -290,7 +290,7 @@ def infer_cases(
     written last, and an older one is removed first, so it exists only after a complete run.
     Returns its path.
     """
-    from revunet.training.checkpoint import model_from_checkpoint
+    from revunet.training.state import model_from_checkpoint
     from revunet.data.layouts import read_case_table
     from revunet.data.preprocess import load_preprocessed, meta_path, npz_path
     from revunet.data.splits import read_split
