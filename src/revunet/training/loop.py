@@ -208,14 +208,19 @@ def log_row(
     """The epoch's row of ``log.csv``."""
     regions = get_task(run.experiment.task).regions
     return {
-        "epoch": epoch, "steps": result.steps, "train_loss": result.loss,
-        **{f"loss_{name}": value for name, value in result.terms.items()}, "grad_norm": result.grad_norm,
+        "epoch": epoch,
+        "steps": result.steps,
+        "train_loss": result.loss,
+        **{f"loss_{name}": value for name, value in result.terms.items()},
+        "grad_norm": result.grad_norm,
         **{f"val_dice_{region}": (scores or {}).get(region) for region in regions},
         "val_mean_dice": mean_dice,
         "ema_dice": None if scores is None else state.stopper.ema,
-        "lr": lr, "epoch_seconds": seconds, "peak_memory_mib": peak_memory_mib(run.device),
+        "lr": lr,
+        "epoch_seconds": seconds,
+        "peak_memory_mib": peak_memory_mib(run.device),
         "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
 
 
 def checkpoint(run: Run, state: TrainingState, best_changed: bool) -> None:
@@ -229,19 +234,37 @@ def checkpoint(run: Run, state: TrainingState, best_changed: bool) -> None:
 
 def _report(run: Run, row: dict[str, Any], stop: bool, state: TrainingState) -> None:
     experiment, epoch = run.experiment, row["epoch"]
-    dice = f", val mean Dice {row['val_mean_dice']:.4f} (EMA {row['ema_dice']:.4f})" if row["val_mean_dice"] is not None else ""
-    _say(run.processes, f"epoch {epoch}/{experiment.epochs}: loss {row['train_loss']:.4f}{dice}, lr {row['lr']:.3g}, "
-         f"{row['epoch_seconds']:.1f} s", run.progress)  # fmt: skip
+    dice = (
+        f", val mean Dice {row['val_mean_dice']:.4f} (EMA {row['ema_dice']:.4f})"
+        if row["val_mean_dice"] is not None
+        else ""
+    )
+    _say(
+        run.processes,
+        f"epoch {epoch}/{experiment.epochs}: loss {row['train_loss']:.4f}{dice}, lr {row['lr']:.3g}, "
+        f"{row['epoch_seconds']:.1f} s",
+        run.progress,
+    )
     if stop:
-        _say(run.processes, f"early stopping after epoch {epoch}: best EMA at epoch {state.stopper.best_epoch}, "
-             f"patience {experiment.patience}", run.progress)  # fmt: skip
+        _say(
+            run.processes,
+            f"early stopping after epoch {epoch}: best EMA at epoch {state.stopper.best_epoch}, "
+            f"patience {experiment.patience}",
+            run.progress,
+        )
 
 
 def fit(run: Run, state: TrainingState) -> None:
     """Train the remaining epochs: each trains, maybe validates, updates the state, checkpoints and logs."""
     experiment = run.experiment
-    epochs = tqdm(range(state.epoch + 1, experiment.epochs + 1), initial=state.epoch, total=experiment.epochs,
-                  desc=experiment.name, disable=not run.progress, dynamic_ncols=True)  # fmt: skip
+    epochs = tqdm(
+        range(state.epoch + 1, experiment.epochs + 1),
+        initial=state.epoch,
+        total=experiment.epochs,
+        desc=experiment.name,
+        disable=not run.progress,
+        dynamic_ncols=True,
+    )
     for epoch in epochs:
         started, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
         result = train_epoch(run, epoch)
@@ -253,11 +276,10 @@ def fit(run: Run, state: TrainingState) -> None:
         run.scheduler.step()
         stop = run.processes.share(state.stopper.should_stop(epoch))
         seconds = time.perf_counter() - started
-        state.train_seconds += seconds
         row = log_row(run, state, epoch, result, scores, mean_dice, lr, seconds)
-        state.log_rows.append(row)
-        state.epoch = epoch
-        state.stopped = "early_stopping" if stop else ("max_epochs" if epoch == experiment.epochs else None)
+        state.end_epoch(
+            row, seconds, "early_stopping" if stop else ("max_epochs" if epoch == experiment.epochs else None)
+        )
         checkpoint(run, state, best_changed=improved)
         _report(run, row, stop, state)
         if stop:
@@ -279,16 +301,19 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume, or confirm a finished) run of ``experiment``; returns the summary."""
     out = Path(out)
-    with process_group(device) as (processes, torch_device):
-        with deterministic(torch_device.type == "cpu"):
-            return _train(experiment, Path(preprocessed), Path(split), out, torch_device, processes, progress, restart)
+    with process_group(device) as (processes, torch_device), deterministic(torch_device.type == "cpu"):
+        return _train(experiment, Path(preprocessed), Path(split), out, torch_device, processes, progress, restart)
 
 
 def _resumed(run: Run, state: TrainingState) -> None:
     processes = run.processes
     if state.world_size != processes.world_size:
-        _say(processes, f"note: resuming with {processes.world_size} process(es); the run began with "
-             f"{state.world_size}, so the data order differs from an uninterrupted run", False)  # fmt: skip
+        _say(
+            processes,
+            f"note: resuming with {processes.world_size} process(es); the run began with "
+            f"{state.world_size}, so the data order differs from an uninterrupted run",
+            False,
+        )
     if processes.is_main:
         write_outputs(run.out, state, get_task(run.experiment.task).regions)  # best.pt/log.csv as of last.pt
     _say(processes, f"{run.out}: resuming after epoch {state.epoch}", False)
@@ -321,8 +346,12 @@ def _train(
     state.parameters = parameter_count(run.model)
     if state.epoch == 0:
         held_out = len(run.held_out) if run.held_out else 0
-        _say(processes, f"{experiment.name}: {experiment.model}, {state.parameters:,} parameters, {len(run.train_set)} "
-             f"training samples, {held_out} held-out volumes, {run.steps_per_epoch()} steps per epoch, "
-             f"device {device}, {processes.world_size} process(es)", False)  # fmt: skip
+        _say(
+            processes,
+            f"{experiment.name}: {experiment.model}, {state.parameters:,} parameters, {len(run.train_set)} "
+            f"training samples, {held_out} held-out volumes, {run.steps_per_epoch()} steps per epoch, "
+            f"device {device}, {processes.world_size} process(es)",
+            False,
+        )
     fit(run, state)
     return processes.share(state.summary() if processes.is_main else None)

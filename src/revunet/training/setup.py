@@ -199,5 +199,21 @@ def build_run(
         collate_fn=partial(collate, multiple=size_multiple(model)),
         pin_memory=device.type == "cuda",
     )
-    return Run(experiment, model, trained, loss, optimizer, scheduler, scaler, loader, sampler, train_set, held_out,
-               device, processes, autocast, out, progress)  # fmt: skip
+    return Run(
+        experiment,
+        model,
+        trained,
+        loss,
+        optimizer,
+        scheduler,
+        scaler,
+        loader,
+        sampler,
+        train_set,
+        held_out,
+        device,
+        processes,
+        autocast,
+        out,
+        progress,
+    )

@@ -63,7 +63,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         raise ValueError(f"{path}: not a revunet checkpoint (expected the keys {list(REQUIRED_KEYS)})")
     if payload["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {payload['format']}, this revunet reads format {CHECKPOINT_FORMAT}")
+        raise ValueError(
+            f"{path}: checkpoint format {payload['format']}, this revunet reads format {CHECKPOINT_FORMAT}"
+        )
     return payload
 
 
@@ -173,14 +175,32 @@ class TrainingState:
         """The ``best.pt`` dictionary; before any validation epoch the current weights stand in."""
         head = {"format": CHECKPOINT_FORMAT, "experiment": self.experiment.to_dict()}
         if self.best is None:
-            return {**head, "model_state": self.model_state, "epoch": self.epoch,
-                    "val_dice": None, "val_mean_dice": None, "ema_dice": None}  # fmt: skip
+            return {
+                **head,
+                "model_state": self.model_state,
+                "epoch": self.epoch,
+                "val_dice": None,
+                "val_mean_dice": None,
+                "ema_dice": None,
+            }
         return {**head, **self.best}
 
     def record_best(self, model: nn.Module, epoch: int, scores: dict[str, float], mean_dice: float) -> None:
         """Keep a copy of ``model``'s weights as the best so far, with their validation figures."""
-        self.best = {"model_state": bare_state(model), "epoch": epoch, "val_dice": scores,
-                     "val_mean_dice": mean_dice, "ema_dice": self.stopper.ema}  # fmt: skip
+        self.best = {
+            "model_state": bare_state(model),
+            "epoch": epoch,
+            "val_dice": scores,
+            "val_mean_dice": mean_dice,
+            "ema_dice": self.stopper.ema,
+        }
+
+    def end_epoch(self, row: dict[str, Any], seconds: float, stopped: str | None) -> None:
+        """Count the epoch whose ``log.csv`` row is ``row``; ``stopped`` says why the run ends there (else None)."""
+        self.epoch = row["epoch"]
+        self.train_seconds += seconds
+        self.log_rows.append(row)
+        self.stopped = stopped
 
     def capture(
         self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, device: torch.device, world_size: int
@@ -279,4 +299,3 @@ def previous_run(out: Path, experiment: Experiment, restart: bool, is_main: bool
             f"{out}: summary.json says the run finished but last.pt is missing; pass --restart to train again"
         )
     return state
-
