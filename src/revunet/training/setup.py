@@ -156,6 +156,20 @@ def collate(items: list[dict[str, Any]], multiple: int) -> dict[str, torch.Tenso
     }
 
 
+def make_loader(
+    experiment: Experiment, train_set: PatchDataset, multiple: int, device: torch.device, processes: Processes
+) -> DataLoader:
+    """This process's batches of training samples, in the seeded per-epoch order (:class:`ShardedOrder`)."""
+    return DataLoader(
+        train_set,
+        batch_size=experiment.batch_size,
+        sampler=ShardedOrder(len(train_set), experiment.seed, processes.rank, processes.world_size),
+        num_workers=experiment.num_workers,
+        collate_fn=partial(collate, multiple=multiple),
+        pin_memory=device.type == "cuda",
+    )
+
+
 def _seeded_model(experiment: Experiment, device: torch.device) -> nn.Module:
     seed_everything(experiment.seed)
     try:
@@ -190,30 +204,22 @@ def build_run(
     trained: nn.Module = model
     if processes.distributed:
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = ShardedOrder(len(train_set), experiment.seed, processes.rank, processes.world_size)
-    loader = DataLoader(
-        train_set,
-        batch_size=experiment.batch_size,
-        sampler=sampler,
-        num_workers=experiment.num_workers,
-        collate_fn=partial(collate, multiple=size_multiple(model)),
-        pin_memory=device.type == "cuda",
-    )
+    loader = make_loader(experiment, train_set, size_multiple(model), device, processes)
     return Run(
-        experiment,
-        model,
-        trained,
-        loss,
-        optimizer,
-        scheduler,
-        scaler,
-        loader,
-        sampler,
-        train_set,
-        held_out,
-        device,
-        processes,
-        autocast,
-        out,
-        progress,
+        experiment=experiment,
+        model=model,
+        trained=trained,
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        loader=loader,
+        sampler=loader.sampler,
+        train_set=train_set,
+        held_out=held_out,
+        device=device,
+        processes=processes,
+        autocast=autocast,
+        out=out,
+        progress=progress,
     )
