@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_separability import GaussianClassifier, dice  # noqa: E402
 
-from revunet.training.checkpoint import model_from_checkpoint  # noqa: E402
+from revunet.training.state import model_from_checkpoint  # noqa: E402
 from revunet.cli import main as revunet  # noqa: E402
 from revunet.tasks import TASKS  # noqa: E402
 
@@ -49,7 +49,7 @@ from revunet.data.preprocess import load_preprocessed  # noqa: E402
 from revunet.data.splits import read_split  # noqa: E402
 from revunet.experiments.recipe import Experiment  # noqa: E402
 from revunet.evaluation.predict import predict_volume  # noqa: E402
-from revunet.training.train import train  # noqa: E402
+from revunet.training.loop import train  # noqa: E402
 
 
 def prepare(work: Path) -> tuple[Path, Path]:

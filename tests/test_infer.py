@@ -30,7 +30,8 @@ from revunet.evaluation.predict import (
 from revunet.experiments.recipe import Experiment
 from revunet.models.vae import SegmentationWithVAE
 from revunet.tasks import TASKS
-from revunet.training.checkpoint import build_experiment_model, save_checkpoint
+from revunet.models.build import build_experiment_model
+from revunet.training.state import save_checkpoint
 
 SPACING = 4.0  # mm: a 60x60x39 BraTS grid whose brains (about 34x43x34) are cropped in y, padded in x and z
 SHAPE = "36,40,36"

@@ -7,7 +7,8 @@ import torch
 
 from revunet.experiments.recipe import Experiment
 from revunet.training.losses import LOSSES
-from revunet.training.train import TrainError, make_loss
+from revunet.training.errors import TrainError
+from revunet.training.setup import make_loss
 
 
 def _example() -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,15 +23,19 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from revunet.training import train as train_module
-from revunet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from revunet.evaluation.predict import predict_volume
+from revunet.models.build import build_experiment_model
+from revunet.training import loop, setup
+from revunet.training.state import load_checkpoint, model_from_checkpoint
 from revunet.cli import main as cli_main
 from revunet.catalog import TASK_MODALITIES
 from revunet.data.preprocess import PreprocessedCase, PreprocessMeta, save_preprocessed
 from revunet.data.splits import split_document, write_split
 from revunet.experiments.recipe import Experiment, write_experiment
 from revunet.training.losses import SegmentationLoss
-from revunet.training.train import ShardedOrder, TrainError, train
+from revunet.training.errors import TrainError
+from revunet.training.loop import train
+from revunet.training.randomness import ShardedOrder, seed_everything
 from revunet.training.early_stopping import EarlyStopping
 
 SHAPE = (16, 16, 16)
@@ -299,7 +303,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(data, tmp_path) -
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(data, tmp_path, monkeypatch) -> None:
     pre, split = data
-    real_loss = train_module.make_loss(tiny())
+    real_loss = setup.make_loss(tiny())
     calls = []
 
     class PoisonedLoss(SegmentationLoss):
@@ -311,7 +315,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(dat
             return terms
 
     poisoned = PoisonedLoss("sigmoid", dice_scale=0.2, dice_reduction="sum")
-    monkeypatch.setattr(train_module, "make_loss", lambda experiment: poisoned)
+    monkeypatch.setattr(setup, "make_loss", lambda experiment: poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainError, match=r"non-finite loss \(nan\) at epoch 2 step 2"):
         train(tiny(), pre, split, out, device="cpu", progress=False)
@@ -362,7 +366,7 @@ def test_bad_inputs_name_what_is_wrong(data, tmp_path) -> None:
 def test_run_stops_early_at_the_rule_s_epoch(data, tmp_path, monkeypatch) -> None:
     pre, split = data
     scripted = iter([0.5, 0.4, 0.45, 0.3, 0.2, 0.9, 0.9, 0.9])
-    monkeypatch.setattr(train_module, "validate", lambda *args: {"WT": (v := next(scripted)), "TC": v, "ET": v})
+    monkeypatch.setattr(loop, "validate", lambda *args: {"WT": (v := next(scripted)), "TC": v, "ET": v})
     experiment = tiny(epochs=8, ema_alpha=0.0, patience=2)
     summary = train(experiment, pre, split, tmp_path / "run", device="cpu", progress=False)
     # alpha 0: the EMA is the Dice itself; best at epoch 1, stop after epoch 4 > 1 + 2
@@ -377,12 +381,12 @@ def test_run_stops_early_at_the_rule_s_epoch(data, tmp_path, monkeypatch) -> Non
 def test_volumes_of_any_size_are_padded_to_the_model_multiple_and_cropped_back(tmp_path) -> None:
     shapes = [(15, 14, 13), (16, 12, 11), (13, 16, 16), (11, 13, 15)]
     pre, split = make_data(tmp_path, n_train=3, n_held=1, shapes=shapes)
-    model = train_module.build_experiment_model(tiny(model_params={**TINY, "channels": [4, 8, 8]}))
-    batch = train_module.collate([{"image": torch.ones(4, *s), "label": torch.ones(s, dtype=torch.int64)}
+    model = build_experiment_model(tiny(model_params={**TINY, "channels": [4, 8, 8]}))
+    batch = setup.collate([{"image": torch.ones(4, *s), "label": torch.ones(s, dtype=torch.int64)}
                                   for s in shapes[:2]], multiple=4)
     assert batch["image"].shape == (2, 4, 16, 16, 16) and batch["label"].shape == (2, 16, 16, 16)
     assert batch["label"][1, :, 12:].sum() == 0 and batch["image"][0, :, 15:].sum() == 0
-    probabilities = train_module.predict_volume(model.eval(), torch.zeros(4, *shapes[3]), "sigmoid")
+    probabilities = predict_volume(model.eval(), torch.zeros(4, *shapes[3]), "sigmoid")
     assert probabilities.shape == (3, *shapes[3])
     summary = train(tiny(epochs=1, batch_size=2, model_params={**TINY, "channels": [4, 8, 8]}), pre, split,
                     tmp_path / "run", device="cpu", progress=False)
@@ -403,7 +407,7 @@ def mean_bce() -> SegmentationLoss:
 
 def test_batch_two_equals_batch_one_with_accumulation_two_for_a_mean_loss(data, tmp_path, monkeypatch) -> None:
     pre, split = make_data(tmp_path, n_train=4, n_held=1)
-    monkeypatch.setattr(train_module, "make_loss", lambda experiment: mean_bce())
+    monkeypatch.setattr(setup, "make_loss", lambda experiment: mean_bce())
     recipe = {"epochs": 2, "augmentation": "invres2020", "validate_every": 5}
     train(tiny(batch_size=2, **recipe), pre, split, tmp_path / "batch", device="cpu", progress=False)
     train(tiny(accumulation=2, **recipe), pre, split, tmp_path / "accumulated", device="cpu", progress=False)
@@ -411,7 +415,7 @@ def test_batch_two_equals_batch_one_with_accumulation_two_for_a_mean_loss(data, 
     assert [r["steps"] for r in a["log_rows"]] == [r["steps"] for r in b["log_rows"]] == [2, 2]
     for key, value in a["model_state"].items():
         torch.testing.assert_close(value, b["model_state"][key], rtol=1e-5, atol=1e-6, msg=key)
-    initial = train_module.build_experiment_model(tiny()).state_dict()
+    initial = build_experiment_model(tiny()).state_dict()
     assert not torch.equal(a["model_state"]["stem.weight"], initial["stem.weight"])  # it did train
 
 
@@ -419,8 +423,8 @@ def _one_sgd_step(data, out: Path, **changes) -> tuple[float, float]:
     """(L2 norm of the parameter change, logged grad_norm) after one plain SGD step with lr 1."""
     pre, split = data
     experiment = tiny(optimizer="sgd", lr=1.0, epochs=1, max_steps_per_epoch=1, validate_every=5, **changes)
-    train_module.seed_everything(experiment.seed)
-    initial = train_module.build_experiment_model(experiment).state_dict()
+    seed_everything(experiment.seed)
+    initial = build_experiment_model(experiment).state_dict()
     train(experiment, pre, split, out, device="cpu", progress=False)
     final = load_checkpoint(out / "last.pt")
     change = torch.cat([(final["model_state"][k] - v).flatten() for k, v in initial.items() if v.is_floating_point()])
@@ -446,7 +450,7 @@ def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(data, tmp_p
     assert warm == pytest.approx(free_norm / 4, rel=1e-4)  # step 1 of 4: a quarter of the rate
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     for step, expected in ((1, 0.125), (3, 0.375), (4, 0.5), (9, 0.5)):
-        with train_module.warmed_up(optimizer, step, 4):
+        with loop.warmed_up(optimizer, step, 4):
             assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
         assert optimizer.param_groups[0]["lr"] == 0.5
     with pytest.raises(ValueError, match="warmup_steps must be >= 0"):

@@ -1,4 +1,4 @@
-"""`revunet train`: train one experiment into a run folder (resumable; see :mod:`revunet.training.train`)."""
+"""`revunet train`: train one experiment into a run folder (resumable; see :mod:`revunet.training.loop`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 
 def _train(args: argparse.Namespace) -> int:
     from revunet.experiments.recipe import read_experiment
-    from revunet.training.train import TrainError, train
+    from revunet.training.errors import TrainError
+    from revunet.training.loop import train
 
     try:
         experiment = read_experiment(args.experiment)

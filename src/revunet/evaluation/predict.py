@@ -56,7 +56,7 @@ from revunet.experiments.recipe import FROM_EXPERIMENT, Experiment
 from revunet.models.sizing import head_outputs, pad_to_multiple, size_multiple
 from revunet.models.vae import SegmentationWithVAE
 from revunet.tasks import get_task
-from revunet.training.checkpoint import model_from_checkpoint
+from revunet.training.state import model_from_checkpoint
 
 OVERLAP_MODE = "hann"
 # Every subset of the spatial axes of a (N, C, X, Y, Z) batch: the 8 flips of test-time augmentation.

@@ -115,9 +115,11 @@ class SegmentationLoss:
     def __call__(
         self, output: torch.Tensor | SegmentationWithVAE, target: torch.Tensor, image: torch.Tensor | None = None
     ) -> torch.Tensor:
-        weights = {"dice": self.dice, "cross_entropy": self.cross_entropy, "reconstruction": self.reconstruction, "kl": self.kl}
-        terms = self.terms(output, target, image)
-        return sum((weights[name] * value for name, value in terms.items()), torch.zeros((), device=target.device))
+        return self.total(self.terms(output, target, image), target.device)
+
+    def total(self, terms: Mapping[str, torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+        """The loss value from :meth:`terms`: each term times its weight (the field of the same name)."""
+        return sum((getattr(self, name) * value for name, value in terms.items()), torch.zeros((), device=device))
 
 
 def bruegger2019() -> SegmentationLoss:

@@ -1,0 +1,357 @@
+"""`revunet train`: one experiment's training run, resumable, on CPU, one GPU or several processes.
+
+Run folder (only rank 0 writes; every file atomically):
+
+- ``experiment.json``: the experiment;
+- ``last.pt``: after every epoch, the training checkpoint (:mod:`revunet.training.state`).
+  Rerunning the same command resumes from it exactly; ``best.pt``, ``log.csv`` and
+  ``summary.json`` are regenerated from it when they are missing;
+- ``best.pt``: the weights of the epoch with the highest *moving average* (EMA) of the
+  validation mean Dice (see :mod:`revunet.training.early_stopping`), with ``epoch``,
+  ``val_dice``, ``val_mean_dice`` and ``ema_dice``; if no epoch was validated, the final weights;
+- ``log.csv``: one row per epoch (columns in :mod:`revunet.training.run_log`);
+- ``summary.json``: written last; its existence means the run finished.
+
+Validation runs every ``validate_every`` epochs on the split's held-out cases, whole volumes
+zero-padded to a multiple of the model's ``size_multiple`` (output cropped back): hard Dice
+per region (sigmoid > 0.5 for BraTS WT/TC/ET, argmax for iSeg CSF/GM/WM; both masks empty
+counts as 1), averaged over cases; ``val_mean_dice`` is their mean over regions.
+Data order and determinism: :mod:`revunet.training.randomness`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from revunet.data.dataset import PatchDataset, targets_for_task
+from revunet.evaluation.predict import predict_volume
+from revunet.experiments.recipe import Experiment, write_experiment
+from revunet.models.registry import parameter_count
+from revunet.tasks import get_task
+from revunet.training.distributed import Processes, process_group
+from revunet.training.errors import NonFiniteLoss
+from revunet.training.randomness import deterministic
+from revunet.training.run_log import peak_memory_mib
+from revunet.training.setup import Run, build_run
+from revunet.training.state import TrainingState, previous_run, save_checkpoint, write_outputs
+
+# --------------------------------------------------------------------------- validation
+
+
+def hard_dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
+    """Dice of two boolean masks; both empty counts as 1 (BraTS convention)."""
+    total = int(prediction.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
+
+
+@torch.no_grad()
+def validate(model: nn.Module, dataset: PatchDataset, task: str, device: torch.device) -> dict[str, float]:
+    """Mean hard Dice per region over the held-out volumes (keys: the task's regions).
+
+    Whole volumes are predicted as `revunet infer` predicts them (padded to the model's size
+    multiple and cropped back, float32), so validation scores what inference will produce.
+    """
+    spec = get_task(task)
+    scores: dict[str, list[float]] = {region: [] for region in spec.regions}
+    for index in range(len(dataset)):
+        item = dataset[index]
+        probabilities = predict_volume(model, item["image"], spec.output, device=device)
+        predicted, truth = spec.predicted_regions(probabilities), spec.region_stack(item["label"])
+        for region, p, t in zip(scores, predicted, truth):
+            scores[region].append(hard_dice(p, t))
+    return {region: float(np.mean(values)) for region, values in scores.items()}
+
+
+def maybe_validate(run: Run, epoch: int) -> dict[str, float] | None:
+    """Rank 0's validation scores on every rank, on the epochs that validate (else None)."""
+    scores = None
+    if run.processes.is_main and run.held_out is not None and epoch % run.experiment.validate_every == 0:
+        scores = validate(run.model, run.held_out, run.experiment.task, run.device)
+    return run.processes.share(scores)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+@contextlib.contextmanager
+def warmed_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> Iterator[None]:
+    """Scale the scheduled learning rate by step/warmup_steps for the optimiser step ``step`` (1-based).
+
+    The schedule's own rate is put back afterwards, so the scheduler and checkpoints never see
+    the warm-up and a resumed run warms up exactly as an uninterrupted one.
+    """
+    if step >= warmup_steps:
+        yield
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr * step / warmup_steps
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one training epoch measured (means over its optimiser steps)."""
+
+    steps: int
+    loss: float
+    terms: dict[str, float]  # unweighted loss terms
+    grad_norm: float  # mean finite gradient norm before clipping
+
+
+def _backward(run: Run, group: list[dict[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
+    """Forward and backward over one step's micro-batches; (term names, [total, *terms] averaged)."""
+    names: list[str] = []
+    step_values: torch.Tensor | None = None
+    for position, batch in enumerate(group):
+        image = batch["image"].to(run.device, non_blocking=True)
+        target = targets_for_task(batch["label"], run.experiment.task).to(run.device, non_blocking=True)
+        last = position == len(group) - 1
+        # DDP all-reduces gradients on the last micro-batch of a step only
+        sync = contextlib.nullcontext() if last or not run.processes.distributed else run.trained.no_sync()
+        with sync:
+            with run.autocast():
+                output = run.trained(image)
+            terms = run.loss.terms(output, target, image)
+            total = run.loss.total(terms, target.device)
+            run.scaler.scale(total / len(group)).backward()
+        names = list(terms)
+        values = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())]) / len(group)
+        step_values = values if step_values is None else step_values + values
+    assert step_values is not None
+    return names, run.processes.mean(step_values)
+
+
+def _optimizer_step(run: Run, global_step: int) -> float:
+    """Clip (or only measure) the gradient norm, then step; returns the norm before clipping."""
+    experiment = run.experiment
+    run.scaler.unscale_(run.optimizer)
+    # with max_norm inf this only measures the norm (and multiplies by 1.0, which is exact)
+    clip = experiment.grad_clip_norm if experiment.grad_clip_norm is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.trained.parameters(), clip)
+    with warmed_up(run.optimizer, global_step, experiment.warmup_steps):
+        run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return float(grad_norm)
+
+
+def train_epoch(run: Run, epoch: int) -> EpochResult:
+    """One epoch (``epoch`` is 1-based)."""
+    run.sampler.set_epoch(epoch - 1)
+    run.train_set.set_epoch(epoch - 1)
+    run.trained.train()
+    steps = run.steps_per_epoch()
+    batches, remaining = iter(run.loader), len(run.loader)
+    totals: torch.Tensor | None = None
+    names: list[str] = []
+    grad_norms: list[float] = []
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not run.progress, dynamic_ncols=True)
+    for step in range(1, steps + 1):
+        group = [next(batches) for _ in range(min(run.experiment.accumulation, remaining))]
+        remaining -= len(group)
+        run.optimizer.zero_grad(set_to_none=True)
+        names, step_values = _backward(run, group)
+        if not torch.isfinite(step_values[0]):
+            raise NonFiniteLoss(
+                f"non-finite loss ({step_values[0].item()}) at epoch {epoch} step {step}; "
+                f"the last good checkpoint is kept (epoch {epoch - 1})"
+            )
+        grad_norms.append(_optimizer_step(run, (epoch - 1) * steps + step))
+        totals = step_values if totals is None else totals + step_values
+        bar.update()
+        bar.set_postfix(loss=f"{step_values[0].item():.4f}")
+    bar.close()
+    assert totals is not None
+    means = (totals / steps).tolist()
+    # steps the gradient scaler skipped (inf/NaN gradients in float16) have no norm to average
+    finite = [norm for norm in grad_norms if math.isfinite(norm)]
+    return EpochResult(steps, means[0], dict(zip(names, means[1:])), sum(finite) / len(finite) if finite else math.nan)
+
+
+# --------------------------------------------------------------------------- the epochs
+
+
+def _say(processes: Processes, message: str, progress: bool) -> None:
+    if processes.is_main:
+        (tqdm.write if progress else print)(message)
+        sys.stdout.flush()
+
+
+def log_row(
+    run: Run,
+    state: TrainingState,
+    epoch: int,
+    result: EpochResult,
+    scores: dict[str, float] | None,
+    mean_dice: float | None,
+    lr: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """The epoch's row of ``log.csv``."""
+    regions = get_task(run.experiment.task).regions
+    return {
+        "epoch": epoch,
+        "steps": result.steps,
+        "train_loss": result.loss,
+        **{f"loss_{name}": value for name, value in result.terms.items()},
+        "grad_norm": result.grad_norm,
+        **{f"val_dice_{region}": (scores or {}).get(region) for region in regions},
+        "val_mean_dice": mean_dice,
+        "ema_dice": None if scores is None else state.stopper.ema,
+        "lr": lr,
+        "epoch_seconds": seconds,
+        "peak_memory_mib": peak_memory_mib(run.device),
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def checkpoint(run: Run, state: TrainingState, best_changed: bool) -> None:
+    """Rank 0 writes ``last.pt``, then the outputs derived from it."""
+    if not run.processes.is_main:
+        return
+    state.capture(run.model, run.optimizer, run.scheduler, run.scaler, run.device, run.processes.world_size)
+    save_checkpoint(run.out / "last.pt", state.to_payload())
+    write_outputs(run.out, state, get_task(run.experiment.task).regions, best_changed=best_changed)
+
+
+def _report(run: Run, row: dict[str, Any], stop: bool, state: TrainingState) -> None:
+    experiment, epoch = run.experiment, row["epoch"]
+    dice = (
+        f", val mean Dice {row['val_mean_dice']:.4f} (EMA {row['ema_dice']:.4f})"
+        if row["val_mean_dice"] is not None
+        else ""
+    )
+    _say(
+        run.processes,
+        f"epoch {epoch}/{experiment.epochs}: loss {row['train_loss']:.4f}{dice}, lr {row['lr']:.3g}, "
+        f"{row['epoch_seconds']:.1f} s",
+        run.progress,
+    )
+    if stop:
+        _say(
+            run.processes,
+            f"early stopping after epoch {epoch}: best EMA at epoch {state.stopper.best_epoch}, "
+            f"patience {experiment.patience}",
+            run.progress,
+        )
+
+
+def fit(run: Run, state: TrainingState) -> None:
+    """Train the remaining epochs: each trains, maybe validates, updates the state, checkpoints and logs."""
+    experiment = run.experiment
+    epochs = tqdm(
+        range(state.epoch + 1, experiment.epochs + 1),
+        initial=state.epoch,
+        total=experiment.epochs,
+        desc=experiment.name,
+        disable=not run.progress,
+        dynamic_ncols=True,
+    )
+    for epoch in epochs:
+        started, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
+        result = train_epoch(run, epoch)
+        scores = maybe_validate(run, epoch)
+        mean_dice = None if scores is None else float(np.mean(list(scores.values())))
+        improved = mean_dice is not None and state.stopper.update(epoch, mean_dice)
+        if improved and run.processes.is_main:
+            state.record_best(run.model, epoch, scores, mean_dice)
+        run.scheduler.step()
+        stop = run.processes.share(state.stopper.should_stop(epoch))
+        seconds = time.perf_counter() - started
+        row = log_row(run, state, epoch, result, scores, mean_dice, lr, seconds)
+        state.end_epoch(
+            row, seconds, "early_stopping" if stop else ("max_epochs" if epoch == experiment.epochs else None)
+        )
+        checkpoint(run, state, best_changed=improved)
+        _report(run, row, stop, state)
+        if stop:
+            break
+    epochs.close()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def train(
+    experiment: Experiment,
+    preprocessed: str | os.PathLike[str],
+    split: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    device: str = "auto",
+    progress: bool | None = None,
+    restart: bool = False,
+) -> dict[str, Any]:
+    """Train (or resume, or confirm a finished) run of ``experiment``; returns the summary."""
+    out = Path(out)
+    with process_group(device) as (processes, torch_device), deterministic(torch_device.type == "cpu"):
+        return _train(experiment, Path(preprocessed), Path(split), out, torch_device, processes, progress, restart)
+
+
+def _resumed(run: Run, state: TrainingState) -> None:
+    processes = run.processes
+    if state.world_size != processes.world_size:
+        _say(
+            processes,
+            f"note: resuming with {processes.world_size} process(es); the run began with "
+            f"{state.world_size}, so the data order differs from an uninterrupted run",
+            False,
+        )
+    if processes.is_main:
+        write_outputs(run.out, state, get_task(run.experiment.task).regions)  # best.pt/log.csv as of last.pt
+    _say(processes, f"{run.out}: resuming after epoch {state.epoch}", False)
+
+
+def _train(
+    experiment: Experiment,
+    preprocessed: Path,
+    split_path: Path,
+    out: Path,
+    device: torch.device,
+    processes: Processes,
+    progress: bool | None,
+    restart: bool,
+) -> dict[str, Any]:
+    progress = (sys.stderr.isatty() if progress is None else progress) and processes.is_main
+    state = previous_run(out, experiment, restart, processes.is_main)
+    if state is not None and state.stopped is not None:
+        if processes.is_main:
+            write_outputs(out, state, get_task(experiment.task).regions, only_missing=True)
+        _say(processes, f"{out}: finished after {state.epoch} epochs ({state.stopped}); nothing to do", False)
+        return state.summary()
+    run = build_run(experiment, preprocessed, split_path, out, device, processes, progress, state)
+    if state is None:
+        state = TrainingState.fresh(experiment)
+    else:
+        _resumed(run, state)
+    if processes.is_main:
+        write_experiment(out / "experiment.json", experiment)
+    state.parameters = parameter_count(run.model)
+    if state.epoch == 0:
+        held_out = len(run.held_out) if run.held_out else 0
+        _say(
+            processes,
+            f"{experiment.name}: {experiment.model}, {state.parameters:,} parameters, {len(run.train_set)} "
+            f"training samples, {held_out} held-out volumes, {run.steps_per_epoch()} steps per epoch, "
+            f"device {device}, {processes.world_size} process(es)",
+            False,
+        )
+    fit(run, state)
+    return processes.share(state.summary() if processes.is_main else None)

@@ -1,0 +1,89 @@
+"""Everything random in training, seeded and saved so that a resumed run repeats an uninterrupted one.
+
+Data order: each epoch a permutation of the training samples seeded by ``(seed, epoch)``,
+dealt to the processes like cards (rank r takes positions r, r+W, ...). So W processes with
+batch b equal one process with batch b and accumulation W (same samples per step, gradients
+averaged), up to float rounding. Batch b on one process is NOT the same as b x accumulation
+when the loss pools over the batch (the Dice losses do: one Dice over all voxels of the batch).
+
+Determinism: python, numpy and torch are seeded from ``experiment.seed``; on CPU
+``torch.use_deterministic_algorithms(True)`` is on during training, so a run killed and resumed
+gives bit-identical weights to an uninterrupted one with the same thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from revunet.training.errors import TrainError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators' states (python, numpy, torch and, when present, CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms while training (restored afterwards: it is a process-wide switch)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+class ShardedOrder(Sampler[int]):
+    """Per-epoch seeded permutation of ``size`` samples, dealt to ``world_size`` ranks.
+
+    Rank r gets positions r, r + W, r + 2W, ... of the permutation; the last ``size mod W``
+    positions are dropped so every rank runs the same number of steps.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if size < world_size:
+            raise TrainError(f"{size} training sample(s) cannot feed {world_size} processes")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        permutation = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        usable = len(self) * self.world_size
+        return permutation[self.rank : usable : self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return self.size // self.world_size

@@ -1,0 +1,225 @@
+"""Assembling a training run from an experiment and its inputs: datasets, model, loss, optimiser, loader.
+
+The recipe comes from the :class:`~revunet.experiments.recipe.Experiment`: registry model, loss preset,
+optimiser (``adam``, ``adamw``, or ``sgd`` with momentum 0.9), learning rate multiplied by
+``gamma`` after each epoch listed in ``milestones`` (``MultiStepLR``: with milestone 250 the
+251st epoch runs at the reduced rate), patches or whole volumes, batch size, gradient
+accumulation, augmentation preset and early stopping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from revunet.data.augment import Augmentation, AugmentationConfig
+from revunet.data.dataset import PatchDataset
+from revunet.data.splits import read_split
+from revunet.experiments.recipe import Experiment
+from revunet.models.build import build_experiment_model
+from revunet.models.sizing import head_outputs, pad_to, padded_shape, size_multiple
+from revunet.tasks import get_task
+from revunet.training.distributed import Processes
+from revunet.training.errors import TrainError
+from revunet.training.losses import LOSSES, SegmentationLoss, configured_loss
+from revunet.training.randomness import ShardedOrder, seed_everything
+from revunet.training.state import TrainingState
+
+
+@dataclass
+class Run:
+    """Everything the epochs need, assembled once."""
+
+    experiment: Experiment
+    model: nn.Module  # the bare model
+    trained: nn.Module  # the model or its DDP wrapper
+    loss: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    scaler: torch.amp.GradScaler
+    loader: DataLoader
+    sampler: ShardedOrder
+    train_set: PatchDataset
+    held_out: PatchDataset | None
+    device: torch.device
+    processes: Processes
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    out: Path
+    progress: bool
+
+    def steps_per_epoch(self) -> int:
+        steps = math.ceil(len(self.loader) / self.experiment.accumulation)
+        cap = self.experiment.max_steps_per_epoch
+        return steps if cap is None else min(steps, cap)
+
+
+def make_loss(experiment: Experiment) -> SegmentationLoss:
+    """The experiment's loss preset with its ``loss_params``; the invertible-residual one follows the model's output."""
+    if experiment.loss not in LOSSES:
+        raise TrainError(
+            f"experiment {experiment.name!r}: unknown loss {experiment.loss!r}; choose one of {sorted(LOSSES)}"
+        )
+    if experiment.loss == "invres2020":
+        preset = LOSSES["invres2020"](output=experiment.model_params.get("output", "sigmoid"))
+    else:
+        preset = LOSSES[experiment.loss]()
+    try:
+        return configured_loss(preset, experiment.loss_params, f"experiment {experiment.name!r}: loss_params")
+    except ValueError as error:
+        raise TrainError(str(error)) from None
+
+
+def check_compatible(
+    experiment: Experiment, loss: SegmentationLoss, model: nn.Module, datasets: list[PatchDataset], preprocessed: Path
+) -> None:
+    """The task, the loss, the model and the preprocessed cases must agree (outputs, channels, task)."""
+    needed = get_task(experiment.task).output
+    if loss.output != needed:
+        raise TrainError(
+            f"experiment {experiment.name!r}: task {experiment.task} needs {needed} outputs, "
+            f"but loss {experiment.loss!r} is built for {loss.output} (set model_params.output)"
+        )
+    tasks = {dataset.task for dataset in datasets}
+    if tasks != {experiment.task}:
+        raise TrainError(
+            f"experiment {experiment.name!r} is for task {experiment.task!r} but the preprocessed cases in "
+            f"{preprocessed} are {sorted(tasks)}"
+        )
+    channels = datasets[0].channels
+    model_channels = getattr(model, "in_channels", channels)
+    if model_channels != channels:
+        raise TrainError(
+            f"model {experiment.model!r} takes {model_channels} input channels but the {experiment.task} cases "
+            f"in {preprocessed} have {channels}"
+        )
+    outputs = head_outputs(model)
+    if outputs and outputs != {loss.output}:
+        raise TrainError(
+            f"experiment {experiment.name!r}: the model ends in {', '.join(sorted(outputs))} "
+            f"but the loss expects {loss.output}"
+        )
+
+
+def read_datasets(
+    experiment: Experiment, preprocessed: Path, split_path: Path
+) -> tuple[PatchDataset, PatchDataset | None]:
+    """The training patches and the held-out whole volumes (None when the split holds none out)."""
+    try:
+        parts = read_split(split_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise TrainError(str(error)) from None
+    if not parts.train:
+        raise TrainError(f"{split_path}: the split has no training cases")
+    if not preprocessed.is_dir():
+        raise TrainError(f"no preprocessed folder at {preprocessed}")
+    augmentation = experiment.augmentation
+    augment = None if augmentation == "none" else Augmentation(AugmentationConfig.preset(augmentation))
+    try:
+        train_set = PatchDataset(
+            preprocessed, parts.train, experiment.patch_size, augment, experiment.samples_per_volume, experiment.seed
+        )
+        held_out = None
+        if parts.held_out:
+            held_out = PatchDataset(preprocessed, parts.held_out, None, None, 1, experiment.seed)
+    except (FileNotFoundError, ValueError) as error:
+        raise TrainError(f"{preprocessed}: {error}") from None
+    return train_set, held_out
+
+
+def make_optimizer(experiment: Experiment, model: nn.Module) -> torch.optim.Optimizer:
+    """The experiment's optimiser over ``model``'s parameters."""
+    params, lr, decay = model.parameters(), experiment.lr, experiment.weight_decay
+    if experiment.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+    if experiment.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=decay)
+
+
+def collate(items: list[dict[str, Any]], multiple: int) -> dict[str, torch.Tensor]:
+    """Stack samples, zero-padding (image 0, label background) to a common multiple of ``multiple``."""
+    shape = padded_shape(np.max([item["image"].shape[1:] for item in items], axis=0), multiple)
+    return {
+        "image": torch.stack([pad_to(item["image"], shape) for item in items]),
+        "label": torch.stack([pad_to(item["label"], shape) for item in items]),
+    }
+
+
+def make_loader(
+    experiment: Experiment, train_set: PatchDataset, multiple: int, device: torch.device, processes: Processes
+) -> DataLoader:
+    """This process's batches of training samples, in the seeded per-epoch order (:class:`ShardedOrder`)."""
+    return DataLoader(
+        train_set,
+        batch_size=experiment.batch_size,
+        sampler=ShardedOrder(len(train_set), experiment.seed, processes.rank, processes.world_size),
+        num_workers=experiment.num_workers,
+        collate_fn=partial(collate, multiple=multiple),
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _seeded_model(experiment: Experiment, device: torch.device) -> nn.Module:
+    seed_everything(experiment.seed)
+    try:
+        return build_experiment_model(experiment).to(device)
+    except (KeyError, TypeError, ValueError) as error:
+        raise TrainError(f"experiment {experiment.name!r}: {error}") from None
+
+
+def build_run(
+    experiment: Experiment,
+    preprocessed: Path,
+    split_path: Path,
+    out: Path,
+    device: torch.device,
+    processes: Processes,
+    progress: bool,
+    resume: TrainingState | None,
+) -> Run:
+    """Check the inputs and assemble the run; a ``resume`` state is put back into it before DDP wraps the model."""
+    loss = make_loss(experiment)
+    train_set, held_out = read_datasets(experiment, preprocessed, split_path)
+    model = _seeded_model(experiment, device)
+    check_compatible(experiment, loss, model, [train_set, *([held_out] if held_out else [])], preprocessed)
+    optimizer = make_optimizer(experiment, model)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(experiment.milestones), gamma=experiment.gamma)
+    use_scaler = experiment.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=use_scaler)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype, enabled=experiment.amp)
+    if resume is not None:
+        resume.restore(model, optimizer, scheduler, scaler)
+    trained: nn.Module = model
+    if processes.distributed:
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = make_loader(experiment, train_set, size_multiple(model), device, processes)
+    return Run(
+        experiment=experiment,
+        model=model,
+        trained=trained,
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        loader=loader,
+        sampler=loader.sampler,
+        train_set=train_set,
+        held_out=held_out,
+        device=device,
+        processes=processes,
+        autocast=autocast,
+        out=out,
+        progress=progress,
+    )
