@@ -21,7 +21,7 @@ from revunet.report.figures import (
     parse_examples,
     write_figures,
 )
-from revunet.report.tables import ReportInputError
+from revunet.report.inputs import ReportInputError
 
 FIXED = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
 

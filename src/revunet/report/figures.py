@@ -38,7 +38,7 @@ from revunet.catalog import TASK_REGIONS
 from revunet.experiments.recipe import Experiment
 from revunet.papers import paper_results
 from revunet.tasks import get_task
-from revunet.report.tables import (
+from revunet.report.inputs import (
     COMPLEXITY_COLUMNS,
     MEMORY_COLUMNS,
     TABLE_TASKS,
