@@ -88,7 +88,6 @@ def complexity_report_table(context: ReportContext) -> ReportTable:
     )
 
 
-
 def capacity_report_table(context: ReportContext) -> ReportTable:
     """Pendse et al.'s claim (3x volume, 1.25x depth, 2x channels at a fixed budget) against measured ratios."""
     from revunet.memory.capacity import CLAIM_KEYS  # lazy: the capacity search imports torch

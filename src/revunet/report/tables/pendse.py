@@ -151,4 +151,3 @@ def _pendse_reproduced(context: ReportContext, experiment: Experiment) -> dict[s
         values["reproduced_held_out_dice"] = round(case_mean_dice(metrics), 4)
     values["data"] = context.data_of(experiment)
     return values
-

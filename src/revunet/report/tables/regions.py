@@ -123,7 +123,9 @@ def _region_record(
     return record
 
 
-def _region_columns(unit: str, regions: list[str], metrics: tuple[Metric, ...]) -> tuple[dict[str, str], dict[str, str]]:
+def _region_columns(
+    unit: str, regions: list[str], metrics: tuple[Metric, ...]
+) -> tuple[dict[str, str], dict[str, str]]:
     """The Markdown format spec and header of every column of a region table."""
     suffix = unit.lower()
     memory_format = ".0f" if unit == "MiB" else ".2f"
