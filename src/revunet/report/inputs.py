@@ -29,7 +29,7 @@ import pandas as pd
 
 from revunet.catalog import MEMORY_TABLES
 from revunet.experiments.recipe import Experiment, read_experiment
-from revunet.papers import paper_results
+from revunet.papers import paper_row_labels
 
 # The columns each reader needs (a subset of what the writers write).
 LOG_COLUMNS = ("epoch", "train_loss", "val_mean_dice", "ema_dice")
@@ -112,10 +112,6 @@ def read_experiments(folder: Path | None) -> list[Experiment]:
         except (ValueError, TypeError) as error:
             raise ReportInputError(f"{path}: not an experiment file ({error})") from None
     return sorted(experiments, key=lambda e: e.name)
-
-
-def paper_row_labels(table: str) -> list[str]:
-    return [entry["row"] for entry in paper_results()[table]["rows"]]
 
 
 def link_experiments(experiments: Iterable[Experiment]) -> dict[str, dict[str, Experiment]]:
