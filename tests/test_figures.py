@@ -15,13 +15,9 @@ from PIL import Image
 from test_tables import results, write_complexity  # noqa: F401  (``results`` is a fixture)
 
 from revunet.cli import main
-from revunet.report.figures import (
-    FigureInputs,
-    centre_slice,
-    parse_examples,
-    write_figures,
-)
-from revunet.report.tables import ReportInputError
+from revunet.report.figures import FigureInputs, parse_examples, write_figures
+from revunet.report.figures.examples import centre_slice
+from revunet.report.inputs import ReportInputError
 
 FIXED = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
 

@@ -19,7 +19,8 @@ from revunet.cli import main
 from revunet.data.layouts import write_case_table
 from revunet.experiments.recipe import Experiment, write_experiment
 from revunet.papers import paper_results
-from revunet.report.tables import ReportInputError, ReportInputs, build_tables, parse_data_descriptions, write_tables
+from revunet.report.inputs import ReportInputError, ReportInputs, parse_data_descriptions
+from revunet.report.tables import build_tables, write_tables
 
 BRATS_CASES = ("BraTS20_Training_001", "BraTS20_Training_002")
 ISEG_CASES = ("subject-1",)

@@ -15,7 +15,7 @@ def _optional_path(value: str | None) -> Path | None:
 
 def _figures(args: argparse.Namespace) -> int:
     from revunet.report.figures import FigureInputs, parse_examples, write_figures
-    from revunet.report.tables import ReportInputError
+    from revunet.report.inputs import ReportInputError
 
     try:
         inputs = FigureInputs(

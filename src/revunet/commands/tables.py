@@ -1,6 +1,7 @@
 """`revunet tables`: every paper table with the papers' numbers and the reproduced ones side by side.
 
-See :mod:`revunet.report.tables` for the inputs, the tables and the files written.
+See :mod:`revunet.report.inputs` for the inputs and :mod:`revunet.report.tables` for the tables and the files
+written.
 """
 
 from __future__ import annotations
@@ -14,13 +15,8 @@ def _optional_dir(value: str | None) -> Path | None:
 
 
 def _tables(args: argparse.Namespace) -> int:
-    from revunet.report.tables import (
-        ReportInputError,
-        ReportInputs,
-        build_tables,
-        parse_data_descriptions,
-        write_tables,
-    )
+    from revunet.report.inputs import ReportInputError, ReportInputs, parse_data_descriptions
+    from revunet.report.tables import build_tables, write_tables
 
     inputs = ReportInputs(
         evaluations=_optional_dir(args.evaluations),

@@ -18,6 +18,11 @@ def paper_results() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def paper_row_labels(table: str) -> list[str]:
+    """The row labels of one paper table, in the paper's order."""
+    return [entry["row"] for entry in paper_results()[table]["rows"]]
+
+
 def paper_row(table: str, row: str) -> dict[str, Any]:
     """One row of one paper table; a clear error names the table's rows when ``row`` is unknown."""
     tables = paper_results()

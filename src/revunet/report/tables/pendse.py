@@ -1,0 +1,153 @@
+"""Pendse et al. 2020's Tables 1 (memory at a constant 14 GB) and 2 (mean Dice early and converged)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from revunet.experiments.recipe import Experiment
+from revunet.papers import paper_results
+from revunet.report.inputs import ReportContext, case_mean_dice, training_log, training_summary
+from revunet.report.markdown import ReportTable
+from revunet.report.tables.common import MEMORY_NOTE, memory_row, table_caption
+
+# Pendse et al. compare at epoch 50 of 500: the same fraction of a scaled-down schedule.
+PENDSE_EARLY_FRACTION = 50 / 500
+DICE_HEADERS = {
+    "row": "Configuration",
+    "experiment": "Experiment",
+    "paper_dice_50_epochs": "paper, 50 epochs",
+    "paper_dice_converged": "paper, converged",
+    "early_epoch": "our epoch ≙ 50/500",
+    "reproduced_val_dice_early": "ours (validation) at that epoch",
+    "best_epoch": "our best epoch",
+    "reproduced_val_dice_best": "ours (validation) at best epoch",
+    "reproduced_held_out_dice": "ours (held-out, best checkpoint)",
+    "final_epoch": "our last epoch",
+    "reproduced_val_dice_final": "ours (validation) at last epoch",
+    "data": "Data",
+}
+
+
+def pendse_memory_table(context: ReportContext) -> ReportTable:
+    """Pendse et al.'s Table 1: every configuration at a constant 14 GB; do ours fit 14 GiB?"""
+    paper = paper_results()["pendse2020"]
+    memory = context.memory_table("pendse2020")
+    records = []
+    for entry in paper["rows"]:
+        measured = memory_row(memory, entry["row"])
+        budget = float(entry["memory"])
+        record: dict[str, Any] = {
+            "row": entry["row"],
+            "input_shape": measured["input_shape"] if measured is not None else "",
+            "paper_memory_gib": budget,
+            "measured_memory_gib": measured["measured_mb"] / 1024 if measured is not None else None,
+            "memory_ratio": measured["ratio"] if measured is not None else None,
+            "fits_paper_memory": bool(measured["measured_mb"] <= budget * 1024) if measured is not None else None,
+        }
+        twin = measured.get("twin_mb") if measured is not None else None
+        record["twin_memory_gib"] = float(twin) / 1024 if twin is not None and not pd.isna(twin) else None
+        record["twin_fits_paper_memory"] = (
+            bool(float(twin) <= budget * 1024) if record["twin_memory_gib"] is not None else None
+        )
+        records.append(record)
+    frame = pd.DataFrame(records)
+    headers = {
+        "row": "Configuration",
+        "input_shape": "Input",
+        "paper_memory_gib": "Memory GiB paper",
+        "measured_memory_gib": "Memory GiB measured",
+        "memory_ratio": "measured/paper",
+        "fits_paper_memory": "fits 14 GiB",
+        "twin_memory_gib": "non-reversible twin GiB",
+        "twin_fits_paper_memory": "twin fits 14 GiB",
+    }
+    formats = {"paper_memory_gib": ".0f", "measured_memory_gib": ".2f", "memory_ratio": ".2f", "twin_memory_gib": ".2f"}
+    caption = (
+        "Pendse et al. sized all four configurations to a constant 14 GB per GPU (read as GiB). "
+        + MEMORY_NOTE.format(table="pendse2020").replace(", independent of the data and scale above", "")
+        + " Mixed precision (float16 autocast), batch 1 per GPU. No training data is involved in this table."
+    )
+    missing = {c: "not measured" for c in frame.columns}
+    return ReportTable(
+        "pendse2020_memory",
+        "Pendse et al. 2020, Table 1: memory of each configuration, paper vs measured",
+        caption,
+        frame,
+        formats,
+        headers,
+        missing,
+    )
+
+
+def pendse_dice_table(context: ReportContext) -> ReportTable:
+    """Pendse et al.'s Table 2: mean Dice early in training and after convergence, paper vs reproduced."""
+    paper = paper_results()["pendse2020"]
+    linked = context.linked["pendse2020"]
+    records = []
+    for entry in paper["rows"]:
+        experiment = linked.get(entry["row"])
+        record: dict[str, Any] = {
+            "row": entry["row"],
+            "experiment": experiment.name if experiment else "",
+            "paper_dice_50_epochs": float(entry["dice_50_epochs"]),
+            "paper_dice_converged": float(entry["dice_converged"]),
+            "early_epoch": None,
+            "reproduced_val_dice_early": None,
+            "best_epoch": None,
+            "reproduced_val_dice_best": None,
+            "reproduced_held_out_dice": None,
+            "final_epoch": None,
+            "reproduced_val_dice_final": None,
+            "data": "",
+        }
+        if experiment is not None:
+            record.update(_pendse_reproduced(context, experiment))
+        records.append(record)
+    frame = pd.DataFrame(records)
+    for column in ("early_epoch", "best_epoch", "final_epoch"):
+        frame[column] = frame[column].astype("Int64")
+    dice = ".4f"
+    formats = {c: dice for c in frame.columns if "dice" in c}
+    formats.update({c: ".0f" for c in ("early_epoch", "best_epoch", "final_epoch")})
+    extra = (
+        "Mean Dice = per case the mean over WT, TC and ET, then the mean over cases (as fractions, like the paper). "
+        "The early column compares at the same fraction of the schedule as the paper's epoch 50 of 500; "
+        "validation values come from the training log, the held-out value from `revunet evaluate` of the best "
+        "checkpoint."
+    )
+    caption = table_caption(context, "pendse2020", linked.values(), "", extra)
+    return ReportTable(
+        "pendse2020_dice",
+        "Pendse et al. 2020, Table 2: mean Dice, paper vs reproduced",
+        caption,
+        frame,
+        formats,
+        dict(DICE_HEADERS),
+        {"experiment": "–", "data": "–"},
+    )
+
+
+def _pendse_reproduced(context: ReportContext, experiment: Experiment) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    log = training_log(context.inputs.training, experiment.name)
+    if log is not None:
+        validated = log.dropna(subset=["val_mean_dice"])
+        if not validated.empty:
+            early = max(1, round(experiment.epochs * PENDSE_EARLY_FRACTION))
+            before = validated[validated["epoch"] <= early]
+            if not before.empty:
+                values["early_epoch"] = int(before["epoch"].iloc[-1])
+                values["reproduced_val_dice_early"] = round(float(before["val_mean_dice"].iloc[-1]), 4)
+            values["final_epoch"] = int(validated["epoch"].iloc[-1])
+            values["reproduced_val_dice_final"] = round(float(validated["val_mean_dice"].iloc[-1]), 4)
+    summary = training_summary(context.inputs.training, experiment.name)
+    if summary is not None and summary.get("best_val_mean_dice") is not None:
+        values["best_epoch"] = int(summary["best_epoch"])
+        values["reproduced_val_dice_best"] = round(float(summary["best_val_mean_dice"]), 4)
+    metrics = context.metrics(experiment)
+    if metrics is not None:
+        values["reproduced_held_out_dice"] = round(case_mean_dice(metrics), 4)
+    values["data"] = context.data_of(experiment)
+    return values

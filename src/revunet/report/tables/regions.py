@@ -1,0 +1,162 @@
+"""The region tables: Brügger et al.'s Table 1 and the invertible-residual Tables 2-3.
+
+Each sets memory, Dice and a surface distance per region side by side, paper vs reproduced; what
+differs between them (title, distance metric, an extra memory column) is data in
+:data:`REGION_TABLES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from revunet.experiments.recipe import Experiment
+from revunet.papers import paper_results
+from revunet.report.inputs import ReportContext, region_mean
+from revunet.report.markdown import ReportTable
+from revunet.report.tables.common import MEMORY_NOTE, memory_row, optional_memory, table_caption
+
+
+class Metric(NamedTuple):
+    """One reported metric: its key in the paper's rows, its metrics.csv column, header name, scale, format."""
+
+    key: str
+    column: str
+    name: str
+    scale: float
+    spec: str
+
+
+DICE = Metric("dice", "dice", "Dice", 100.0, ".2f")
+HD95 = Metric("hd95", "hd95", "HD95", 1.0, ".2f")
+HAUSDORFF = Metric("hausdorff", "hausdorff", "Hausdorff", 1.0, ".2f")
+LEGACY_COLUMN = "legacy_group_norm_memory_mib"
+
+
+@dataclass(frozen=True)
+class RegionTable:
+    """What one region table reports beyond the common columns."""
+
+    title: str
+    distance: Metric
+    distance_note: str
+    legacy_group_norm: bool = False  # Brügger et al.'s rows measured with PyTorch 1.1's GroupNorm too
+
+    @property
+    def metrics(self) -> tuple[Metric, Metric]:
+        return (DICE, self.distance)
+
+
+_HD95_NOTE = "HD95 is the 95th percentile of the pooled symmetric surface distances (medpy)"
+_HAUSDORFF_NOTE = "Hausdorff is the maximum symmetric surface distance (the paper's Eq. 8)"
+REGION_TABLES = {
+    "bruegger2019": RegionTable(
+        "Brügger et al. 2019, Table 1: memory, Dice (%) and HD95 (mm)", HD95, _HD95_NOTE, legacy_group_norm=True
+    ),
+    "invres_iseg": RegionTable(
+        "Invertible-residual U-Nets, Table 2 (iSeg): memory, Dice (%) and Hausdorff (mm)", HAUSDORFF, _HAUSDORFF_NOTE
+    ),
+    "invres_brats": RegionTable(
+        "Invertible-residual U-Nets, Table 3 (BraTS): memory, Dice (%) and Hausdorff (mm)", HAUSDORFF, _HAUSDORFF_NOTE
+    ),
+}
+
+
+def region_table(context: ReportContext, table: str) -> ReportTable:
+    """Memory, Dice and distances of one region table, paper vs reproduced."""
+    layout = REGION_TABLES[table]
+    paper = paper_results()[table]
+    unit = paper["memory_unit"]
+    regions = list(paper["regions"])
+    memory = context.memory_table(table)
+    linked = context.linked[table]
+    records = [
+        _region_record(context, layout, entry, linked.get(entry["row"]), memory, unit, regions)
+        for entry in paper["rows"]
+    ]
+    frame = _ordered(pd.DataFrame(records), regions, layout.metrics)
+    frame["n_cases"] = frame["n_cases"].astype("Int64")
+    formats, headers = _region_columns(unit, regions, layout.metrics)
+    units = "paper MB are MiB (the authors' code divides by 1024 twice)" if unit == "MiB" else "paper GB read as GiB"
+    extra = (
+        f"Reproduced Dice and distances are means over the held-out cases; {layout.distance_note}; {units}. The twin "
+        "has the same parameters stored by plain autograd (no memory saving)."
+    )
+    caption = table_caption(context, table, linked.values(), MEMORY_NOTE.format(table=table), extra)
+    missing = {"experiment": "–", "data": "–", f"twin_memory_{unit.lower()}": "–"}
+    return ReportTable(table, layout.title + ", paper vs reproduced", caption, frame, formats, headers, missing)
+
+
+def _region_record(
+    context: ReportContext,
+    layout: RegionTable,
+    entry: dict[str, Any],
+    experiment: Experiment | None,
+    memory: pd.DataFrame | None,
+    unit: str,
+    regions: list[str],
+) -> dict[str, Any]:
+    """One paper row: its memory (paper, measured, twin), then paper and reproduced metrics per region."""
+    divisor = 1.0 if unit == "MiB" else 1024.0
+    suffix = unit.lower()
+    measured = memory_row(memory, entry["row"])
+    record: dict[str, Any] = {"row": entry["row"], "experiment": experiment.name if experiment else ""}
+    record[f"paper_memory_{suffix}"] = float(entry["memory"])
+    record[f"measured_memory_{suffix}"] = measured["measured_mb"] / divisor if measured is not None else None
+    record["memory_ratio"] = measured["ratio"] if measured is not None else None
+    record[f"twin_memory_{suffix}"] = optional_memory(measured, "twin_mb", divisor)
+    if layout.legacy_group_norm:
+        record[LEGACY_COLUMN] = optional_memory(measured, "legacy_group_norm_mb", divisor)
+    metrics = context.metrics(experiment) if experiment else None
+    for metric in layout.metrics:
+        for region in regions:
+            record[f"paper_{metric.column}_{region}"] = float(entry[metric.key][region])
+            value = None
+            if metrics is not None:
+                mean = region_mean(metrics, region, metric.column, context.metrics_path(experiment))
+                value = round(mean * metric.scale, 2)
+            record[f"reproduced_{metric.column}_{region}"] = value
+    record["n_cases"] = int(metrics["case_id"].nunique()) if metrics is not None else None
+    record["data"] = context.data_of(experiment) if experiment else ""
+    return record
+
+
+def _region_columns(
+    unit: str, regions: list[str], metrics: tuple[Metric, ...]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The Markdown format spec and header of every column of a region table."""
+    suffix = unit.lower()
+    memory_format = ".0f" if unit == "MiB" else ".2f"
+    formats = {f"{side}_memory_{suffix}": memory_format for side in ("paper", "measured", "twin")}
+    formats.update({"memory_ratio": ".2f", LEGACY_COLUMN: memory_format, "n_cases": ".0f"})
+    headers = {
+        "row": "Configuration",
+        "experiment": "Experiment",
+        f"paper_memory_{suffix}": f"Memory {unit} paper",
+        f"measured_memory_{suffix}": f"Memory {unit} measured",
+        "memory_ratio": "measured/paper",
+        f"twin_memory_{suffix}": f"non-reversible twin {unit}",
+        LEGACY_COLUMN: "measured with PyTorch 1.1 GroupNorm MiB",
+        "n_cases": "held-out cases",
+        "data": "Data",
+    }
+    for metric in metrics:
+        for region in regions:
+            for side, word in (("paper", "paper"), ("reproduced", "ours")):
+                formats[f"{side}_{metric.column}_{region}"] = metric.spec
+                headers[f"{side}_{metric.column}_{region}"] = f"{metric.name} {region} {word}"
+    return formats, headers
+
+
+def _ordered(frame: pd.DataFrame, regions: list[str], metrics: tuple[Metric, ...]) -> pd.DataFrame:
+    """Paper and reproduced columns of each metric and region side by side."""
+    front = [c for c in frame.columns if "memory" in c or c in ("row", "experiment")]
+    metric_columns = [
+        f"{side}_{metric.column}_{region}"
+        for metric in metrics
+        for region in regions
+        for side in ("paper", "reproduced")
+    ]
+    return frame[front + metric_columns + ["n_cases", "data"]]
