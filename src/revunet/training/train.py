@@ -65,7 +65,7 @@ from revunet.catalog import TASK_OUTPUTS as TASK_OUTPUT
 from revunet.catalog import TASK_REGIONS
 from revunet.training.checkpoint import CHECKPOINT_FORMAT, build_experiment_model, load_checkpoint, save_checkpoint
 from revunet.data.augment import Augmentation, AugmentationConfig
-from revunet.data.dataset import PatchDataset, targets_for_task
+from revunet.data.dataset import PatchDataset
 from revunet.data.splits import read_split
 from revunet.experiments.recipe import Experiment, read_experiment, write_experiment
 from revunet.evaluation.predict import predict_volume
@@ -451,7 +451,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[int, float, dict[
         step_values: torch.Tensor | None = None
         for position, batch in enumerate(group):
             image = batch["image"].to(run.device, non_blocking=True)
-            target = targets_for_task(batch["label"], experiment.task).to(run.device, non_blocking=True)
+            target = get_task(experiment.task).targets(batch["label"]).to(run.device, non_blocking=True)
             last = position == len(group) - 1
             # DDP all-reduces gradients on the last micro-batch of a step only
             sync = contextlib.nullcontext() if last or not run.processes.distributed else run.trained.no_sync()
