@@ -12,7 +12,7 @@ import pytest
 
 from revunet.cli import main
 from revunet.tasks import TASKS
-from revunet.data.layouts import read_case_table
+from revunet.data.case_table import read_case_table
 from revunet.evaluation.score import METRICS_COLUMNS, SUMMARY_COLUMNS, summarise
 from revunet.evaluation.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, region_scores
 

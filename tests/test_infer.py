@@ -18,7 +18,8 @@ from revunet.training.checkpoint import build_experiment_model, save_checkpoint
 from revunet.cli import main
 from revunet.data.labels import canonical_to_disk
 from revunet.tasks import TASKS
-from revunet.data.layouts import find_cases, read_case_table, write_case_table
+from revunet.data.case_table import read_case_table, write_case_table
+from revunet.data.layouts import find_cases
 from revunet.data.preprocess import load_preprocessed, npz_path
 from revunet.data.splits import read_split
 from revunet.data.synth.generate import write_dataset

@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage
 
 from revunet.cli import main
+from revunet.data.io import load_case
 from revunet.data.labels import ISEG_DISK_VALUES
 from revunet.tasks import TASKS
 from revunet.data.synth.generate import (
@@ -311,7 +312,7 @@ def test_readers_accept_the_synthetic_layouts(tmp_path):
         rows = layouts.find_cases(root).to_dict("records")
         assert len(rows) == n
         for index, row in enumerate(sorted(rows, key=lambda r: int(re.sub(r"\D", "", str(r["case_id"]))))):
-            case = layouts.load_case(row)
+            case = load_case(row)
             images, label, affine = subject(index, seed=0, spacing=6.0)
             assert np.array_equal(case.label, label)
             assert np.allclose(case.affine, affine) and np.allclose(case.spacing, 6.0)

@@ -2,7 +2,7 @@
 
 Every dataset layout stores the same information differently: separate files or one 4-D file
 per case, NIfTI or Analyze, labels 0/1/2/4 or 1/2/3 or 10/150/250. :func:`load_case` turns a
-row of the case table (see :mod:`revunet.data.layouts`) into one :class:`LoadedCase` in the
+row of the case table (see :mod:`revunet.data.case_table`) into one :class:`LoadedCase` in the
 canonical conventions of :mod:`revunet.tasks` (label spellings in :mod:`revunet.data.labels`), so that nothing downstream needs to know
 where the data came from.
 

@@ -31,8 +31,8 @@ import numpy as np
 from revunet.atomic import open_atomic, write_text_atomic
 from revunet.catalog import TASK_MODALITIES
 
-if TYPE_CHECKING:  # layouts.py is written alongside; only its LoadedCase shape is needed here
-    from revunet.data.layouts import LoadedCase
+if TYPE_CHECKING:
+    from revunet.data.io import LoadedCase
 
 Shape3 = tuple[int, int, int]
 

@@ -291,7 +291,7 @@ def infer_cases(
     Returns its path.
     """
     from revunet.training.checkpoint import model_from_checkpoint
-    from revunet.data.layouts import read_case_table
+    from revunet.data.case_table import read_case_table
     from revunet.data.preprocess import load_preprocessed, meta_path, npz_path
     from revunet.data.splits import read_split
 
