@@ -195,8 +195,9 @@ def make_iseg_subject(index: int, seed: int = 0, spacing: float = DEFAULT_SPACIN
     images = render(
         imaging_rng, anatomy.grid, anatomy.mask, fractions, ISEG_CONTRAST, ISEG_MODALITIES, ISEG_ACQUISITION
     )
-    # Hard labels: the dominant tissue of each brain voxel (1 CSF, 2 GM, 3 WM).
-    label = (np.argmax(np.stack([anatomy.csf, anatomy.gm, anatomy.wm]), axis=0) + 1).astype(np.uint8)
+    # Hard labels: the dominant tissue of each brain voxel, as the task's CSF, GM, WM labels.
+    tissue_labels = np.asarray(ISEG_LABELS[1:], dtype=np.uint8)
+    label = tissue_labels[np.argmax(np.stack([anatomy.csf, anatomy.gm, anatomy.wm]), axis=0)]
     label[~anatomy.mask] = 0
     return SyntheticSubject(images, label, anatomy.grid.affine.copy(), anatomy, None)
 
