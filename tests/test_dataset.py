@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from revunet.catalog import TASK_MODALITIES
 from revunet.data.augment import (
     PRESETS,
     Augmentation,
@@ -17,7 +18,6 @@ from revunet.data.augment import (
     warp_slices,
 )
 from revunet.data.dataset import PatchDataset, sample_patch_start
-from revunet.catalog import TASK_MODALITIES
 from revunet.data.preprocess import PreprocessedCase, PreprocessMeta, save_preprocessed
 from revunet.tasks import get_task
 

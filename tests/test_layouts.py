@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from revunet.catalog import TASK_MODALITIES
 from revunet.cli import main
 from revunet.commands.cases import LAYOUT_HELP
-from revunet.catalog import TASK_MODALITIES
 from revunet.data.case_table import CaseTableError, case_table_columns, read_case_table, write_case_table
 from revunet.data.io import (
     CaseError,

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from revunet.cli import main
 from revunet.catalog import TASK_MODALITIES
+from revunet.cli import main
 from revunet.data.io import load_case
 from revunet.data.preprocess import (
     PreprocessMeta,

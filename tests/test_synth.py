@@ -15,7 +15,7 @@ from scipy import ndimage
 from revunet.cli import main
 from revunet.data.io import load_case
 from revunet.data.labels import ISEG_DISK_VALUES
-from revunet.tasks import TASKS
+from revunet.data.synth.anatomy import TEMPLATE_NOTICE
 from revunet.data.synth.generate import (
     BRATS_ROOT,
     DEFAULT_SPACING,
@@ -36,8 +36,8 @@ from revunet.data.synth.generate import (
     synth_iseg_subject,
     write_dataset,
 )
-from revunet.data.synth.anatomy import TEMPLATE_NOTICE
 from revunet.data.synth.tumour import case_plan
+from revunet.tasks import TASKS
 
 SPACING = 5.0  # coarse: a subject takes about 0.1 s
 CUBE = np.ones((3, 3, 3), dtype=bool)
