@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from revunet.catalog import TASK_MODALITIES
 from revunet.data.augment import (
     PRESETS,
     Augmentation,
@@ -16,9 +17,9 @@ from revunet.data.augment import (
     in_plane_grid,
     warp_slices,
 )
-from revunet.data.dataset import PatchDataset, sample_patch_start, targets_for_task
-from revunet.catalog import TASK_MODALITIES
+from revunet.data.dataset import PatchDataset, sample_patch_start
 from revunet.data.preprocess import PreprocessedCase, PreprocessMeta, save_preprocessed
+from revunet.tasks import get_task
 
 SHAPE = (24, 28, 20)
 
@@ -79,17 +80,17 @@ def blob_case(shape=SHAPE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- targets
 
 
-def test_targets_for_task():
+def test_task_targets():
     label = torch.tensor([[[0, 1, 2, 4]]], dtype=torch.int64)
-    regions = targets_for_task(label, "brats")
+    regions = get_task("brats").targets(label)
     assert regions.shape == (3, 1, 1, 4) and regions.dtype == torch.float32
     assert regions[:, 0, 0].tolist() == [[0, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]]  # WT, TC, ET
-    batch = targets_for_task(torch.zeros(2, 3, 4, 5, dtype=torch.int64), "brats")
+    batch = get_task("brats").targets(torch.zeros(2, 3, 4, 5, dtype=torch.int64))
     assert batch.shape == (2, 3, 3, 4, 5)
-    classes = targets_for_task(np.array([[[0, 1, 2, 3]]], dtype=np.uint8), "iseg")
+    classes = get_task("iseg").targets(np.array([[[0, 1, 2, 3]]], dtype=np.uint8))
     assert classes.dtype == torch.int64 and classes.tolist() == [[[0, 1, 2, 3]]]
     with pytest.raises(ValueError, match="unknown task"):
-        targets_for_task(label, "liver")
+        get_task("liver").targets(label)
 
 
 # --------------------------------------------------------------------------- patches

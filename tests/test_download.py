@@ -33,7 +33,8 @@ from revunet.data.download import (
     extract_tar,
     is_extracted,
 )
-from revunet.data.layouts import detect_layout, find_cases, load_case
+from revunet.data.io import load_case
+from revunet.data.layouts import detect_layout, find_cases
 
 # --------------------------------------------------------------------------- a local archive server
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
-from revunet.data.layouts import read_case_table
+from revunet.data.case_table import read_case_table
 from revunet.evaluation.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, region_scores
 from revunet.evaluation.score import METRICS_COLUMNS, SUMMARY_COLUMNS, summarise
 from revunet.tasks import TASKS

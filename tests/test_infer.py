@@ -16,7 +16,8 @@ from torch import nn
 
 from revunet.cli import main
 from revunet.data.labels import canonical_to_disk
-from revunet.data.layouts import find_cases, read_case_table, write_case_table
+from revunet.data.case_table import read_case_table, write_case_table
+from revunet.data.layouts import find_cases
 from revunet.data.preprocess import load_preprocessed, npz_path
 from revunet.data.splits import read_split
 from revunet.data.synth.generate import write_dataset

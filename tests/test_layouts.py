@@ -15,26 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from revunet.catalog import TASK_MODALITIES
 from revunet.cli import main
 from revunet.commands.cases import LAYOUT_HELP
-from revunet.catalog import TASK_MODALITIES
-from revunet.data.layouts import (
-    LAYOUT_NAMES,
+from revunet.data.case_table import CaseTableError, case_table_columns, read_case_table, write_case_table
+from revunet.data.io import (
     CaseError,
     CaseFileMissing,
     CaseGeometryError,
     CaseIntensityError,
     CaseLabelError,
-    CaseTableError,
     CorruptCaseFile,
-    LayoutError,
-    case_table_columns,
-    detect_layout,
-    find_cases,
     load_case,
-    read_case_table,
-    write_case_table,
 )
+from revunet.data.layouts import LAYOUT_NAMES, LayoutError, detect_layout, find_cases
 
 SHAPE = (8, 8, 6)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])

@@ -12,8 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from revunet.cli import main
 from revunet.catalog import TASK_MODALITIES
+from revunet.cli import main
+from revunet.data.io import load_case
 from revunet.data.preprocess import (
     PreprocessMeta,
     centre_offsets,
@@ -245,7 +246,7 @@ def test_layout_to_preprocessed_round_trip(tmp_path):
     table = layouts.find_cases(root)
     assert table["case_id"].tolist() == ["BraTS20_Training_001", "BraTS20_Training_002"]
     row = table.iloc[1].to_dict()
-    loaded = layouts.load_case(row)
+    loaded = load_case(row)
     result = preprocess_case(loaded, (18, 22, 16))
     save_preprocessed(tmp_path / "pre", result)
     back = load_preprocessed(tmp_path / "pre", "BraTS20_Training_002")

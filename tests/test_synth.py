@@ -13,8 +13,9 @@ import pytest
 from scipy import ndimage
 
 from revunet.cli import main
+from revunet.data.io import load_case
 from revunet.data.labels import ISEG_DISK_VALUES
-from revunet.tasks import TASKS
+from revunet.data.synth.anatomy import TEMPLATE_NOTICE
 from revunet.data.synth.generate import (
     BRATS_ROOT,
     DEFAULT_SPACING,
@@ -35,8 +36,8 @@ from revunet.data.synth.generate import (
     synth_iseg_subject,
     write_dataset,
 )
-from revunet.data.synth.anatomy import TEMPLATE_NOTICE
 from revunet.data.synth.tumour import case_plan
+from revunet.tasks import TASKS
 
 SPACING = 5.0  # coarse: a subject takes about 0.1 s
 CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -311,7 +312,7 @@ def test_readers_accept_the_synthetic_layouts(tmp_path):
         rows = layouts.find_cases(root).to_dict("records")
         assert len(rows) == n
         for index, row in enumerate(sorted(rows, key=lambda r: int(re.sub(r"\D", "", str(r["case_id"]))))):
-            case = layouts.load_case(row)
+            case = load_case(row)
             images, label, affine = subject(index, seed=0, spacing=6.0)
             assert np.array_equal(case.label, label)
             assert np.allclose(case.affine, affine) and np.allclose(case.spacing, 6.0)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
-from revunet.data.layouts import write_case_table
+from revunet.data.case_table import write_case_table
 from revunet.experiments.recipe import Experiment, write_experiment
 from revunet.papers import paper_results
 from revunet.report.inputs import ReportInputError, ReportInputs, parse_data_descriptions

@@ -1,6 +1,7 @@
 """`revunet cases`: list the cases of a real dataset folder in a case table (CSV).
 
-See :mod:`revunet.data.layouts` for the folder layouts it recognises and the table's columns.
+See :mod:`revunet.data.layouts` for the folder layouts it recognises and :mod:`revunet.data.case_table` for the
+table's columns.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ LAYOUT_HELP = "auto, brats2018, brats2020, brats2021, brats2023, msd, iseg"
 
 
 def _cases(args: argparse.Namespace) -> int:
-    from revunet.data.layouts import LayoutError, find_cases, load_case, write_case_table
+    from revunet.data.case_table import write_case_table
+    from revunet.data.io import load_case
+    from revunet.data.layouts import LayoutError, find_cases
 
     try:
         table = find_cases(args.path, layout=args.layout)

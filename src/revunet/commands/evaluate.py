@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from revunet.data.layouts import read_case_table
+    from revunet.data.case_table import read_case_table
     from revunet.data.splits import read_split
     from revunet.evaluation.score import (
         evaluate_predictions,

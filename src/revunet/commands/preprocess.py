@@ -25,7 +25,7 @@ def _shape(text: str) -> tuple[int, int, int] | None:
 
 def _one(row: dict[str, Any], args: argparse.Namespace) -> str:
     """Preprocess one case-table row unless its outputs are current; returns a log line."""
-    from revunet.data.layouts import load_case
+    from revunet.data.io import load_case
     from revunet.data.preprocess import (
         describe,
         input_fingerprint,
@@ -50,10 +50,7 @@ def _one(row: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    try:
-        from revunet.data.layouts import read_case_table
-    except ImportError as error:  # pragma: no cover - only while the layouts module is missing
-        raise SystemExit(f"revunet preprocess: the case-table reader is unavailable ({error})")
+    from revunet.data.case_table import read_case_table
 
     try:
         table = read_case_table(args.cases)

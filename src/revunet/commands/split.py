@@ -29,7 +29,7 @@ def _counts(text: str) -> tuple[int, int]:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from revunet.data.layouts import read_case_table
+    from revunet.data.case_table import read_case_table
     from revunet.data.splits import SplitScheme, make_split, split_document, write_split
 
     try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from revunet.catalog import TASK_NAMES
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -50,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "in the real BraTS 2020 or iSeg 2019 layout. Seeded and deterministic; an identical dataset "
         "already in place is left alone, and a dataset folder appears only once complete.",
     )
-    synth.add_argument("--task", choices=("brats", "iseg"), required=True)
+    synth.add_argument("--task", choices=TASK_NAMES, required=True)
     synth.add_argument("--out", required=True, help="folder to write the dataset folder into")
     synth.add_argument("--subjects", type=_positive_int, help="number of subjects (default 20 for brats, 10 for iseg)")
     synth.add_argument("--spacing", type=_spacing, help="isotropic voxel size in mm, 1 to 8 (default 3)")

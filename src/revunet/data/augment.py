@@ -193,6 +193,20 @@ def warp_slices(volume: torch.Tensor, grid: torch.Tensor, nearest: bool) -> torc
     return warped.to(dtype)
 
 
+def base_arguments(transform: tio.Transform) -> dict[str, Any]:
+    """The arguments a random transform passes on to the fixed transform it draws, read from
+    the public attributes every torchio ``Transform`` keeps (torchio's own helper for this is
+    private and newer than the torchio versions we support)."""
+    return {
+        "copy": transform.copy,
+        "include": transform.include,
+        "exclude": transform.exclude,
+        "keep": transform.keep,
+        "parse_input": transform.parse_input,
+        "label_keys": transform.label_keys,
+    }
+
+
 class InPlaneWarp(tio.SpatialTransform):
     """Rotate about z, scale isotropically in-plane and deform elastically in 2-D, with the
     same parameters for every axial slice; images bilinear, label maps nearest neighbour.
@@ -255,7 +269,7 @@ class RandomInPlaneWarp(RandomTransform, tio.SpatialTransform):
         if self.elastic_sigma > 0:
             points = self.elastic_points
             displacement = (torch.randn(2, points, points, dtype=torch.float64) * self.elastic_sigma).numpy()
-        warp = InPlaneWarp(angle, scale, displacement, self.margin, **self._get_base_args())
+        warp = InPlaneWarp(angle, scale, displacement, self.margin, **base_arguments(self))
         return warp(subject)
 
 
@@ -304,8 +318,7 @@ class RandomChannelIntensity(RandomTransform, tio.IntensityTransform):
             channels = image.data.shape[0]
             shifts = (torch.rand(channels, dtype=torch.float64) * 2 - 1) * self.shift
             scales = 1 + (torch.rand(channels, dtype=torch.float64) * 2 - 1) * self.scale
-            arguments = self._get_base_args()
-            arguments["include"] = [name]
+            arguments = {**base_arguments(self), "include": [name]}
             subject = ChannelIntensity(shifts.tolist(), scales.tolist(), self.foreground_only, **arguments)(subject)
         return subject
 

@@ -32,18 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from revunet.data.augment import Augmentation
-from revunet.tasks import get_task
 from revunet.data.preprocess import PreprocessMeta, npz_path, read_meta, window
-
-
-def targets_for_task(label: torch.Tensor | np.ndarray, task: str) -> torch.Tensor:
-    """What the loss needs from a canonical label map.
-
-    BraTS: float32 WT/TC/ET masks on a channel axis — ``(X, Y, Z)`` → ``(3, X, Y, Z)``, a batch
-    ``(B, X, Y, Z)`` → ``(B, 3, X, Y, Z)`` (independent sigmoid channels).
-    iSeg: int64 class indices of the same shape (softmax classes 0–3).
-    """
-    return get_task(task).targets(label)
 
 
 def sample_patch_start(

@@ -107,6 +107,69 @@ def _body_start(response: http.client.HTTPResponse, offset: int) -> int | None:
     return offset if match and int(match.group(1)) == offset else None
 
 
+class _StartOver(Exception):
+    """The partial file cannot be resumed; it has been deleted and the download must start again."""
+
+
+def _open_part(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTPResponse | None:
+    """The response that continues ``part`` from ``offset``; None when ``part`` is already complete."""
+    try:
+        return _open(url, offset, timeout)
+    except urllib.error.HTTPError as error:
+        if error.code != 416 or not offset:
+            raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}") from error
+        # 416: nothing left after `offset`. If the server's size equals the partial file, it is complete.
+        error.close()
+        size = re.search(r"/(\d+)$", error.headers.get("Content-Range", "") or "")
+        if size and int(size.group(1)) == offset:
+            return None
+        part.unlink()
+        raise _StartOver from None
+    except (urllib.error.URLError, OSError) as error:
+        raise DownloadError(f"cannot download {url}: {getattr(error, 'reason', error)}") from error
+
+
+def _receive(
+    response: http.client.HTTPResponse,
+    url: str,
+    part: Path,
+    offset: int,
+    chunk_size: int,
+    bar_name: str,
+    progress: bool | None,
+) -> None:
+    """Write the response's body into ``part`` where it belongs, fsynced; DownloadError when it is cut short."""
+    with response:
+        start = _body_start(response, offset)
+        if start is None:
+            response.close()
+            part.unlink()
+            raise _StartOver
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        written = start
+        with open(part, "r+b" if start else "wb") as stream, _progress(total, start, bar_name, progress) as bar:
+            stream.seek(start)
+            stream.truncate()  # a server that ignored Range sends everything: start over
+            try:
+                while chunk := response.read(chunk_size):
+                    stream.write(chunk)
+                    written += len(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as error:
+                raise DownloadError(
+                    f"download of {url} interrupted after {written} bytes ({error!r}); "
+                    f"{part} is kept, run again to resume"
+                ) from error
+            finally:
+                stream.flush()
+                os.fsync(stream.fileno())
+        if total is not None and written != total:
+            raise DownloadError(
+                f"download of {url} ended after {written} of {total} bytes; {part} is kept, run again to resume"
+            )
+
+
 def download(
     url: str,
     destination: str | os.PathLike[str],
@@ -128,55 +191,12 @@ def download(
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
-
-    response: http.client.HTTPResponse | None
     try:
-        response = _open(url, offset, timeout)
-    except urllib.error.HTTPError as error:
-        if error.code != 416 or not offset:
-            raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}") from error
-        # 416: nothing left after `offset`. If the server's size equals the partial file, it is complete.
-        error.close()
-        size = re.search(r"/(\d+)$", error.headers.get("Content-Range", "") or "")
-        if size and int(size.group(1)) == offset:
-            response = None
-        else:
-            part.unlink()
-            return download(url, target, sha256, md5, chunk_size, progress, timeout)
-    except (urllib.error.URLError, OSError) as error:
-        raise DownloadError(f"cannot download {url}: {getattr(error, 'reason', error)}") from error
-
-    if response is not None:
-        with response:
-            start = _body_start(response, offset)
-            if start is None:
-                response.close()
-                part.unlink()
-                return download(url, target, sha256, md5, chunk_size, progress, timeout)
-            length = response.headers.get("Content-Length")
-            total = start + int(length) if length is not None else None
-            written = start
-            with open(part, "r+b" if start else "wb") as stream, _progress(total, start, target.name, progress) as bar:
-                stream.seek(start)
-                stream.truncate()  # a server that ignored Range sends everything: start over
-                try:
-                    while chunk := response.read(chunk_size):
-                        stream.write(chunk)
-                        written += len(chunk)
-                        bar.update(len(chunk))
-                except (OSError, http.client.HTTPException) as error:
-                    raise DownloadError(
-                        f"download of {url} interrupted after {written} bytes ({error!r}); "
-                        f"{part} is kept, run again to resume"
-                    ) from error
-                finally:
-                    stream.flush()
-                    os.fsync(stream.fileno())
-            if total is not None and written != total:
-                raise DownloadError(
-                    f"download of {url} ended after {written} of {total} bytes; {part} is kept, run again to resume"
-                )
-
+        response = _open_part(url, part, offset, timeout)
+        if response is not None:
+            _receive(response, url, part, offset, chunk_size, target.name, progress)
+    except _StartOver:
+        return download(url, target, sha256, md5, chunk_size, progress, timeout)
     try:
         verify_checksum(part, sha256, md5)
     except ChecksumError as error:

@@ -2,7 +2,7 @@
 
 Every dataset layout stores the same information differently: separate files or one 4-D file
 per case, NIfTI or Analyze, labels 0/1/2/4 or 1/2/3 or 10/150/250. :func:`load_case` turns a
-row of the case table (see :mod:`revunet.data.layouts`) into one :class:`LoadedCase` in the
+row of the case table (see :mod:`revunet.data.case_table`) into one :class:`LoadedCase` in the
 canonical conventions of :mod:`revunet.tasks` (label spellings in :mod:`revunet.data.labels`), so that nothing downstream needs to know
 where the data came from.
 
@@ -180,13 +180,16 @@ def _check_intensities(case_id: str, role: str, cell: str, image: np.ndarray) ->
         )
 
 
+_Reference = tuple[str, str, tuple[int, ...], np.ndarray]  # role, cell, shape, affine of the first modality
+
+
 def _check_same_grid(
     case_id: str,
     role: str,
     cell: str,
     shape: tuple[int, ...],
     affine: np.ndarray,
-    reference: tuple[str, str, tuple[int, ...], np.ndarray],
+    reference: _Reference,
 ) -> None:
     ref_role, ref_cell, ref_shape, ref_affine = reference
     if shape != ref_shape:
@@ -238,13 +241,8 @@ def _canonical_label(case_id: str, layout: str, cell: str, raw: np.ndarray) -> n
     return relabel(values, mapping)
 
 
-def load_case(row: Mapping[str, Any]) -> LoadedCase:
-    """Read and validate one case-table row (a dict or a pandas Series) into canonical arrays.
-
-    The row's ``layout`` decides how label values are mapped; its ``task`` which modalities are read.
-    Raises a :class:`CaseError` subclass naming the case, the file and what was expected.
-    """
-    case_id = _cell(row, "case_id", "?") or "?"
+def _checked_layout(row: Mapping[str, Any], case_id: str) -> tuple[str, str]:
+    """The row's ``(layout, task)``; CaseError unless the layout is known and serves the task."""
     layout = _cell(row, "layout", case_id)
     task = _cell(row, "task", case_id)
     if layout not in LABEL_MAPS:
@@ -253,24 +251,26 @@ def load_case(row: Mapping[str, Any]) -> LoadedCase:
         raise CaseError(
             f"case {case_id}: task {task!r} does not match layout {layout!r} (a {LAYOUT_TASKS[layout]} layout)", case_id
         )
+    return layout, task
 
+
+def _read_images(
+    row: Mapping[str, Any], case_id: str, task: str
+) -> tuple[dict[str, np.ndarray], dict[str, str], _Volume, _Reference]:
+    """The task's modalities as float32 arrays, their cells, the first file and its grid, all checked."""
     files: dict[Path, _Volume] = {}  # a 4-D file holding several modalities is read once
-
-    def volume(role: str, path: Path) -> _Volume:
-        if path not in files:
-            files[path] = _read_file(case_id, role, path)
-        return files[path]
-
     images: dict[str, np.ndarray] = {}
     source_files: dict[str, str] = {}
     first: _Volume | None = None
-    reference: tuple[str, str, tuple[int, ...], np.ndarray] | None = None
+    reference: _Reference | None = None
     for modality in TASK_MODALITIES[task]:
         cell = _cell(row, modality, case_id)
         if not cell:
             raise CaseFileMissing(f"case {case_id}: no {modality} file in the case table; expected a path", case_id)
         path, channel = split_channel(cell)
-        vol = volume(modality, path)
+        if path not in files:
+            files[path] = _read_file(case_id, modality, path)
+        vol = files[path]
         image = _select(case_id, modality, cell, vol, channel).astype(np.float32)
         _check_intensities(case_id, modality, cell, image)
         if reference is None:
@@ -280,22 +280,37 @@ def load_case(row: Mapping[str, Any]) -> LoadedCase:
         images[modality] = image
         source_files[modality] = cell
     assert first is not None and reference is not None  # every task has at least one modality
+    return images, source_files, first, reference
 
+
+def _read_label(case_id: str, layout: str, label_cell: str, reference: _Reference) -> np.ndarray:
+    """The canonical label map of ``label_cell``, checked to lie on the images' grid."""
+    path, channel = split_channel(label_cell)
+    raw = _select(case_id, "label", label_cell, _read_file(case_id, "label", path), channel)
+    if raw.shape != reference[2]:
+        raise CaseGeometryError(
+            f"case {case_id}: label file {label_cell} has shape {raw.shape} but {reference[0]} file {reference[1]} "
+            f"has shape {reference[2]}; expected the label map on the image grid",
+            case_id,
+            label_cell,
+        )
+    return _canonical_label(case_id, layout, label_cell, np.asarray(raw))
+
+
+def load_case(row: Mapping[str, Any]) -> LoadedCase:
+    """Read and validate one case-table row (a dict or a pandas Series) into canonical arrays.
+
+    The row's ``layout`` decides how label values are mapped; its ``task`` which modalities are read.
+    Raises a :class:`CaseError` subclass naming the case, the file and what was expected.
+    """
+    case_id = _cell(row, "case_id", "?") or "?"
+    layout, task = _checked_layout(row, case_id)
+    images, source_files, first, reference = _read_images(row, case_id, task)
     label: np.ndarray | None = None
     label_cell = _cell(row, "label", case_id)
     if label_cell:
-        path, channel = split_channel(label_cell)
-        raw = _select(case_id, "label", label_cell, _read_file(case_id, "label", path), channel)
-        if raw.shape != reference[2]:
-            raise CaseGeometryError(
-                f"case {case_id}: label file {label_cell} has shape {raw.shape} but {reference[0]} file {reference[1]} "
-                f"has shape {reference[2]}; expected the label map on the image grid",
-                case_id,
-                label_cell,
-            )
-        label = _canonical_label(case_id, layout, label_cell, np.asarray(raw))
+        label = _read_label(case_id, layout, label_cell, reference)
         source_files["label"] = label_cell
-
     return LoadedCase(
         case_id=case_id,
         task=task,

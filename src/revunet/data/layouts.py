@@ -1,4 +1,4 @@
-"""Recognising real dataset folders and listing their cases in one table, the case table.
+"""Recognising real dataset folders and listing their cases as a case table.
 
 Accepted layouts (``layout`` names; file names may end in ``.nii`` or ``.nii.gz``):
 
@@ -11,11 +11,8 @@ Accepted layouts (``layout`` names; file names may end in ``.nii`` or ``.nii.gz`
 - ``msd``: Decathlon Task01, ``imagesTr/BRATS_NNN.nii.gz`` (4-D), ``labelsTr/``, ``imagesTs/``.
 - ``iseg``: ``subject-N-{T1,T2,label}.hdr/.img`` Analyze pairs in one folder.
 
-The case table has one row per case: ``case_id, task, layout``, one column per canonical
-modality of the task (:data:`revunet.catalog.TASK_MODALITIES`) and ``label``. Paths are
-absolute; an unlabelled case has an empty ``label``. For the Decathlon's 4-D files a modality
-cell reads ``"<absolute path>#<k>"``: channel ``k`` of the file's last axis.
-:func:`revunet.data.io.load_case` (re-exported here) reads one row.
+The table's columns and its CSV file are :mod:`revunet.data.case_table`'s; one row is read by
+:func:`revunet.data.io.load_case`.
 
 Hidden files (``.DS_Store``, macOS ``._*`` forks) and ``__MACOSX`` folders are ignored. A
 folder that holds nothing but one sub-folder (an archive's wrapper) is looked into.
@@ -32,38 +29,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from revunet.atomic import write_text_atomic
-from revunet.data.io import (
-    CaseError,
-    CaseFileMissing,
-    CaseGeometryError,
-    CaseIntensityError,
-    CaseLabelError,
-    CorruptCaseFile,
-    LoadedCase,
-    load_case,
-)
 from revunet.catalog import TASK_MODALITIES
+from revunet.data.case_table import case_table_columns
 from revunet.data.labels import LABEL_MAPS, LAYOUT_TASKS
-
-__all__ = [
-    "LAYOUT_NAMES",
-    "CaseError",
-    "CaseFileMissing",
-    "CaseGeometryError",
-    "CaseIntensityError",
-    "CaseLabelError",
-    "CaseTableError",
-    "CorruptCaseFile",
-    "LayoutError",
-    "LoadedCase",
-    "case_table_columns",
-    "detect_layout",
-    "find_cases",
-    "load_case",
-    "read_case_table",
-    "write_case_table",
-]
 
 # How deep find_cases looks through folders that hold a single sub-folder and nothing it recognises.
 _WRAPPER_DEPTH = 2
@@ -72,17 +40,6 @@ _IGNORED_FOLDERS = {"__MACOSX"}
 
 class LayoutError(ValueError):
     """A folder does not hold a recognised dataset, or one of its cases lacks a file."""
-
-
-class CaseTableError(ValueError):
-    """A case-table CSV (or DataFrame) does not have the expected columns or values."""
-
-
-def case_table_columns(task: str) -> list[str]:
-    """The case table's columns for ``task``, in order."""
-    if task not in TASK_MODALITIES:
-        raise CaseTableError(f"unknown task {task!r}; expected one of {sorted(TASK_MODALITIES)}")
-    return ["case_id", "task", "layout", *TASK_MODALITIES[task], "label"]
 
 
 # --------------------------------------------------------------------------- file names
@@ -331,7 +288,7 @@ LAYOUTS: dict[str, Layout] = {
     )
 }
 LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
-assert set(LAYOUT_NAMES) == set(LABEL_MAPS) and all(LAYOUTS[n].task == LAYOUT_TASKS[n] for n in LAYOUT_NAMES)
+assert LAYOUT_NAMES == tuple(LAYOUT_TASKS) == tuple(LABEL_MAPS) and all(LAYOUTS[n].task == LAYOUT_TASKS[n] for n in LAYOUT_NAMES)
 
 
 def _expectations() -> str:
@@ -392,7 +349,7 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
 def find_cases(root: str | os.PathLike[str], layout: str = "auto") -> pd.DataFrame:
     """The case table of a dataset folder: one row per case, sorted by case id, absolute paths.
 
-    Only file names are inspected; :func:`load_case` reads and validates a case's volumes.
+    Only file names are inspected; :func:`revunet.data.io.load_case` reads and validates a case's volumes.
     """
     name, folder = _resolve(root, layout)
     rows = LAYOUTS[name].rows(folder)
@@ -412,58 +369,3 @@ def find_cases(root: str | os.PathLike[str], layout: str = "auto") -> pd.DataFra
             f"case id {first} occurs {len(places)} times in {folder}: {', '.join(places)}; case ids must be unique"
         )
     return table.sort_values("case_id", kind="stable").reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------- the case table on disk
-
-
-def _validate_table(table: pd.DataFrame, source: str) -> list[str]:
-    """The table's expected columns; CaseTableError naming ``source`` if anything is off."""
-    if "task" not in table.columns:
-        raise CaseTableError(
-            f"{source}: no 'task' column; expected columns {case_table_columns('brats')} or {case_table_columns('iseg')}"
-        )
-    tasks = sorted(set(table["task"]))
-    if not tasks:
-        raise CaseTableError(f"{source}: the case table has no rows")
-    if len(tasks) > 1 or tasks[0] not in TASK_MODALITIES:
-        raise CaseTableError(
-            f"{source}: task column holds {tasks}; expected a single task, one of {sorted(TASK_MODALITIES)}"
-        )
-    expected = case_table_columns(tasks[0])
-    missing = [c for c in expected if c not in table.columns]
-    unknown = [c for c in table.columns if c not in expected]
-    if missing or unknown:
-        parts = ([f"missing column(s) {missing}"] if missing else []) + (
-            [f"unknown column(s) {unknown}"] if unknown else []
-        )
-        raise CaseTableError(f"{source}: {'; '.join(parts)}; expected exactly the columns {expected}")
-    bad_layouts = sorted(set(table["layout"]) - {n for n in LAYOUT_NAMES if LAYOUTS[n].task == tasks[0]})
-    if bad_layouts:
-        raise CaseTableError(
-            f"{source}: layout(s) {bad_layouts} are not {tasks[0]} layouts; expected one of {list(LAYOUT_NAMES)}"
-        )
-    for column in expected[:-1]:
-        empty = table.index[table[column].astype(str).str.len() == 0].tolist()
-        if empty:
-            raise CaseTableError(f"{source}: empty {column!r} in row(s) {empty[:5]}; only 'label' may be empty")
-    duplicated = sorted(set(table.loc[table["case_id"].duplicated(), "case_id"]))
-    if duplicated:
-        raise CaseTableError(f"{source}: duplicate case id(s) {duplicated[:5]}; case ids must be unique")
-    return expected
-
-
-def write_case_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write the case table as CSV atomically (a killed job never leaves half a table)."""
-    columns = _validate_table(table, f"case table to write to {path}")
-    return write_text_atomic(path, table[columns].to_csv(index=False))
-
-
-def read_case_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a case-table CSV, every cell a string (empty label = unlabelled), columns checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"case table {path} does not exist; write one with `revunet cases`")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    columns = _validate_table(table, f"case table {path}")
-    return table[columns].reset_index(drop=True)

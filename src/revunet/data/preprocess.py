@@ -31,8 +31,8 @@ import numpy as np
 from revunet.atomic import open_atomic, write_text_atomic
 from revunet.catalog import TASK_MODALITIES
 
-if TYPE_CHECKING:  # layouts.py is written alongside; only its LoadedCase shape is needed here
-    from revunet.data.layouts import LoadedCase
+if TYPE_CHECKING:
+    from revunet.data.io import LoadedCase
 
 Shape3 = tuple[int, int, int]
 
@@ -182,6 +182,17 @@ def lost_voxels(volume: np.ndarray, meta: PreprocessMeta) -> int:
     return int(np.count_nonzero(nonzero & outside))
 
 
+def _image_stack(case: LoadedCase, modalities: Sequence[str]) -> np.ndarray:
+    """The case's modalities as one float32 ``(C, X, Y, Z)`` array, in task order."""
+    missing = [m for m in modalities if m not in case.images]
+    if missing:
+        raise ValueError(f"case {case.case_id}: modalities {missing} are missing (needs {list(modalities)})")
+    stack = np.stack([np.asarray(case.images[m], dtype=np.float32) for m in modalities])
+    if stack.ndim != 4:
+        raise ValueError(f"case {case.case_id}: images must be 3-D, got shape {tuple(int(s) for s in stack.shape[1:])}")
+    return stack
+
+
 def preprocess_case(case: LoadedCase, target_shape: Shape3 | None) -> PreprocessedCase:
     """Crop to the non-zero bounding box, centre crop/pad to ``target_shape`` (``None``: keep
     the box), z-score each modality over its non-zero voxels.
@@ -189,14 +200,8 @@ def preprocess_case(case: LoadedCase, target_shape: Shape3 | None) -> Preprocess
     Pure: reads nothing but ``case``. Warns when label voxels fall outside the crop.
     """
     modalities = TASK_MODALITIES[case.task]
-    missing = [m for m in modalities if m not in case.images]
-    if missing:
-        raise ValueError(f"case {case.case_id}: modalities {missing} are missing (needs {list(modalities)})")
-    stack = np.stack([np.asarray(case.images[m], dtype=np.float32) for m in modalities])
+    stack = _image_stack(case, modalities)
     original_shape = tuple(int(s) for s in stack.shape[1:])
-    if len(original_shape) != 3:
-        raise ValueError(f"case {case.case_id}: images must be 3-D, got shape {original_shape}")
-
     try:
         bbox_start, bbox_stop = nonzero_bbox((stack != 0).any(axis=0))
     except ValueError as error:

@@ -48,7 +48,7 @@ from torch import nn
 from revunet.atomic import open_atomic, write_text_atomic
 from revunet.catalog import OUTPUTS
 from revunet.data.labels import canonical_to_disk
-from revunet.data.layouts import read_case_table
+from revunet.data.case_table import read_case_table
 from revunet.data.preprocess import PreprocessedCase, load_preprocessed, meta_path, npz_path, paste_back
 from revunet.data.splits import read_split
 from revunet.devices import DeviceError, resolve_device

@@ -243,7 +243,7 @@ def _synth_manifest(files: Iterable[str], levels: int = 4) -> Path | None:
 
 def read_datasets(data_root: Path | None) -> list[Dataset]:
     """Every ``DATA_ROOT/<dataset>/cases.csv``, described as synthetic or as the real dataset its layout names."""
-    from revunet.data.layouts import CaseTableError, read_case_table
+    from revunet.data.case_table import CaseTableError, read_case_table
 
     if data_root is None or not data_root.is_dir():
         return []

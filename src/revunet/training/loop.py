@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from revunet.data.dataset import PatchDataset, targets_for_task
+from revunet.data.dataset import PatchDataset
 from revunet.evaluation.predict import predict_volume
 from revunet.experiments.recipe import Experiment, write_experiment
 from revunet.models.registry import parameter_count
@@ -123,7 +123,7 @@ def _backward(run: Run, group: list[dict[str, torch.Tensor]]) -> tuple[list[str]
     step_values: torch.Tensor | None = None
     for position, batch in enumerate(group):
         image = batch["image"].to(run.device, non_blocking=True)
-        target = targets_for_task(batch["label"], run.experiment.task).to(run.device, non_blocking=True)
+        target = get_task(run.experiment.task).targets(batch["label"]).to(run.device, non_blocking=True)
         last = position == len(group) - 1
         # DDP all-reduces gradients on the last micro-batch of a step only
         sync = contextlib.nullcontext() if last or not run.processes.distributed else run.trained.no_sync()

@@ -195,8 +195,9 @@ def make_iseg_subject(index: int, seed: int = 0, spacing: float = DEFAULT_SPACIN
     images = render(
         imaging_rng, anatomy.grid, anatomy.mask, fractions, ISEG_CONTRAST, ISEG_MODALITIES, ISEG_ACQUISITION
     )
-    # Hard labels: the dominant tissue of each brain voxel (1 CSF, 2 GM, 3 WM).
-    label = (np.argmax(np.stack([anatomy.csf, anatomy.gm, anatomy.wm]), axis=0) + 1).astype(np.uint8)
+    # Hard labels: the dominant tissue of each brain voxel, as the task's CSF, GM, WM labels.
+    tissue_labels = np.asarray(ISEG_LABELS[1:], dtype=np.uint8)
+    label = tissue_labels[np.argmax(np.stack([anatomy.csf, anatomy.gm, anatomy.wm]), axis=0)]
     label[~anatomy.mask] = 0
     return SyntheticSubject(images, label, anatomy.grid.affine.copy(), anatomy, None)
 
@@ -342,6 +343,34 @@ def _is_complete(root: Path, settings: dict[str, object]) -> bool:
     return all((root / name).is_file() and _sha256(root / name) == digest for name, digest in files.items())
 
 
+def _checked_size(task: str, n_subjects: int | None, spacing: float | None) -> tuple[int, float]:
+    """``(n_subjects, spacing)`` with the task's defaults filled in; ValueError when out of range."""
+    if task not in _WRITERS:
+        raise ValueError(f"task must be one of {sorted(_WRITERS)}, got {task!r}")
+    n_subjects = DEFAULT_SUBJECTS[task] if n_subjects is None else int(n_subjects)
+    spacing = DEFAULT_SPACING if spacing is None else float(spacing)
+    if n_subjects < 1:
+        raise ValueError(f"need at least one subject, got {n_subjects}")
+    if not (MIN_SPACING <= spacing <= MAX_SPACING):
+        raise ValueError(f"spacing must lie in [{MIN_SPACING:g}, {MAX_SPACING:g}] mm, got {spacing}")
+    return n_subjects, spacing
+
+
+def _write_complete(folder: Path, files: list[str], settings: dict[str, object], shape: tuple[int, ...]) -> None:
+    """Add the template notice and, last, the manifest of every file to a freshly written ``folder``."""
+    write_text_atomic(folder / NOTICE_NAME, _notice_text())
+    files = [*files, NOTICE_NAME]
+    manifest = {
+        "settings": settings,
+        "grid_shape": list(shape),
+        "template": TEMPLATE_NAME,
+        "template_notice": TEMPLATE_NOTICE,
+        "files": {name: _sha256(folder / name) for name in sorted(files)},
+    }
+    # The manifest comes last: a folder with a manifest is complete.
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+
+
 def write_dataset(
     task: str,
     out_dir: str | os.PathLike[str],
@@ -356,14 +385,7 @@ def write_dataset(
     one from other settings is replaced. A folder of the same name that this generator did not
     write (no manifest: real data?) is never touched: that raises FileExistsError.
     """
-    if task not in _WRITERS:
-        raise ValueError(f"task must be one of {sorted(_WRITERS)}, got {task!r}")
-    n_subjects = DEFAULT_SUBJECTS[task] if n_subjects is None else int(n_subjects)
-    spacing = DEFAULT_SPACING if spacing is None else float(spacing)
-    if n_subjects < 1:
-        raise ValueError(f"need at least one subject, got {n_subjects}")
-    if not (MIN_SPACING <= spacing <= MAX_SPACING):
-        raise ValueError(f"spacing must lie in [{MIN_SPACING:g}, {MAX_SPACING:g}] mm, got {spacing}")
+    n_subjects, spacing = _checked_size(task, n_subjects, spacing)
     root_name, writer, grid_of = _WRITERS[task]
     out = Path(out_dir)
     root = out / root_name
@@ -387,18 +409,7 @@ def write_dataset(
     try:
         fresh = staging / root_name
         fresh.mkdir()
-        files = writer(fresh, n_subjects, spacing, int(seed))
-        write_text_atomic(fresh / NOTICE_NAME, _notice_text())
-        files.append(NOTICE_NAME)
-        manifest = {
-            "settings": settings,
-            "grid_shape": list(shape),
-            "template": TEMPLATE_NAME,
-            "template_notice": TEMPLATE_NOTICE,
-            "files": {name: _sha256(fresh / name) for name in sorted(files)},
-        }
-        # The manifest comes last: a folder with a manifest is complete.
-        write_text_atomic(fresh / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+        _write_complete(fresh, writer(fresh, n_subjects, spacing, int(seed)), settings, shape)
         if root.exists():
             if not force and _is_complete(root, settings):  # another process finished the same dataset first
                 return summary(False, time.perf_counter() - start)

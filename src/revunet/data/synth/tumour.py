@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from revunet.data.labels import BRATS_LABELS
 from revunet.data.synth.anatomy import Anatomy, deep_white_matter_points, smooth_field
 
-NECROSIS, EDEMA, ENHANCING = 1, 2, 4
+# The task's canonical BraTS labels, background first: necrosis / non-enhancing core, edema, enhancing.
+_, NECROSIS, EDEMA, ENHANCING = BRATS_LABELS
 CUBE = np.ones((3, 3, 3), dtype=bool)  # the 26-neighbourhood
 
 NO_ENHANCING_BLOCK = 4  # one case in every 4 has no enhancing tumour (LGG-like)
