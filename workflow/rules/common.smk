@@ -21,6 +21,8 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 PYTHON = sys.executable
+# Every rule's environment with `--sdm conda` (the path is relative to the rule files).
+CONDA_ENV = "../../envs/revunet.yaml"
 RESULTS = "results"
 # The result folders; `revunet tables` and `revunet figures` read all but the last three.
 FOLDERS = {

@@ -7,7 +7,7 @@ rule synthetic_dataset:
     log:
         log_file("synthetic_dataset", "{dataset}_{folder}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         options=lambda wildcards: dataset_plan(wildcards).synth_arguments(),
         out=lambda wildcards, output: os.path.dirname(output[0]),
@@ -21,7 +21,7 @@ rule decathlon_download:
     log:
         log_file("decathlon_download", "{dataset}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
@@ -36,7 +36,7 @@ rule cases:
     log:
         log_file("cases", "{dataset}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         folder=lambda wildcards: raw_folder(wildcards.dataset),
         layout=lambda wildcards: dataset_plan(wildcards).layout,
@@ -52,7 +52,7 @@ rule preprocess:
     log:
         log_file("preprocess", "{dataset}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         shape=lambda wildcards: dataset_plan(wildcards).shape_argument(),
     shell:
@@ -67,7 +67,7 @@ rule split:
     log:
         log_file("split", "{dataset}_{split}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         options=lambda wildcards: split_plan(wildcards).arguments(),
     shell:

@@ -10,7 +10,7 @@ rule infer:
     log:
         log_file("infer", "{exp}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     threads: PLAN.infer_resources.threads
     resources:
         gpu=PLAN.infer_resources.gpus,
@@ -34,7 +34,7 @@ rule evaluate:
     log:
         log_file("evaluate", "{exp}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         predictions=lambda wildcards, input: os.path.dirname(input.predictions),
     shell:

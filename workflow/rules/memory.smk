@@ -12,7 +12,7 @@ rule memory_table:
     log:
         log_file("memory_table", "{table}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     shell:
         "revunet memory --table {wildcards.table} --out {output} > {log} 2>&1"
 
@@ -28,7 +28,7 @@ rule capacity:
     log:
         log_file("capacity", "capacity"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     threads: PLAN.capacity_threads
     params:
         options=PLAN.capacity_arguments,
@@ -47,7 +47,7 @@ rule complexity:
     log:
         log_file("complexity", "complexity"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         options=PLAN.complexity_arguments,
     shell:

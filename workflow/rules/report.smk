@@ -19,7 +19,7 @@ rule tables:
     log:
         log_file("tables", "tables"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         folders=result_folders(),
         out=lambda wildcards, output: os.path.dirname(output.index),
@@ -49,7 +49,7 @@ rule figures:
     log:
         log_file("figures", "figures"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         folders=result_folders(),
         out=lambda wildcards, output: os.path.dirname(output.index),
@@ -67,7 +67,7 @@ rule run_config:
         log_file("run_config", "run_config"),
     localrule: True
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         # The validated config with its defaults: what this run used.
         config=lambda wildcards: json.dumps(config, sort_keys=True),
@@ -86,7 +86,7 @@ rule report:
         log_file("report", "report"),
     localrule: True
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         python=PYTHON,
         snakefile=workflow.main_snakefile,

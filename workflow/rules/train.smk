@@ -8,7 +8,7 @@ rule experiment:
         log_file("experiment", "{exp}"),
     localrule: True
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     params:
         # The resolved recipe: when it changes, only this experiment is rerun.
         spec=lambda wildcards: experiment_plan(wildcards).spec(),
@@ -27,7 +27,7 @@ rule train:
     log:
         log_file("train", "{exp}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     threads: lambda wildcards: experiment_plan(wildcards).resources.threads
     resources:
         gpu=lambda wildcards: experiment_plan(wildcards).resources.gpus,

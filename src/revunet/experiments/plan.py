@@ -1,6 +1,7 @@
 """From the workflow's config.yaml to concrete experiments, datasets and job resources.
 
-The Snakefile validates ``config.yaml`` against its schema and hands the result to
+The Snakefile reads ``config.yaml`` and any ``--configfile`` (see
+:mod:`revunet.experiments.config_files`), validates the result against its schema and hands it to
 :func:`plan_workflow`, which applies the scale preset (``demo`` or ``paper``) and returns a
 :class:`WorkflowPlan`: one :class:`revunet.experiments.recipe.Experiment` per selected experiment
 with the dataset, split and resources of its training job, and the datasets those
