@@ -24,7 +24,7 @@ PYTHON = sys.executable
 # Every rule's environment with `--sdm conda` (the path is relative to the rule files).
 CONDA_ENV = "../../envs/revunet.yaml"
 RESULTS = "results"
-# The result folders; `revunet tables` and `revunet figures` read all but the last three.
+# Every result folder; REPORT_READS names those `revunet tables` and `revunet figures` read.
 FOLDERS = {
     "data": f"{RESULTS}/data",
     "experiments": f"{RESULTS}/experiments",
