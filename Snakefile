@@ -9,6 +9,8 @@ import sys
 
 from snakemake.utils import min_version, validate
 
+from revunet.experiments.config_files import read_workflow_config
+
 min_version("8.20")
 
 
@@ -23,7 +25,23 @@ search_path = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), search_path])
 
 
-configfile: "config.yaml"
+DEFAULT_CONFIG = "config.yaml"
+
+
+configfile: DEFAULT_CONFIG
+
+
+# Snakemake read the config files with PyYAML (YAML 1.1: `lr: 1e-4` is a string there): read
+# them again as every revunet command reads its documents, merged in Snakemake's order.
+config_settings = workflow.config_settings
+workflow_config = read_workflow_config(
+    DEFAULT_CONFIG,
+    config_settings.configfiles,
+    config_settings.config,
+    config_settings.replace_workflow_config,
+)
+config.clear()
+config.update(workflow_config)
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
@@ -56,4 +74,4 @@ rule all:
         table_outputs("md"),
         figure_outputs("png"),
         figure_outputs("pdf"),
-        f"{RESULTS}/report.html",
+        rules.report.output,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from revunet.cli import main
 from revunet.experiments.recipe import Experiment, read_experiment, write_experiment
 
 BASE = {"name": "demo", "task": "brats", "model": "partially_reversible"}
@@ -19,6 +22,15 @@ def test_yaml_reads_exponent_floats_as_numbers_and_integers_as_integers(tmp_path
     path.write_text("name: demo\ntask: brats\nmodel: unet3d\nweight_decay: 1e-5\nlr: 2e-4\nepochs: 3\nmilestones: [2]\n")
     experiment = read_experiment(path)
     assert (experiment.weight_decay, experiment.lr, experiment.epochs, experiment.milestones) == (1e-5, 2e-4, 3, (2,))
+
+
+def test_experiment_command_reads_a_yaml_spec_as_every_document(tmp_path):
+    """`revunet experiment --spec recipe.yaml` with `lr: 1e-4` writes the number 0.0001."""
+    spec = tmp_path / "recipe.yaml"
+    spec.write_text("name: demo\ntask: brats\nmodel: unet3d\nlr: 1e-4\n")
+    out = tmp_path / "demo.json"
+    assert main(["experiment", "--spec", str(spec), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["lr"] == 0.0001
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,9 @@ import yaml
 
 from revunet.cli import main
 from revunet.experiments.recipe import read_experiment
-from revunet.catalog import REPORT_FIGURES, REPORT_TABLES, SYNTHETIC_FOLDERS
-from revunet.experiments.plan import (
-    ConfigError,
-    deep_merge,
-    plan_workflow,
-)
+from revunet.catalog import MEMORY_TABLES, REPORT_FIGURES, REPORT_TABLES, SYNTHETIC_FOLDERS
+from revunet.experiments.config_files import deep_merge, read_workflow_config
+from revunet.experiments.plan import ConfigError, plan_workflow
 from revunet.models.registry import build_model
 from revunet.papers import paper_results
 
@@ -165,6 +162,30 @@ def test_deep_merge_merges_mappings_and_replaces_the_rest():
     assert base == {"a": {"x": 1, "y": [1, 2]}, "b": 1}
 
 
+def test_workflow_config_reads_its_files_as_documents_merged_in_snakemakes_order(tmp_path):
+    """The Snakefile's config: config.yaml, then each --configfile, then --config; `1e-4` is a number."""
+    default = tmp_path / "config.yaml"
+    default.write_text("preset: demo\npresets: {demo: {experiment: {lr: 1e-3, epochs: 2}}}\nselect: [a]\n")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("presets: {demo: {experiment: {lr: 1e-4}}}\nselect: [b]\n")
+    merged = read_workflow_config(default, [extra], {"preset": "paper"})
+    assert merged == {
+        "preset": "paper",
+        "presets": {"demo": {"experiment": {"lr": 1e-4, "epochs": 2}}},
+        "select": ["b"],
+    }
+    extra_only = {"presets": {"demo": {"experiment": {"lr": 1e-4}}}, "select": ["b"]}
+    assert read_workflow_config(default, [extra], replace=True) == extra_only  # --replace-workflow-config
+    assert read_workflow_config(tmp_path / "absent.yaml", [extra]) == extra_only
+    assert read_workflow_config(default, replace=True)["select"] == ["a"]  # nothing replaces it
+
+
+def test_plan_defaults_to_every_memory_table():
+    without = config()
+    del without["memory_tables"]
+    assert plan_workflow(without).memory_tables == MEMORY_TABLES == plan_workflow(config()).memory_tables
+
+
 def test_select_keeps_only_named_experiments_and_their_datasets():
     plan = plan_workflow(config(select=["invres_iseg_full"]))
     assert list(plan.experiments) == ["invres_iseg_full"] and list(plan.datasets) == ["iseg"]
@@ -207,6 +228,11 @@ def mutate(path: str, value):
             r"recipes\.pendse2020: \['dataset'\] belong in each experiment",
         ),
         (mutate("select", ["nope"]), r"select names unknown experiment\(s\) \['nope'\]"),
+        (
+            mutate("memory_tables", ["bruegger2019", "nope"]),
+            r"config: memory_tables: unknown table\(s\) \['nope'\]; expected names from \['bruegger2019', ",
+        ),
+        (mutate("memory_tables", "bruegger2019"), r"config: memory_tables must be a list of names from \["),
         (mutate("presets.demo.train.gpu", 1), r"presets\.demo\.train.*unknown resource\(s\) \['gpu'\]"),
         (
             mutate("datasets.brats.demo.splits.main", {"fraction": 0.8, "counts": [1, 1]}),

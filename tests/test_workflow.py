@@ -116,6 +116,17 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path, config, names):
 
 
 @pytest.mark.slow
+def test_config_files_are_read_as_revunet_documents(tmp_path):
+    """`lr: 5e-4` in a --configfile is a number (PyYAML, which Snakemake uses, reads a string)."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("select: [invres_iseg_unet3d]\nexperiments:\n  invres_iseg_unet3d:\n    demo: {lr: 5e-4}\n")
+    target = "results/experiments/invres_iseg_unet3d.json"
+    code, output = snakemake(tmp_path, "--dry-run", "-p", target, configfiles=(CONFIG, str(overlay)))
+    assert code == 0, output
+    assert '"lr": 0.0005' in output
+
+
+@pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     """One run of config/test.yaml (kept in one test so parallel workers never run it twice)."""
     from revunet.catalog import REPORT_FIGURES, REPORT_TABLES

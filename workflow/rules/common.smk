@@ -1,4 +1,4 @@
-# Shared wiring: the plan of the run (from config.yaml), result paths, and input functions.
+# Shared wiring: the plan of the run (from config.yaml), the result paths, input functions.
 # Every decision lives in revunet.experiments.plan (tested); this file only looks things up.
 
 import json
@@ -6,7 +6,13 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from revunet.catalog import DECATHLON_FOLDER, REPORT_FIGURES, REPORT_TABLES, SYNTHETIC_FOLDERS
+from revunet.catalog import (
+    DECATHLON_FOLDER,
+    MEMORY_TABLES,
+    REPORT_FIGURES,
+    REPORT_TABLES,
+    SYNTHETIC_FOLDERS,
+)
 from revunet.experiments.plan import ConfigError, plan_workflow
 
 try:
@@ -14,23 +20,86 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
-RESULTS = "results"
 PYTHON = sys.executable
-SYNTHETIC_FOLDER_PATTERN = "|".join(sorted(SYNTHETIC_FOLDERS.values()))
+# Every rule's environment with `--sdm conda` (the path is relative to the rule files).
+CONDA_ENV = "../../envs/revunet.yaml"
+RESULTS = "results"
+# Every result folder; REPORT_READS names those `revunet tables` and `revunet figures` read.
+FOLDERS = {
+    "data": f"{RESULTS}/data",
+    "experiments": f"{RESULTS}/experiments",
+    "training": f"{RESULTS}/train",
+    "predictions": f"{RESULTS}/predictions",
+    "evaluations": f"{RESULTS}/evaluation",
+    "memory": f"{RESULTS}/memory",
+    "tables": f"{RESULTS}/tables",
+    "figures": f"{RESULTS}/figures",
+    "logs": f"{RESULTS}/logs",
+}
+REPORT_READS = (
+    "data",
+    "experiments",
+    "training",
+    "predictions",
+    "evaluations",
+    "memory",
+)
+
+
+def under(folder, *parts):
+    """A path in one of the result folders."""
+    return "/".join([FOLDERS[folder], *parts])
+
+
+# Every file the workflow writes, once: rules name their outputs from here, and input
+# functions fill in the wildcards of another rule's output.
+PATHS = {
+    "synthetic": under("data", "{dataset}", "raw", "{folder}"),
+    "decathlon": under("data", "{dataset}", "raw", DECATHLON_FOLDER),
+    "cases": under("data", "{dataset}", "cases.csv"),
+    "preprocessed": under("data", "{dataset}", "preprocessed"),
+    "split": under("data", "{dataset}", "splits", "{split}.json"),
+    "spec": under("experiments", "{exp}.json"),
+    "best": under("training", "{exp}", "best.pt"),
+    "log": under("training", "{exp}", "log.csv"),
+    "summary": under("training", "{exp}", "summary.json"),
+    "predictions": under("predictions", "{exp}", "predictions.csv"),
+    "metrics": under("evaluations", "{exp}", "metrics.csv"),
+    "summary_metrics": under("evaluations", "{exp}", "summary.csv"),
+    "memory_table": under("memory", "{table}.csv"),
+    "capacity": under("memory", "capacity.csv"),
+    "complexity": under("memory", "complexity.csv"),
+    "table": under("tables", "{name}.{extension}"),
+    "tables_index": under("tables", "index.csv"),
+    "figure": under("figures", "{name}.{extension}"),
+    "figures_index": under("figures", "index.csv"),
+    "run_config": f"{RESULTS}/config.yaml",
+    "report": f"{RESULTS}/report.html",
+}
+
+
+def log_file(rule, stem):
+    """Where rule ``rule`` logs the job named ``stem`` (a pattern of its wildcards)."""
+    return under("logs", rule, f"{stem}.log")
 
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     split="[A-Za-z0-9_-]+",
     exp="[A-Za-z0-9_-]+",
-    table="[A-Za-z0-9_-]+",
+    folder="|".join(sorted(SYNTHETIC_FOLDERS.values())),
+    table="|".join(MEMORY_TABLES),
 
 
-# ---------------------------------------------------------------- paths
+# ---------------------------------------------------------------- input functions
 
 
 def dataset_plan(wildcards):
     return PLAN.datasets[wildcards.dataset]
+
+
+def split_plan(wildcards):
+    return PLAN.datasets[wildcards.dataset].splits[wildcards.split]
 
 
 def experiment_plan(wildcards):
@@ -41,25 +110,10 @@ def raw_folder(dataset):
     """Where a dataset's case folder lies: generated, downloaded, or the user's own."""
     plan = PLAN.datasets[dataset]
     if plan.source == "synthetic":
-        return f"{RESULTS}/data/{dataset}/raw/{plan.synthetic_folder}"
+        return PATHS["synthetic"].format(dataset=dataset, folder=plan.synthetic_folder)
     if plan.source == "decathlon":
-        return f"{RESULTS}/data/{dataset}/raw/{DECATHLON_FOLDER}"
+        return PATHS["decathlon"].format(dataset=dataset)
     return plan.path
-
-
-def cases_table(dataset):
-    return f"{RESULTS}/data/{dataset}/cases.csv"
-
-
-def preprocessed(dataset):
-    return f"{RESULTS}/data/{dataset}/preprocessed"
-
-
-def split_file(dataset, split):
-    return f"{RESULTS}/data/{dataset}/splits/{split}.json"
-
-
-# ---------------------------------------------------------------- input functions
 
 
 def cases_input(wildcards):
@@ -69,72 +123,61 @@ def cases_input(wildcards):
     return [raw_folder(wildcards.dataset)]
 
 
-def train_inputs(wildcards):
+def dataset_inputs(wildcards, *kinds):
+    """The data files (``cases``, ``preprocessed``, ``split``) an experiment's job reads."""
     plan = experiment_plan(wildcards)
     return {
-        "experiment": f"{RESULTS}/experiments/{wildcards.exp}.json",
-        "preprocessed": preprocessed(plan.dataset),
-        "split": split_file(plan.dataset, plan.split),
+        kind: PATHS[kind].format(dataset=plan.dataset, split=plan.split)
+        for kind in kinds
     }
+
+
+def train_inputs(wildcards):
+    return dataset_inputs(wildcards, "preprocessed", "split")
 
 
 def infer_inputs(wildcards):
-    plan = experiment_plan(wildcards)
-    return {
-        "checkpoint": f"{RESULTS}/train/{wildcards.exp}/best.pt",
-        "cases": cases_table(plan.dataset),
-        "preprocessed": preprocessed(plan.dataset),
-        "split": split_file(plan.dataset, plan.split),
-    }
+    return dataset_inputs(wildcards, "cases", "preprocessed", "split")
 
 
 def evaluate_inputs(wildcards):
-    plan = experiment_plan(wildcards)
-    return {
-        "predictions": f"{RESULTS}/predictions/{wildcards.exp}/predictions.csv",
-        "cases": cases_table(plan.dataset),
-        "split": split_file(plan.dataset, plan.split),
-    }
+    return dataset_inputs(wildcards, "cases", "split")
 
 
 # ---------------------------------------------------------------- targets
 
 
 def experiment_outputs(kind):
-    names = PLAN.experiment_names()
-    paths = {
-        "spec": f"{RESULTS}/experiments/{{exp}}.json",
-        "best": f"{RESULTS}/train/{{exp}}/best.pt",
-        "summary": f"{RESULTS}/train/{{exp}}/summary.json",
-        "log": f"{RESULTS}/train/{{exp}}/log.csv",
-        "predictions": f"{RESULTS}/predictions/{{exp}}/predictions.csv",
-        "metrics": f"{RESULTS}/evaluation/{{exp}}/metrics.csv",
-        "summary_metrics": f"{RESULTS}/evaluation/{{exp}}/summary.csv",
-    }
-    return expand(paths[kind], exp=names)
+    """File ``kind`` (a key of PATHS with an ``{exp}`` wildcard) of every experiment."""
+    return expand(PATHS[kind], exp=PLAN.experiment_names())
 
 
 def memory_outputs():
-    tables = expand(f"{RESULTS}/memory/{{table}}.csv", table=PLAN.memory_tables)
-    return tables + [f"{RESULTS}/memory/capacity.csv", f"{RESULTS}/memory/complexity.csv"]
+    tables = expand(PATHS["memory_table"], table=PLAN.memory_tables)
+    return tables + [PATHS["capacity"], PATHS["complexity"]]
 
 
 def table_outputs(extension):
-    return expand(f"{RESULTS}/tables/{{name}}.{extension}", name=REPORT_TABLES)
+    return expand(PATHS["table"], name=REPORT_TABLES, extension=extension)
 
 
 def figure_names():
     """The figures `revunet figures` draws: the fixed ones and one example per dataset."""
-    return [*REPORT_FIGURES, *(f"example_segmentation_{dataset}" for dataset in PLAN.datasets)]
+    return [
+        *REPORT_FIGURES,
+        *(f"example_segmentation_{dataset}" for dataset in PLAN.datasets),
+    ]
 
 
 def figure_caption(name):
     """Caption file (workflow/report/<caption>.rst) of a figure: one for all example figures."""
-    return "figure_example_segmentation" if name.startswith("example_segmentation_") else f"figure_{name}"
+    if name.startswith("example_segmentation_"):
+        return "figure_example_segmentation"
+    return f"figure_{name}"
 
 
 def figure_outputs(extension):
-    return expand(f"{RESULTS}/figures/{{name}}.{extension}", name=figure_names())
+    return expand(PATHS["figure"], name=figure_names(), extension=extension)
 
 
 def report_inputs():
@@ -143,17 +186,10 @@ def report_inputs():
         "training": experiment_outputs("summary") + experiment_outputs("log"),
         "evaluations": experiment_outputs("metrics"),
         "memory": memory_outputs(),
-        "cases": [cases_table(dataset) for dataset in PLAN.datasets],
+        "cases": [PATHS["cases"].format(dataset=dataset) for dataset in PLAN.datasets],
     }
 
 
 def result_folders():
     """The folders `revunet tables` and `revunet figures` read."""
-    return {
-        "experiments": f"{RESULTS}/experiments",
-        "training": f"{RESULTS}/train",
-        "evaluations": f"{RESULTS}/evaluation",
-        "memory": f"{RESULTS}/memory",
-        "predictions": f"{RESULTS}/predictions",
-        "data": f"{RESULTS}/data",
-    }
+    return {name: FOLDERS[name] for name in REPORT_READS}

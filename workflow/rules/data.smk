@@ -3,27 +3,27 @@
 
 rule synthetic_dataset:
     output:
-        directory(f"{RESULTS}/data/{{dataset}}/raw/{{folder,{SYNTHETIC_FOLDER_PATTERN}}}"),
+        directory(PATHS["synthetic"]),
     log:
-        f"{RESULTS}/logs/synthetic_dataset/{{dataset}}_{{folder}}.log",
+        log_file("synthetic_dataset", "{dataset}_{folder}"),
+    conda:
+        CONDA_ENV
     params:
         options=lambda wildcards: dataset_plan(wildcards).synth_arguments(),
-        out=lambda wildcards: f"{RESULTS}/data/{wildcards.dataset}/raw",
-    conda:
-        "../../envs/revunet.yaml"
+        out=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "revunet synth {params.options} --out {params.out} > {log} 2>&1"
 
 
 rule decathlon_download:
     output:
-        directory(f"{RESULTS}/data/{{dataset}}/raw/{DECATHLON_FOLDER}"),
+        directory(PATHS["decathlon"]),
     log:
-        f"{RESULTS}/logs/decathlon_download/{{dataset}}.log",
-    params:
-        out=lambda wildcards: f"{RESULTS}/data/{wildcards.dataset}/raw",
+        log_file("decathlon_download", "{dataset}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
+    params:
+        out=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "revunet fetch --out {params.out} > {log} 2>&1"
 
@@ -32,43 +32,43 @@ rule cases:
     input:
         cases_input,
     output:
-        f"{RESULTS}/data/{{dataset}}/cases.csv",
+        PATHS["cases"],
     log:
-        f"{RESULTS}/logs/cases/{{dataset}}.log",
+        log_file("cases", "{dataset}"),
+    conda:
+        CONDA_ENV
     params:
         folder=lambda wildcards: raw_folder(wildcards.dataset),
         layout=lambda wildcards: dataset_plan(wildcards).layout,
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet cases {params.folder:q} --layout {params.layout} --out {output} > {log} 2>&1"
 
 
 rule preprocess:
     input:
-        f"{RESULTS}/data/{{dataset}}/cases.csv",
+        rules.cases.output,
     output:
-        directory(f"{RESULTS}/data/{{dataset}}/preprocessed"),
+        directory(PATHS["preprocessed"]),
     log:
-        f"{RESULTS}/logs/preprocess/{{dataset}}.log",
+        log_file("preprocess", "{dataset}"),
+    conda:
+        CONDA_ENV
     params:
         shape=lambda wildcards: dataset_plan(wildcards).shape_argument(),
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet preprocess --cases {input} --all --shape {params.shape} --out {output} > {log} 2>&1"
 
 
 rule split:
     input:
-        f"{RESULTS}/data/{{dataset}}/cases.csv",
+        rules.cases.output,
     output:
-        f"{RESULTS}/data/{{dataset}}/splits/{{split}}.json",
+        PATHS["split"],
     log:
-        f"{RESULTS}/logs/split/{{dataset}}_{{split}}.log",
-    params:
-        options=lambda wildcards: dataset_plan(wildcards).splits[wildcards.split].arguments(),
+        log_file("split", "{dataset}_{split}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
+    params:
+        options=lambda wildcards: split_plan(wildcards).arguments(),
     shell:
         "revunet split --cases {input} {params.options} --out {output} > {log} 2>&1"

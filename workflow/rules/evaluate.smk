@@ -4,20 +4,21 @@
 rule infer:
     input:
         unpack(infer_inputs),
+        checkpoint=rules.train.output.best,
     output:
-        f"{RESULTS}/predictions/{{exp}}/predictions.csv",
+        PATHS["predictions"],
     log:
-        f"{RESULTS}/logs/infer/{{exp}}.log",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output[0]),
-        device=PLAN.device,
+        log_file("infer", "{exp}"),
+    conda:
+        CONDA_ENV
     threads: PLAN.infer_resources.threads
     resources:
         gpu=PLAN.infer_resources.gpus,
         mem_mb=PLAN.infer_resources.mem_mb,
         runtime=PLAN.infer_resources.runtime,
-    conda:
-        "../../envs/revunet.yaml"
+    params:
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+        device=PLAN.device,
     shell:
         "revunet infer --checkpoint {input.checkpoint} --cases {input.cases} --preprocessed {input.preprocessed}"
         " --split {input.split} --part held_out --out {params.out} --device {params.device} > {log} 2>&1"
@@ -26,15 +27,16 @@ rule infer:
 rule evaluate:
     input:
         unpack(evaluate_inputs),
+        predictions=rules.infer.output[0],
     output:
-        metrics=f"{RESULTS}/evaluation/{{exp}}/metrics.csv",
-        summary=f"{RESULTS}/evaluation/{{exp}}/summary.csv",
+        metrics=PATHS["metrics"],
+        summary=PATHS["summary_metrics"],
     log:
-        f"{RESULTS}/logs/evaluate/{{exp}}.log",
+        log_file("evaluate", "{exp}"),
+    conda:
+        CONDA_ENV
     params:
         predictions=lambda wildcards, input: os.path.dirname(input.predictions),
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet evaluate --cases {input.cases} --predictions {params.predictions} --split {input.split}"
         " --part held_out --experiment {wildcards.exp} --out {output.metrics} --summary {output.summary} > {log} 2>&1"

@@ -4,15 +4,15 @@
 rule memory_table:
     output:
         report(
-            f"{RESULTS}/memory/{{table,bruegger2019|invres_iseg|invres_brats|pendse2020}}.csv",
+            PATHS["memory_table"],
             caption="../report/memory_table.rst",
             category="Memory measurements",
             labels={"table": "{table}"},
         ),
     log:
-        f"{RESULTS}/logs/memory_table/{{table}}.log",
+        log_file("memory_table", "{table}"),
     conda:
-        "../../envs/revunet.yaml"
+        CONDA_ENV
     shell:
         "revunet memory --table {wildcards.table} --out {output} > {log} 2>&1"
 
@@ -20,18 +20,18 @@ rule memory_table:
 rule capacity:
     output:
         report(
-            f"{RESULTS}/memory/capacity.csv",
+            PATHS["capacity"],
             caption="../report/capacity.rst",
             category="Memory measurements",
             labels={"table": "capacity"},
         ),
     log:
-        f"{RESULTS}/logs/capacity/capacity.log",
+        log_file("capacity", "capacity"),
+    conda:
+        CONDA_ENV
+    threads: PLAN.capacity_threads
     params:
         options=PLAN.capacity_arguments,
-    threads: 2
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet capacity {params.options} --jobs {threads} --out {output} > {log} 2>&1"
 
@@ -39,16 +39,16 @@ rule capacity:
 rule complexity:
     output:
         report(
-            f"{RESULTS}/memory/complexity.csv",
+            PATHS["complexity"],
             caption="../report/complexity.rst",
             category="Memory measurements",
             labels={"table": "complexity"},
         ),
     log:
-        f"{RESULTS}/logs/complexity/complexity.log",
+        log_file("complexity", "complexity"),
+    conda:
+        CONDA_ENV
     params:
         options=PLAN.complexity_arguments,
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet complexity {params.options} --out {output} > {log} 2>&1"

@@ -6,19 +6,24 @@ rule tables:
         **report_inputs(),
     output:
         *[
-            report(path, caption=f"../report/table_{name}.rst", category="Tables", labels={"table": name})
+            report(
+                path,
+                caption=f"../report/table_{name}.rst",
+                category="Tables",
+                labels={"table": name},
+            )
             for name, path in zip(REPORT_TABLES, table_outputs("csv"))
         ],
         *table_outputs("md"),
-        index=f"{RESULTS}/tables/index.csv",
+        index=PATHS["tables_index"],
     log:
-        f"{RESULTS}/logs/tables/tables.log",
+        log_file("tables", "tables"),
+    conda:
+        CONDA_ENV
     params:
         folders=result_folders(),
         out=lambda wildcards, output: os.path.dirname(output.index),
         preset=PLAN.preset,
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet tables --experiments {params.folders[experiments]} --evaluations {params.folders[evaluations]}"
         " --training {params.folders[training]} --memory {params.folders[memory]}"
@@ -31,18 +36,23 @@ rule figures:
         predictions=experiment_outputs("predictions"),
     output:
         *[
-            report(path, caption=f"../report/{figure_caption(name)}.rst", category="Figures", labels={"figure": name})
+            report(
+                path,
+                caption=f"../report/{figure_caption(name)}.rst",
+                category="Figures",
+                labels={"figure": name},
+            )
             for name, path in zip(figure_names(), figure_outputs("png"))
         ],
         *figure_outputs("pdf"),
-        index=f"{RESULTS}/figures/index.csv",
+        index=PATHS["figures_index"],
     log:
-        f"{RESULTS}/logs/figures/figures.log",
+        log_file("figures", "figures"),
+    conda:
+        CONDA_ENV
     params:
         folders=result_folders(),
         out=lambda wildcards, output: os.path.dirname(output.index),
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet figures --experiments {params.folders[experiments]} --training {params.folders[training]}"
         " --evaluations {params.folders[evaluations]} --memory {params.folders[memory]}"
@@ -52,34 +62,34 @@ rule figures:
 
 rule run_config:
     output:
-        f"{RESULTS}/config.yaml",
+        PATHS["run_config"],
     log:
-        f"{RESULTS}/logs/run_config/run_config.log",
+        log_file("run_config", "run_config"),
+    localrule: True
+    conda:
+        CONDA_ENV
     params:
         # The validated config with its defaults: what this run used.
         config=lambda wildcards: json.dumps(config, sort_keys=True),
-    localrule: True
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         "revunet experiment --config {params.config:q} --out {output} > {log} 2>&1"
 
 
 rule report:
     input:
-        config=f"{RESULTS}/config.yaml",
+        config=rules.run_config.output[0],
         tables=table_outputs("csv"),
         figures=figure_outputs("png"),
     output:
-        f"{RESULTS}/report.html",
+        PATHS["report"],
     log:
-        f"{RESULTS}/logs/report/report.log",
+        log_file("report", "report"),
+    localrule: True
+    conda:
+        CONDA_ENV
     params:
         python=PYTHON,
         snakefile=workflow.main_snakefile,
-    localrule: True
-    conda:
-        "../../envs/revunet.yaml"
     shell:
         # Snakemake's own report of this workflow, with the config this run used.
         "{params.python} -m snakemake --snakefile {params.snakefile:q} --nolock --replace-workflow-config"

@@ -19,8 +19,8 @@ PREFIX = "revunet experiment"
 
 
 def _load(text: str, what: str) -> Any:
-    """A document given inline as JSON, or as a JSON/YAML file (read as :mod:`revunet.documents` reads)."""
-    from revunet.documents import DocumentError, parse_document
+    """A document given inline as JSON, or as a JSON/YAML file (read by :mod:`revunet.documents`)."""
+    from revunet.documents import DocumentError, read_document
 
     if text.lstrip().startswith(("{", "[")):
         try:
@@ -31,7 +31,7 @@ def _load(text: str, what: str) -> Any:
     if not path.is_file():
         raise SystemExit(f"{PREFIX}: {what} {text!r} is neither inline JSON nor an existing file")
     try:
-        return parse_document(path.read_text(encoding="utf-8"), str(path))
+        return read_document(path)
     except DocumentError as error:
         raise SystemExit(f"{PREFIX}: {error}") from None
 

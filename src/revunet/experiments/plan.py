@@ -1,6 +1,7 @@
 """From the workflow's config.yaml to concrete experiments, datasets and job resources.
 
-The Snakefile validates ``config.yaml`` against its schema and hands the result to
+The Snakefile reads ``config.yaml`` and any ``--configfile`` (see
+:mod:`revunet.experiments.config_files`), validates the result against its schema and hands it to
 :func:`plan_workflow`, which applies the scale preset (``demo`` or ``paper``) and returns a
 :class:`WorkflowPlan`: one :class:`revunet.experiments.recipe.Experiment` per selected experiment
 with the dataset, split and resources of its training job, and the datasets those
@@ -22,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from revunet.catalog import SYNTHETIC_FOLDERS
+from revunet.catalog import MEMORY_TABLES, SYNTHETIC_FOLDERS
+from revunet.experiments.config_files import deep_merge
 from revunet.experiments.recipe import Experiment
 
 PRESETS = ("demo", "paper")
@@ -123,6 +125,8 @@ class WorkflowPlan:
     memory_tables: tuple[str, ...]
     capacity_arguments: str
     complexity_arguments: str = ""
+    # `revunet capacity --jobs`: its trials run in this many processes (Snakemake lowers it to --cores).
+    capacity_threads: int = 2
     resume_training: bool = False
     launch_single: str = "revunet"
     launch_distributed: str = "torchrun --standalone --nproc_per_node={gpus} -m revunet.cli"
@@ -151,83 +155,100 @@ class WorkflowPlan:
         return sorted({(plan.dataset, plan.split) for plan in self.experiments.values()})
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``; nested mappings merge, everything else is replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
     """Turn a schema-validated config into the plan of the run (see the module docstring)."""
     preset = _choice(config.get("preset", "demo"), PRESETS, "preset")
     presets = _mapping(config.get("presets", {}), "presets")
     preset_block = _mapping(presets.get(preset, {}), f"presets.{preset}")
-    data_root = config.get("data_root")
-    datasets_config = _mapping(config.get("datasets", {}), "datasets")
-    recipes = _mapping(config.get("recipes", {}), "recipes")
-    experiments_config = _mapping(config.get("experiments", {}), "experiments")
-    if not experiments_config:
-        raise ConfigError("config: experiments: no experiments are defined")
-
-    selected = list(config.get("select") or [])
-    unknown = [name for name in selected if name not in experiments_config]
-    if unknown:
-        raise ConfigError(f"config: select names unknown experiment(s) {unknown}; known: {sorted(experiments_config)}")
-    names = [name for name in experiments_config if not selected or name in selected]
-
-    train_defaults = _resources(
-        {**DEFAULT_RESOURCES, **_mapping(preset_block.get("train", {}), f"presets.{preset}.train")},
-        f"presets.{preset}.train",
-    )
-    experiment_defaults = _mapping(preset_block.get("experiment", {}), f"presets.{preset}.experiment")
-
-    datasets: dict[str, DatasetPlan] = {}
-    experiments: dict[str, ExperimentPlan] = {}
-    for name in names:
-        plan = _plan_experiment(
-            name, experiments_config[name], recipes, experiment_defaults, train_defaults, preset, datasets_config
-        )
-        if plan.dataset not in datasets:
-            datasets[plan.dataset] = _plan_dataset(plan.dataset, datasets_config[plan.dataset], preset, data_root)
-        if plan.split not in datasets[plan.dataset].splits:
-            raise ConfigError(
-                f"config: experiments.{name}: split {plan.split!r} is not defined for dataset {plan.dataset!r} "
-                f"at preset {preset} (datasets.{plan.dataset}.{preset}.splits has "
-                f"{sorted(datasets[plan.dataset].splits)})"
-            )
-        plan = _resolve_training_input(plan, datasets[plan.dataset], preset)
-        if plan.experiment.task != datasets[plan.dataset].task:
-            raise ConfigError(
-                f"config: experiments.{name}: task {plan.experiment.task!r} does not match dataset "
-                f"{plan.dataset!r} (task {datasets[plan.dataset].task!r})"
-            )
-        experiments[name] = plan
-
+    datasets, experiments = _plan_experiments(config, preset, preset_block)
     launch = _mapping(config.get("launch", {}), "launch")
-    def arguments(key: str) -> str:
-        return " ".join(shlex.quote(str(arg)) for arg in preset_block.get(key, []) or [])
-
     return WorkflowPlan(
         preset=preset,
         device=_choice(config.get("device", "auto"), ("auto", "cpu", "cuda"), "device"),
         datasets=datasets,
         experiments=experiments,
-        infer_resources=_resources(
-            {**DEFAULT_RESOURCES, **_mapping(preset_block.get("infer", {}), f"presets.{preset}.infer")},
-            f"presets.{preset}.infer",
-        ),
-        memory_tables=tuple(config.get("memory_tables", ())),
-        capacity_arguments=arguments("capacity"),
-        complexity_arguments=arguments("complexity"),
+        infer_resources=_preset_resources(preset_block, preset, "infer"),
+        memory_tables=_memory_tables(config.get("memory_tables", MEMORY_TABLES)),
+        capacity_arguments=_arguments(preset_block, "capacity"),
+        complexity_arguments=_arguments(preset_block, "complexity"),
         resume_training=bool(config.get("resume_training", False)),
         launch_single=launch.get("single", WorkflowPlan.launch_single),
         launch_distributed=launch.get("distributed", WorkflowPlan.launch_distributed),
     )
+
+
+def _plan_experiments(
+    config: Mapping[str, Any], preset: str, preset_block: Mapping[str, Any]
+) -> tuple[dict[str, DatasetPlan], dict[str, ExperimentPlan]]:
+    """The selected experiments at ``preset`` and the datasets they use, checked against each other."""
+    datasets_config = _mapping(config.get("datasets", {}), "datasets")
+    recipes = _mapping(config.get("recipes", {}), "recipes")
+    experiments_config = _mapping(config.get("experiments", {}), "experiments")
+    if not experiments_config:
+        raise ConfigError("config: experiments: no experiments are defined")
+    train_defaults = _preset_resources(preset_block, preset, "train")
+    experiment_defaults = _mapping(preset_block.get("experiment", {}), f"presets.{preset}.experiment")
+
+    datasets: dict[str, DatasetPlan] = {}
+    experiments: dict[str, ExperimentPlan] = {}
+    for name in _selected(config, experiments_config):
+        plan = _plan_experiment(
+            name, experiments_config[name], recipes, experiment_defaults, train_defaults, preset, datasets_config
+        )
+        if plan.dataset not in datasets:
+            datasets[plan.dataset] = _plan_dataset(
+                plan.dataset, datasets_config[plan.dataset], preset, config.get("data_root")
+            )
+        experiments[name] = _fit_to_dataset(plan, datasets[plan.dataset], preset)
+    return datasets, experiments
+
+
+def _selected(config: Mapping[str, Any], experiments_config: Mapping[str, Any]) -> list[str]:
+    """The experiments ``select`` names (all when empty), in config order."""
+    selected = list(config.get("select") or [])
+    unknown = [name for name in selected if name not in experiments_config]
+    if unknown:
+        raise ConfigError(f"config: select names unknown experiment(s) {unknown}; known: {sorted(experiments_config)}")
+    return [name for name in experiments_config if not selected or name in selected]
+
+
+def _fit_to_dataset(plan: ExperimentPlan, dataset: DatasetPlan, preset: str) -> ExperimentPlan:
+    """``plan`` checked against its dataset (split and task), its training input resolved."""
+    if plan.split not in dataset.splits:
+        raise ConfigError(
+            f"config: experiments.{plan.name}: split {plan.split!r} is not defined for dataset {dataset.name!r} "
+            f"at preset {preset} (datasets.{dataset.name}.{preset}.splits has {sorted(dataset.splits)})"
+        )
+    plan = _resolve_training_input(plan, dataset, preset)
+    if plan.experiment.task != dataset.task:
+        raise ConfigError(
+            f"config: experiments.{plan.name}: task {plan.experiment.task!r} does not match dataset "
+            f"{dataset.name!r} (task {dataset.task!r})"
+        )
+    return plan
+
+
+def _preset_resources(preset_block: Mapping[str, Any], preset: str, job: str) -> Resources:
+    """What each ``job`` (train or infer) asks for at ``preset``: the defaults, updated by the preset."""
+    where = f"presets.{preset}.{job}"
+    return _resources({**DEFAULT_RESOURCES, **_mapping(preset_block.get(job, {}), where)}, where)
+
+
+def _arguments(preset_block: Mapping[str, Any], key: str) -> str:
+    """The preset's extra arguments of a command (``capacity``, ``complexity``), shell-quoted."""
+    return " ".join(shlex.quote(str(arg)) for arg in preset_block.get(key, []) or [])
+
+
+def _memory_tables(value: Any) -> tuple[str, ...]:
+    """The paper memory tables to measure: names from :data:`revunet.catalog.MEMORY_TABLES`."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config: memory_tables must be a list of names from {list(MEMORY_TABLES)}, got {value!r}")
+    unknown = [name for name in value if name not in MEMORY_TABLES]
+    if unknown:
+        raise ConfigError(
+            f"config: memory_tables: unknown table(s) {unknown}; expected names from {list(MEMORY_TABLES)}"
+        )
+    return tuple(value)
 
 
 def _plan_experiment(
