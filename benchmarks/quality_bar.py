@@ -38,17 +38,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_separability import GaussianClassifier, dice  # noqa: E402
-
-from revunet.training.state import model_from_checkpoint  # noqa: E402
-from revunet.cli import main as revunet  # noqa: E402
-from revunet.tasks import TASKS  # noqa: E402
+from revunet.cli import main as revunet
+from revunet.tasks import TASKS
+from revunet.training.state import model_from_checkpoint
+from synthetic_separability import GaussianClassifier, dice
 
 BRATS_REGIONS = TASKS["brats"].regions
 from revunet.data.preprocess import load_preprocessed  # noqa: E402
 from revunet.data.splits import read_split  # noqa: E402
-from revunet.experiments.recipe import Experiment  # noqa: E402
 from revunet.evaluation.predict import predict_volume  # noqa: E402
+from revunet.experiments.recipe import Experiment  # noqa: E402
 from revunet.training.loop import train  # noqa: E402
 
 
@@ -84,7 +83,9 @@ def voxel_baseline(pre: Path, train_ids: list[str], test_ids: list[str]) -> dict
         x, brain = brain_features(case.image)
         predicted = np.zeros_like(case.label)
         predicted[brain] = classifier.predict(x)
-        for region, p, t in zip(BRATS_REGIONS, TASKS["brats"].region_stack(predicted), TASKS["brats"].region_stack(case.label)):
+        for region, p, t in zip(
+            BRATS_REGIONS, TASKS["brats"].region_stack(predicted), TASKS["brats"].region_stack(case.label)
+        ):
             scores[region].append(dice(p, t))
     return {region: float(np.mean(values)) for region, values in scores.items()}
 
@@ -111,31 +112,38 @@ def validation_curve(log: Path) -> str:
 
 
 def demo_experiment(args: argparse.Namespace, memory_saving: bool) -> Experiment:
-    return Experiment.from_dict({
-        "name": "quality_bar_" + ("reversible" if memory_saving else "twin"),
-        "task": "brats",
-        "model": "partially_reversible",
-        "model_params": {"channels": args.channels, "groups": args.groups, "norm": args.norm,
-                         "memory_saving": memory_saving, **({"head_norm": True} if args.head_norm else {})},
-        "loss": args.loss,
-        "loss_params": {} if args.smooth is None else {"smooth": args.smooth},
-        "augmentation": args.augmentation,
-        "patch_size": args.patch,
-        "optimizer": "adam",
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "grad_clip_norm": args.grad_clip,
-        "warmup_steps": args.warmup,
-        "milestones": args.milestones,
-        "gamma": args.gamma,
-        "batch_size": args.batch,
-        "accumulation": args.accumulation,
-        "epochs": args.epochs,
-        "max_steps_per_epoch": args.steps,
-        "validate_every": args.validate_every,
-        "seed": args.seed,
-        "ema_alpha": args.ema_alpha,
-    })
+    return Experiment.from_dict(
+        {
+            "name": "quality_bar_" + ("reversible" if memory_saving else "twin"),
+            "task": "brats",
+            "model": "partially_reversible",
+            "model_params": {
+                "channels": args.channels,
+                "groups": args.groups,
+                "norm": args.norm,
+                "memory_saving": memory_saving,
+                **({"head_norm": True} if args.head_norm else {}),
+            },
+            "loss": args.loss,
+            "loss_params": {} if args.smooth is None else {"smooth": args.smooth},
+            "augmentation": args.augmentation,
+            "patch_size": args.patch,
+            "optimizer": "adam",
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "grad_clip_norm": args.grad_clip,
+            "warmup_steps": args.warmup,
+            "milestones": args.milestones,
+            "gamma": args.gamma,
+            "batch_size": args.batch,
+            "accumulation": args.accumulation,
+            "epochs": args.epochs,
+            "max_steps_per_epoch": args.steps,
+            "validate_every": args.validate_every,
+            "seed": args.seed,
+            "ema_alpha": args.ema_alpha,
+        }
+    )
 
 
 def main() -> None:
@@ -144,28 +152,47 @@ def main() -> None:
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=[16, 32, 64, 128])
     parser.add_argument("--groups", type=int, default=8)
     parser.add_argument("--norm", default="group", choices=("group", "instance"))
-    parser.add_argument("--head-norm", action="store_true", help="model_params.head_norm: Norm-LeakyReLU before the head")
+    parser.add_argument(
+        "--head-norm", action="store_true", help="model_params.head_norm: Norm-LeakyReLU before the head"
+    )
     parser.add_argument("--loss", default="bruegger2019", help="a preset of revunet.training.losses.LOSSES")
     parser.add_argument("--smooth", type=float, default=None, help="Dice smoothing (default: the loss preset's, 1)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--milestones", type=lambda s: [int(c) for c in s.split(",") if c], default=[35],
-                        help="epochs after which the lr is multiplied by --gamma, comma-separated")
+    parser.add_argument(
+        "--milestones",
+        type=lambda s: [int(c) for c in s.split(",") if c],
+        default=[35],
+        help="epochs after which the lr is multiplied by --gamma, comma-separated",
+    )
     parser.add_argument("--gamma", type=float, default=0.2)
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam (L2) weight decay")
-    parser.add_argument("--grad-clip", type=float, default=None,
-                        help="grad_clip_norm: largest global L2 norm of a step's gradient (default: no clipping)")
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        default=None,
+        help="grad_clip_norm: largest global L2 norm of a step's gradient (default: no clipping)",
+    )
     parser.add_argument("--warmup", type=int, default=0, help="warmup_steps: linear learning-rate ramp")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--accumulation", type=int, default=1,
-                        help="micro-batches per optimiser step (--steps counts optimiser steps)")
+    parser.add_argument(
+        "--accumulation", type=int, default=1, help="micro-batches per optimiser step (--steps counts optimiser steps)"
+    )
     parser.add_argument("--validate-every", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=45)
     parser.add_argument("--steps", type=int, default=8, help="max_steps_per_epoch")
     parser.add_argument("--augmentation", default="none")
-    parser.add_argument("--patch", type=lambda s: [int(c) for c in s.split(",")] if s else None, default=[32, 48, 32],
-                        help="training patch X,Y,Z ('' for the whole 48x64x48 volume; validation is always whole)")
-    parser.add_argument("--ema-alpha", type=float, default=0.0,
-                        help="EMA of the validation Dice that picks best.pt (0.95 in the paper; 0: the best validation)")
+    parser.add_argument(
+        "--patch",
+        type=lambda s: [int(c) for c in s.split(",")] if s else None,
+        default=[32, 48, 32],
+        help="training patch X,Y,Z ('' for the whole 48x64x48 volume; validation is always whole)",
+    )
+    parser.add_argument(
+        "--ema-alpha",
+        type=float,
+        default=0.0,
+        help="EMA of the validation Dice that picks best.pt (0.95 in the paper; 0: the best validation)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--twin", action=argparse.BooleanOptionalAction, default=True, help="also train the twin")
@@ -197,25 +224,32 @@ def main() -> None:
 
     sample = "patch " + "x".join(map(str, args.patch)) if args.patch else "full 48x64x48 volume"
     milestones = f", x{args.gamma:g} after epoch(s) {args.milestones}" if args.milestones else ""
-    print(f"\nsetup: channels {args.channels}, {args.norm} norm (groups {args.groups}), Adam lr {args.lr:g}{milestones}, "
-          f"weight decay {args.weight_decay:g}, gradient clipping {args.grad_clip}, warm-up {args.warmup} steps, "
-          f"EMA alpha {args.ema_alpha}, {args.epochs} epochs x {args.steps} steps "
-          f"(batch {args.batch} x accumulation {args.accumulation}, {sample}), "
-          f"validation every {args.validate_every} epoch(s), "
-          f"loss {args.loss} (smooth {args.smooth or 'preset'}), augmentation {args.augmentation}, "
-          f"seed {args.seed}, {args.threads} thread(s); {len(split.train)} train / {len(split.held_out)} held-out cases")
+    print(
+        f"\nsetup: channels {args.channels}, {args.norm} norm (groups {args.groups}), Adam lr {args.lr:g}{milestones}, "
+        f"weight decay {args.weight_decay:g}, gradient clipping {args.grad_clip}, warm-up {args.warmup} steps, "
+        f"EMA alpha {args.ema_alpha}, {args.epochs} epochs x {args.steps} steps "
+        f"(batch {args.batch} x accumulation {args.accumulation}, {sample}), "
+        f"validation every {args.validate_every} epoch(s), "
+        f"loss {args.loss} (smooth {args.smooth or 'preset'}), augmentation {args.augmentation}, "
+        f"seed {args.seed}, {args.threads} thread(s); {len(split.train)} train / {len(split.held_out)} held-out cases"
+    )
     columns = ("WT", "TC", "ET", "mean", "/voxel", "best ep", "wall s", "cpu s", "cpu s/ep")
     print(f"{'model':<32} " + " ".join(f"{c:>{max(6, len(c))}}" for c in columns))
     reference = np.mean(list(baseline.values()))
     for name, (scores, summary, cpu) in results.items():
         mean = float(np.mean(list(scores.values())))
-        extra = "" if summary is None else (
-            f" {summary['best_epoch']:>7} {summary['train_seconds']:>7.1f} "
-            + ("  (reused run)" if cpu is None else f"{cpu:>7.1f} {cpu / summary['epochs_completed']:>8.1f}")
+        extra = (
+            ""
+            if summary is None
+            else (
+                f" {summary['best_epoch']:>7} {summary['train_seconds']:>7.1f} "
+                + ("  (reused run)" if cpu is None else f"{cpu:>7.1f} {cpu / summary['epochs_completed']:>8.1f}")
+            )
         )
-        print(f"{name:<32} {scores['WT']:6.3f} {scores['TC']:6.3f} {scores['ET']:6.3f} {mean:6.3f} "
-              f"{mean / reference:7.2f}{extra}")
-
+        print(
+            f"{name:<32} {scores['WT']:6.3f} {scores['TC']:6.3f} {scores['ET']:6.3f} {mean:6.3f} "
+            f"{mean / reference:7.2f}{extra}"
+        )
 
     for name, curve in curves.items():
         print(f"validation mean Dice of {name} (epoch:Dice): {curve}")

@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported from the repo root
 
-from peers import (  # noqa: E402
+from peers import (
     BUILDERS,
     TRACKER_CAVEATS,
     available_implementations,
@@ -45,8 +45,7 @@ from peers import (  # noqa: E402
     coupling_pairs,
     gradient_mismatch,
 )
-
-from revunet.memory.accounting import MIB, adam, measure_training_step, sum_of_outputs  # noqa: E402
+from revunet.memory.accounting import MIB, adam, measure_training_step, sum_of_outputs
 
 GRADIENT_TOLERANCE = 1e-4  # relative to the largest gradient entry; float32 reconstruction is ~1e-7
 TIME_TARGET = 1.3  # our step time may be at most this multiple of the twin's

@@ -24,13 +24,13 @@ import nibabel as nib
 import numpy as np
 
 from revunet.data.labels import ISEG_DISK_VALUES
-from revunet.tasks import TASKS
 from revunet.data.synth.generate import (
     DEFAULT_SPACING,
     DEFAULT_SUBJECTS,
     brats_case_id,
     write_dataset,
 )
+from revunet.tasks import TASKS
 
 
 def _read(path: Path) -> np.ndarray:

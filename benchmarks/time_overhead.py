@@ -32,18 +32,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported from the repo root
 
-from reversible_core import (  # noqa: E402
+from reversible_core import (
     cpu_model,
     keep_freed_memory,
     load_average,
     render,
     source_state,
 )
-
-from revunet.atomic import write_text_atomic  # noqa: E402
-from revunet.training.losses import LOSSES  # noqa: E402
-from revunet.memory.accounting import adam  # noqa: E402
-from revunet.models import build_model  # noqa: E402
+from revunet.atomic import write_text_atomic
+from revunet.memory.accounting import adam
+from revunet.models import build_model
+from revunet.training.losses import LOSSES
 
 TIME_TARGET = 1.3  # our reversible step may take at most this multiple of the twin's
 PAPER_OVERHEAD = 1.5  # Brügger et al.: "about 50 %" longer training
@@ -73,7 +72,14 @@ class Case:
 
 SMALL = (16, 32, 64, 128)
 CPU_CASES = (
-    Case("Brügger (small)", "partially_reversible", {"channels": SMALL, "groups": 8}, (64, 64, 64), "bruegger2019", devices=("cpu",)),
+    Case(
+        "Brügger (small)",
+        "partially_reversible",
+        {"channels": SMALL, "groups": 8},
+        (64, 64, 64),
+        "bruegger2019",
+        devices=("cpu",),
+    ),
     Case(
         "MBConv (small)",
         "partially_reversible",
@@ -82,8 +88,26 @@ CPU_CASES = (
         "pendse2020",
         devices=("cpu",),
     ),
-    Case("Partially-InvRes (small)", "invres_partial", {"channels": SMALL}, (64, 64, 64), "invres2020", ("sigmoid",), vae=True, devices=("cpu",)),
-    Case("Fully-InvRes (small)", "invres_full", {"channels": SMALL}, (64, 64, 64), "invres2020", ("sigmoid",), vae=True, devices=("cpu",)),
+    Case(
+        "Partially-InvRes (small)",
+        "invres_partial",
+        {"channels": SMALL},
+        (64, 64, 64),
+        "invres2020",
+        ("sigmoid",),
+        vae=True,
+        devices=("cpu",),
+    ),
+    Case(
+        "Fully-InvRes (small)",
+        "invres_full",
+        {"channels": SMALL},
+        (64, 64, 64),
+        "invres2020",
+        ("sigmoid",),
+        vae=True,
+        devices=("cpu",),
+    ),
 )
 PAPER_CASES = (
     Case("Brügger 1/1 full volume", "partially_reversible", {}, (160, 192, 160), "bruegger2019", devices=("cuda",)),
@@ -96,8 +120,26 @@ PAPER_CASES = (
         autocast=torch.float16,
         devices=("cuda",),
     ),
-    Case("Partially-InvRes BraTS", "invres_partial", {}, (128, 128, 128), "invres2020", ("sigmoid",), vae=True, devices=("cuda",)),
-    Case("Fully-InvRes BraTS", "invres_full", {}, (128, 128, 128), "invres2020", ("sigmoid",), vae=True, devices=("cuda",)),
+    Case(
+        "Partially-InvRes BraTS",
+        "invres_partial",
+        {},
+        (128, 128, 128),
+        "invres2020",
+        ("sigmoid",),
+        vae=True,
+        devices=("cuda",),
+    ),
+    Case(
+        "Fully-InvRes BraTS",
+        "invres_full",
+        {},
+        (128, 128, 128),
+        "invres2020",
+        ("sigmoid",),
+        vae=True,
+        devices=("cuda",),
+    ),
 )
 
 
@@ -200,7 +242,9 @@ def main(argv: Iterable[str] | None = None) -> pd.DataFrame:
         runs = [(c, d) for c, d in runs if any(word.lower() in c.name.lower() for word in args.cases)]
     if not args.system_malloc:
         keep_freed_memory()  # see reversible_core.keep_freed_memory: steadier CPU step times
-    print(f"{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; CUDA: {torch.cuda.is_available()}")
+    print(
+        f"{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; CUDA: {torch.cuda.is_available()}"
+    )
     print(f"load average before: {load_average()}; {source_state()}")
     rows = []
     started = time.perf_counter()

@@ -237,7 +237,9 @@ def test_presets_and_validation():
 def test_label_values_are_kept_exactly():
     image, label = coordinate_case((32, 32, 14))
     image_t, label_t = torch.from_numpy(image), torch.from_numpy(label.astype(np.int64))
-    mild = Augmentation(AugmentationConfig(rotation_degrees=20, scale_range=(0.9, 1.1), elastic_sigma=2, flip_probability=0.5))
+    mild = Augmentation(
+        AugmentationConfig(rotation_degrees=20, scale_range=(0.9, 1.1), elastic_sigma=2, flip_probability=0.5)
+    )
     strong = Augmentation(AugmentationConfig.bruegger2019())
     for seed in range(6):
         _, out = mild(image_t, label_t, seed)
@@ -262,9 +264,13 @@ def test_flips_flip_image_and_label_together():
     seen = set()
     for seed in range(16):
         out_image, out_label = random_flips(image_t, label_t, seed)
-        flipped = tuple(not np.array_equal(out_label.numpy().sum(axis=tuple(a for a in range(3) if a != axis)),
-                                           label.sum(axis=tuple(a for a in range(3) if a != axis)))
-                        for axis in range(3))
+        flipped = tuple(
+            not np.array_equal(
+                out_label.numpy().sum(axis=tuple(a for a in range(3) if a != axis)),
+                label.sum(axis=tuple(a for a in range(3) if a != axis)),
+            )
+            for axis in range(3)
+        )
         seen.add(flipped)
         np.testing.assert_array_equal(out_image[0].numpy() == 2.0, out_label.numpy() == 1)
     assert len(seen) >= 6
@@ -290,7 +296,9 @@ def test_in_plane_warps_never_mix_axial_slices():
     label[8:18, 9:20, :] = 2
     for config in (
         AugmentationConfig(rotation_degrees=20),
-        AugmentationConfig(rotation_degrees=20, scale_range=(1 / 1.1, 1.1), elastic_sigma=3, flip_probability=0.5, flip_axes=(0, 1)),
+        AugmentationConfig(
+            rotation_degrees=20, scale_range=(1 / 1.1, 1.1), elastic_sigma=3, flip_probability=0.5, flip_axes=(0, 1)
+        ),
     ):
         augment = Augmentation(config)
         changed = []
@@ -301,7 +309,9 @@ def test_in_plane_warps_never_mix_axial_slices():
             assert pattern.max() == pytest.approx(1.0)
             for k in range(shape[2]):
                 # Same parameters for every slice, and nothing from neighbouring slices.
-                np.testing.assert_allclose(out_image[:, :, :, k], np.broadcast_to((k + 1) * pattern, (4, *shape[:2])), rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(
+                    out_image[:, :, :, k], np.broadcast_to((k + 1) * pattern, (4, *shape[:2])), rtol=1e-6, atol=1e-6
+                )
                 assert np.array_equal(out_label[..., k], out_label[..., 0])
             changed.append(not np.array_equal(out_label.numpy()[..., 0], label[..., 0]))
         assert any(changed), "the warp did nothing"
@@ -328,7 +338,9 @@ def test_intensity_changes_spare_the_background_and_leave_global_rng_alone():
     shifts = [np.unique(np.round(shifted[c][~background[c]] - image[c][~background[c]], 5)) for c in range(4)]
     assert all(len(s) == 1 and abs(s[0]) <= 0.1 for s in shifts)
     assert len({float(s[0]) for s in shifts}) == 4  # one draw per channel
-    scaled, _ = Augmentation(AugmentationConfig(intensity_scale=0.1, intensity_foreground_only=False))(torch.from_numpy(image), None, 3)
+    scaled, _ = Augmentation(AugmentationConfig(intensity_scale=0.1, intensity_foreground_only=False))(
+        torch.from_numpy(image), None, 3
+    )
     ratios = scaled.numpy()[:, label == 1] / image[:, label == 1]
     assert np.all((ratios >= 0.9) & (ratios <= 1.1)) and np.allclose(ratios, ratios[:, :1])
 

@@ -82,9 +82,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, case_file: str, out_dir: 
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60)
-    )
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     try:
         case = torch.load(case_file)
         model = build_model(case["kind"])
@@ -150,9 +148,7 @@ def test_ddp_gradients_equal_single_process_full_batch(kind: str, tmp_path: Path
         ref_grads = reference["grads"][step]
         # the memory-saving reference is itself right: it matches the plain-autograd twin
         for name in names:
-            torch.testing.assert_close(
-                ref_grads[name], reference["twin"]["grads"][step][name], rtol=1e-4, atol=1e-6
-            )
+            torch.testing.assert_close(ref_grads[name], reference["twin"]["grads"][step][name], rtol=1e-4, atol=1e-6)
         # the mean of the two half-batch losses is the full-batch loss
         mean_loss = sum(r["loss"][step] for r in ranks) / WORLD_SIZE
         torch.testing.assert_close(mean_loss, reference["loss"][step], rtol=RTOL, atol=ATOL)
@@ -163,7 +159,10 @@ def test_ddp_gradients_equal_single_process_full_batch(kind: str, tmp_path: Path
                 assert grads[name] is not None, f"rank {rank} step {step}: no gradient for {name}"
                 assert ref_grads[name].abs().sum() > 0, name
                 torch.testing.assert_close(
-                    grads[name], ref_grads[name], rtol=RTOL, atol=ATOL,
+                    grads[name],
+                    ref_grads[name],
+                    rtol=RTOL,
+                    atol=ATOL,
                     msg=lambda m, n=name, r=rank, s=step: f"rank {r} step {s} {n}: {m}",
                 )
         # both ranks hold the same all-reduced gradient

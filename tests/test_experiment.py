@@ -19,7 +19,9 @@ def test_json_round_trip_keeps_small_and_large_floats(tmp_path):
 
 def test_yaml_reads_exponent_floats_as_numbers_and_integers_as_integers(tmp_path):
     path = tmp_path / "e.yaml"
-    path.write_text("name: demo\ntask: brats\nmodel: unet3d\nweight_decay: 1e-5\nlr: 2e-4\nepochs: 3\nmilestones: [2]\n")
+    path.write_text(
+        "name: demo\ntask: brats\nmodel: unet3d\nweight_decay: 1e-5\nlr: 2e-4\nepochs: 3\nmilestones: [2]\n"
+    )
     experiment = read_experiment(path)
     assert (experiment.weight_decay, experiment.lr, experiment.epochs, experiment.milestones) == (1e-5, 2e-4, 3, (2,))
 

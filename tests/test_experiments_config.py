@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from revunet.cli import main
-from revunet.experiments.recipe import read_experiment
 from revunet.catalog import MEMORY_TABLES, REPORT_FIGURES, REPORT_TABLES, SYNTHETIC_FOLDERS
+from revunet.cli import main
 from revunet.experiments.config_files import deep_merge, read_workflow_config
 from revunet.experiments.plan import ConfigError, plan_workflow
+from revunet.experiments.recipe import read_experiment
 from revunet.models.registry import build_model
 from revunet.papers import paper_results
 

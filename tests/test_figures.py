@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_tables import results, write_complexity  # noqa: F401  (``results`` is a fixture)
 
 from revunet.cli import main
 from revunet.report.figures import FigureInputs, parse_examples, write_figures
 from revunet.report.figures.examples import centre_slice
 from revunet.report.inputs import ReportInputError
+from test_tables import results, write_complexity  # noqa: F401  (``results`` is a fixture)
 
 FIXED = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
 
@@ -139,5 +139,7 @@ def test_example_defaults_to_the_best_scoring_experiment(results, tmp_path):  # 
     light = {"training": None, "memory": None}
     index = dict(write_figures(figure_inputs(results, **light), tmp_path / "best"))
     assert "experiment pendse_baseline" in index["example_segmentation_brats.png"]
-    index = dict(write_figures(figure_inputs(results, examples={"brats": "bruegger_baseline"}, **light), tmp_path / "c"))
+    index = dict(
+        write_figures(figure_inputs(results, examples={"brats": "bruegger_baseline"}, **light), tmp_path / "c")
+    )
     assert "experiment bruegger_baseline" in index["example_segmentation_brats.png"]

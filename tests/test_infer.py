@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from revunet.cli import main
-from revunet.data.labels import canonical_to_disk
 from revunet.data.case_table import read_case_table, write_case_table
+from revunet.data.labels import canonical_to_disk
 from revunet.data.layouts import find_cases
 from revunet.data.preprocess import load_preprocessed, npz_path
 from revunet.data.splits import read_split
@@ -29,9 +29,9 @@ from revunet.evaluation.predict import (
     write_label_nifti,
 )
 from revunet.experiments.recipe import Experiment
+from revunet.models.build import build_experiment_model
 from revunet.models.vae import SegmentationWithVAE
 from revunet.tasks import TASKS
-from revunet.models.build import build_experiment_model
 from revunet.training.state import save_checkpoint
 
 SPACING = 4.0  # mm: a 60x60x39 BraTS grid whose brains (about 34x43x34) are cropped in y, padded in x and z

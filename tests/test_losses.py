@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from revunet.experiments.recipe import Experiment
-from revunet.training.losses import LOSSES
 from revunet.training.errors import TrainError
+from revunet.training.losses import LOSSES
 from revunet.training.setup import make_loss
 
 
@@ -64,15 +64,23 @@ def test_dice_bce_gives_gradient_where_dice_alone_is_flat():
 
 
 def test_training_accepts_dice_bce_for_brats():
-    experiment = Experiment.from_dict({"name": "demo", "task": "brats", "model": "partially_reversible",
-                                       "loss": "dice_bce"})
+    experiment = Experiment.from_dict(
+        {"name": "demo", "task": "brats", "model": "partially_reversible", "loss": "dice_bce"}
+    )
     loss = make_loss(experiment)
     assert loss.output == "sigmoid" and loss.dice == 1.0 and loss.cross_entropy == 1.0
 
 
 def test_loss_params_override_the_preset_and_bad_ones_are_named():
-    experiment = Experiment.from_dict({"name": "e", "task": "brats", "model": "partially_reversible",
-                                       "loss": "bruegger2019", "loss_params": {"smooth": 1e-5}})
+    experiment = Experiment.from_dict(
+        {
+            "name": "e",
+            "task": "brats",
+            "model": "partially_reversible",
+            "loss": "bruegger2019",
+            "loss_params": {"smooth": 1e-5},
+        }
+    )
     loss = make_loss(experiment)
     assert (loss.smooth, loss.dice_scale, loss.dice_reduction) == (1e-5, 0.2, "sum")
     # an empty target channel: smoothing 1 pulls the prediction towards zero, 1e-5 leaves it almost alone
@@ -84,9 +92,11 @@ def test_loss_params_override_the_preset_and_bad_ones_are_named():
         make_loss(experiment.replace(loss_params={"smooth": smooth}))(logits, target).backward()
         gradients.append(logits.grad[:, 2].abs().sum().item())
     assert gradients[0] > 1e3 * gradients[1]
-    for params, message in (({"smoth": 1.0}, r"unknown loss field\(s\) \['smoth'\]"),
-                            ({"smooth": 0}, "smooth must be positive"),
-                            ({"smooth": "1"}, "smooth must be a number"),
-                            ({"dice_reduction": "max"}, "dice_reduction must be 'sum' or 'mean'")):
+    for params, message in (
+        ({"smoth": 1.0}, r"unknown loss field\(s\) \['smoth'\]"),
+        ({"smooth": 0}, "smooth must be positive"),
+        ({"smooth": "1"}, "smooth must be a number"),
+        ({"dice_reduction": "max"}, "dice_reduction must be 'sum' or 'mean'"),
+    ):
         with pytest.raises(TrainError, match=r"experiment 'e': loss_params: .*" + message):
             make_loss(experiment.replace(loss_params=params))

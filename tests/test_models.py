@@ -227,7 +227,9 @@ def test_mbconv_is_depthwise_and_honours_expand_ratio_and_channels():
     assert [m.num_groups for m in block.modules() if isinstance(m, nn.GroupNorm)] == [15, 15, 15]
     # The whole network: encoder couplings are MBConv at half width, decoder couplings residual.
     widths, depth = (30, 60, 120), 2
-    model = build_model("partially_reversible", channels=widths, block="mbconv", expand_ratio=ratio, encoder_depth=depth)
+    model = build_model(
+        "partially_reversible", channels=widths, block="mbconv", expand_ratio=ratio, encoder_depth=depth
+    )
 
     def mbconv(c: int) -> int:
         h = c * ratio

@@ -209,7 +209,9 @@ def test_fingerprint_tracks_inputs_and_settings(tmp_path):
     assert list(fingerprint["files"]) == [str(source)]
     result = preprocess_case(brats_case(), (20, 24, 18))
     assert not is_current(tmp_path / "out", "case_a", fingerprint)
-    save_preprocessed(tmp_path / "out", result.__class__(result.image, result.label, _with_fingerprint(result.meta, fingerprint)))
+    save_preprocessed(
+        tmp_path / "out", result.__class__(result.image, result.label, _with_fingerprint(result.meta, fingerprint))
+    )
     assert is_current(tmp_path / "out", "case_a", fingerprint)
     assert not is_current(tmp_path / "out", "case_a", input_fingerprint(row, None))
     source.write_bytes(b"changed")
@@ -306,7 +308,9 @@ def test_warning_from_the_command_reaches_stderr(tmp_path, capsys):
     main(["cases", str(root), "--out", str(table)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert main(["preprocess", "--cases", str(table), "--all", "--out", str(tmp_path / "p"), "--shape", "6,28,9"]) == 0
+        assert (
+            main(["preprocess", "--cases", str(table), "--all", "--out", str(tmp_path / "p"), "--shape", "6,28,9"]) == 0
+        )
     captured = capsys.readouterr()
     assert "warning:" in captured.err and "labelled voxels" in captured.err
     assert "crop cut" in captured.out

@@ -77,7 +77,12 @@ def test_document_round_trip(tmp_path):
     path = write_split(tmp_path / "split.json", split_document(parts, (8, 2), 5, "test", ["x"]))
     split = read_split(path)
     assert split.train == parts["train"] and split.held_out == parts["test"]
-    assert (split.held_out_name, split.seed, split.scheme, split.excluded_unlabelled) == ("test", 5, "counts:8,2", ["x"])
+    assert (split.held_out_name, split.seed, split.scheme, split.excluded_unlabelled) == (
+        "test",
+        5,
+        "counts:8,2",
+        ["x"],
+    )
     with pytest.raises(ValueError, match="not a split file"):
         (tmp_path / "bad.json").write_text("{}")
         read_split(tmp_path / "bad.json")

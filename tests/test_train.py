@@ -23,20 +23,20 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from revunet.evaluation.predict import predict_volume
-from revunet.models.build import build_experiment_model
-from revunet.training import loop, setup
-from revunet.training.state import load_checkpoint, model_from_checkpoint
-from revunet.cli import main as cli_main
 from revunet.catalog import TASK_MODALITIES
+from revunet.cli import main as cli_main
 from revunet.data.preprocess import PreprocessedCase, PreprocessMeta, save_preprocessed
 from revunet.data.splits import split_document, write_split
+from revunet.evaluation.predict import predict_volume
 from revunet.experiments.recipe import Experiment, write_experiment
-from revunet.training.losses import SegmentationLoss
+from revunet.models.build import build_experiment_model
+from revunet.training import loop, setup
+from revunet.training.early_stopping import EarlyStopping
 from revunet.training.errors import TrainError
 from revunet.training.loop import train
+from revunet.training.losses import SegmentationLoss
 from revunet.training.randomness import ShardedOrder, seed_everything
-from revunet.training.early_stopping import EarlyStopping
+from revunet.training.state import load_checkpoint, model_from_checkpoint
 
 SHAPE = (16, 16, 16)
 TINY = {"channels": [4, 8], "groups": 2}
@@ -44,7 +44,7 @@ TINY = {"channels": [4, 8], "groups": 2}
 
 def store_case(directory: Path, case_id: str, seed: int, task: str = "brats", shape=SHAPE) -> None:
     """A noisy 'brain' whose bright blob is the tumour (label 2 around 1 around 4)."""
-    SHAPE = tuple(shape)  # noqa: N806 - the module default unless a test asks for another size
+    SHAPE = tuple(shape)
     rng = np.random.default_rng(seed)
     modalities = TASK_MODALITIES[task]
     image = rng.normal(0, 0.3, size=(len(modalities), *SHAPE)).astype(np.float32)
@@ -63,9 +63,20 @@ def store_case(directory: Path, case_id: str, seed: int, task: str = "brats", sh
     contrast = 0.3 * np.arange(1, len(modalities) + 1, dtype=np.float32)[:, None, None, None]
     image += label[None].astype(np.float32) * contrast
     meta = PreprocessMeta(
-        case_id=case_id, task=task, modalities=modalities, original_shape=SHAPE, affine=np.eye(4).tolist(),
-        spacing=(1.0, 1.0, 1.0), bbox_start=(0, 0, 0), bbox_stop=SHAPE, offset=(0, 0, 0), target_shape=None,
-        shape=SHAPE, source_files={}, zscore_mean={m: 0.0 for m in modalities}, zscore_std={m: 1.0 for m in modalities},
+        case_id=case_id,
+        task=task,
+        modalities=modalities,
+        original_shape=SHAPE,
+        affine=np.eye(4).tolist(),
+        spacing=(1.0, 1.0, 1.0),
+        bbox_start=(0, 0, 0),
+        bbox_stop=SHAPE,
+        offset=(0, 0, 0),
+        target_shape=None,
+        shape=SHAPE,
+        source_files={},
+        zscore_mean={m: 0.0 for m in modalities},
+        zscore_std={m: 1.0 for m in modalities},
         has_label=True,
     )
     save_preprocessed(directory, PreprocessedCase(image, label, meta))
@@ -83,8 +94,15 @@ def make_data(root: Path, n_train: int = 3, n_held: int = 1, task: str = "brats"
 
 
 def tiny(**changes) -> Experiment:
-    values = {"name": "tiny", "task": "brats", "model": "partially_reversible", "model_params": dict(TINY),
-              "lr": 3e-3, "epochs": 3, "seed": 1}
+    values = {
+        "name": "tiny",
+        "task": "brats",
+        "model": "partially_reversible",
+        "model_params": dict(TINY),
+        "lr": 3e-3,
+        "epochs": 3,
+        "seed": 1,
+    }
     return Experiment.from_dict({**values, **changes})
 
 
@@ -159,8 +177,20 @@ def test_log_columns_schedule_and_summary(finished) -> None:
     with open(out / "log.csv", newline="") as stream:
         header = next(csv.reader(stream))
     assert header == [
-        "epoch", "steps", "train_loss", "loss_dice", "grad_norm", "val_dice_WT", "val_dice_TC", "val_dice_ET",
-        "val_mean_dice", "ema_dice", "lr", "epoch_seconds", "peak_memory_mib", "time",
+        "epoch",
+        "steps",
+        "train_loss",
+        "loss_dice",
+        "grad_norm",
+        "val_dice_WT",
+        "val_dice_TC",
+        "val_dice_ET",
+        "val_mean_dice",
+        "ema_dice",
+        "lr",
+        "epoch_seconds",
+        "peak_memory_mib",
+        "time",
     ]
     rows = read_log(out / "log.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -212,8 +242,20 @@ def test_changed_experiment_is_an_error_unless_restart(data, tmp_path) -> None:
     train(tiny(epochs=1), pre, split, out, device="cpu", progress=False)
     spec = tmp_path / "changed.json"
     write_experiment(spec, tiny(epochs=1, lr=1e-3))
-    args = ["train", "--experiment", str(spec), "--preprocessed", str(pre), "--split", str(split), "--out", str(out),
-            "--device", "cpu", "--no-progress"]
+    args = [
+        "train",
+        "--experiment",
+        str(spec),
+        "--preprocessed",
+        str(pre),
+        "--split",
+        str(split),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     with pytest.raises(SystemExit, match=r"revunet train: .*different experiment \(keys that differ: lr\).*--restart"):
         cli_main(args)
     assert cli_main([*args, "--restart"]) == 0
@@ -252,22 +294,53 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(data, tmp_path) -
     # batch 2, accumulation, augmentation, a schedule, a warm-up into epoch 3 (2 steps per epoch),
     # clipping and dropout (torch's global generator):
     # every piece of state a resumed run must restore is exercised
-    write_experiment(spec, tiny(epochs=4, batch_size=2, accumulation=2, samples_per_volume=2,
-                                augmentation="invres2020", milestones=[2], optimizer="adamw", weight_decay=1e-3,
-                                warmup_steps=5, grad_clip_norm=0.5, model_params={**TINY, "dropout": 0.2}))
+    write_experiment(
+        spec,
+        tiny(
+            epochs=4,
+            batch_size=2,
+            accumulation=2,
+            samples_per_volume=2,
+            augmentation="invres2020",
+            milestones=[2],
+            optimizer="adamw",
+            weight_decay=1e-3,
+            warmup_steps=5,
+            grad_clip_norm=0.5,
+            model_params={**TINY, "dropout": 0.2},
+        ),
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
     def command(out: Path) -> list[str]:
-        return ["train", "--experiment", str(spec), "--preprocessed", str(pre), "--split", str(split),
-                "--out", str(out), "--device", "cpu", "--no-progress"]
+        return [
+            "train",
+            "--experiment",
+            str(spec),
+            "--preprocessed",
+            str(pre),
+            "--split",
+            str(split),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
 
     cli = [sys.executable, "-m", "revunet.cli"]
-    reference = subprocess.Popen([*cli, *command(tmp_path / "reference")], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reference = subprocess.Popen(
+        [*cli, *command(tmp_path / "reference")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     marker = tmp_path / "marker"
     killed_out = tmp_path / "killed"
-    killed = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(marker), *command(killed_out)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(marker), *command(killed_out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert killed.poll() is None, killed.communicate()[0]
@@ -331,8 +404,22 @@ def test_huge_learning_rate_is_reported_by_the_command(data, tmp_path) -> None:
     # PyYAML writes 1.0e+30 (a JSON 1e+30 would be read back as a string)
     spec.write_text(yaml.safe_dump({**tiny(optimizer="sgd", epochs=2).to_dict(), "lr": 1e30}))
     with pytest.raises(SystemExit) as info:
-        cli_main(["train", "--experiment", str(spec), "--preprocessed", str(pre), "--split", str(split),
-                  "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
+        cli_main(
+            [
+                "train",
+                "--experiment",
+                str(spec),
+                "--preprocessed",
+                str(pre),
+                "--split",
+                str(split),
+                "--out",
+                str(tmp_path / "run"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
     assert info.value.code != 0
     assert str(info.value).startswith("revunet train: non-finite loss")
     assert "at epoch 1 step 2" in str(info.value)
@@ -346,14 +433,26 @@ def test_bad_inputs_name_what_is_wrong(data, tmp_path) -> None:
     spec = tmp_path / "exp.json"
     write_experiment(spec, tiny())
     with pytest.raises(SystemExit, match=r"revunet train: no split file at .*missing\.json"):
-        cli_main(["train", "--experiment", str(spec), "--preprocessed", str(pre), "--split",
-                  str(tmp_path / "missing.json"), "--out", str(tmp_path / "run")])
+        cli_main(
+            [
+                "train",
+                "--experiment",
+                str(spec),
+                "--preprocessed",
+                str(pre),
+                "--split",
+                str(tmp_path / "missing.json"),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     bad_split = tmp_path / "bad_split.json"
     write_split(bad_split, split_document({"train": ["case0", "ghost"], "validation": ["case3"]}, "fraction:0.8", 0))
     with pytest.raises(TrainError, match="ghost"):
         train(tiny(), pre, bad_split, tmp_path / "run2", device="cpu", progress=False)
-    iseg = tiny(model_params={**TINY, "in_channels": 2, "out_channels": 4, "output": "softmax"}, task="iseg",
-                loss="invres2020")
+    iseg = tiny(
+        model_params={**TINY, "in_channels": 2, "out_channels": 4, "output": "softmax"}, task="iseg", loss="invres2020"
+    )
     with pytest.raises(TrainError, match=r"for task 'iseg' but the preprocessed cases .* are \['brats'\]"):
         train(iseg, pre, split, tmp_path / "run3", device="cpu", progress=False)
     with pytest.raises(TrainError, match="task iseg needs softmax outputs"):
@@ -382,14 +481,21 @@ def test_volumes_of_any_size_are_padded_to_the_model_multiple_and_cropped_back(t
     shapes = [(15, 14, 13), (16, 12, 11), (13, 16, 16), (11, 13, 15)]
     pre, split = make_data(tmp_path, n_train=3, n_held=1, shapes=shapes)
     model = build_experiment_model(tiny(model_params={**TINY, "channels": [4, 8, 8]}))
-    batch = setup.collate([{"image": torch.ones(4, *s), "label": torch.ones(s, dtype=torch.int64)}
-                                  for s in shapes[:2]], multiple=4)
+    batch = setup.collate(
+        [{"image": torch.ones(4, *s), "label": torch.ones(s, dtype=torch.int64)} for s in shapes[:2]], multiple=4
+    )
     assert batch["image"].shape == (2, 4, 16, 16, 16) and batch["label"].shape == (2, 16, 16, 16)
     assert batch["label"][1, :, 12:].sum() == 0 and batch["image"][0, :, 15:].sum() == 0
     probabilities = predict_volume(model.eval(), torch.zeros(4, *shapes[3]), "sigmoid")
     assert probabilities.shape == (3, *shapes[3])
-    summary = train(tiny(epochs=1, batch_size=2, model_params={**TINY, "channels": [4, 8, 8]}), pre, split,
-                    tmp_path / "run", device="cpu", progress=False)
+    summary = train(
+        tiny(epochs=1, batch_size=2, model_params={**TINY, "channels": [4, 8, 8]}),
+        pre,
+        split,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+    )
     assert summary["epochs_completed"] == 1 and 0 <= summary["best_val_mean_dice"] <= 1
 
 
@@ -445,7 +551,7 @@ def test_gradient_clipping_bounds_the_step_and_the_log_keeps_the_norm_before_cli
 
 
 def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(data, tmp_path) -> None:
-    free, free_norm = _one_sgd_step(data, tmp_path / "free")
+    _, free_norm = _one_sgd_step(data, tmp_path / "free")
     warm, _ = _one_sgd_step(data, tmp_path / "warm", warmup_steps=4)
     assert warm == pytest.approx(free_norm / 4, rel=1e-4)  # step 1 of 4: a quarter of the rate
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
@@ -465,8 +571,9 @@ def _free_port() -> int:
 
 def _ddp_worker(rank: int, port: int, experiment: dict, pre: str, split: str, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     summary = train(Experiment.from_dict(experiment), pre, split, out, device="cpu", progress=False)
     assert summary["world_size"] == 2  # every rank gets rank 0's summary
 
@@ -477,8 +584,12 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path) -> Non
     and accumulation 2 sums half of each sample's gradient: the same update for any loss."""
     pre, split = make_data(tmp_path, n_train=4, n_held=1)
     recipe = {"epochs": 2, "augmentation": "invres2020", "milestones": [1]}
-    mp.spawn(_ddp_worker, args=(_free_port(), tiny(**recipe).to_dict(), str(pre), str(split), str(tmp_path / "ddp")),
-             nprocs=2, join=True)
+    mp.spawn(
+        _ddp_worker,
+        args=(_free_port(), tiny(**recipe).to_dict(), str(pre), str(split), str(tmp_path / "ddp")),
+        nprocs=2,
+        join=True,
+    )
     train(tiny(accumulation=2, **recipe), pre, split, tmp_path / "single", device="cpu", progress=False)
     ddp, single = (load_checkpoint(tmp_path / name / "last.pt") for name in ("ddp", "single"))
     assert ddp["world_size"] == 2 and single["world_size"] == 1

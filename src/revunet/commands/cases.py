@@ -20,7 +20,7 @@ def _cases(args: argparse.Namespace) -> int:
     try:
         table = find_cases(args.path, layout=args.layout)
     except (LayoutError, OSError) as error:
-        raise SystemExit(f"revunet cases: {error}")
+        raise SystemExit(f"revunet cases: {error}") from None
     out = write_case_table(table, args.out)
     labelled = int((table["label"] != "").sum())
     layout = table["layout"].iloc[0]

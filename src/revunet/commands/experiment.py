@@ -38,8 +38,8 @@ def _load(text: str, what: str) -> Any:
 
 def _experiment(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.experiments.recipe import Experiment, write_experiment
     from revunet.experiments.plan import ConfigError, plan_workflow
+    from revunet.experiments.recipe import Experiment, write_experiment
 
     if args.spec is not None:
         if args.name or args.preset or args.data_root:

@@ -46,7 +46,7 @@ def _fetch(args: argparse.Namespace) -> int:
             return 0
         extract_tar(archive, out)
     except (DownloadError, ArchiveError, OSError) as error:
-        raise SystemExit(f"revunet fetch: {error}")
+        raise SystemExit(f"revunet fetch: {error}") from None
     if args.remove_archive:
         archive.unlink()
     folders = [p for p in sorted(out.iterdir()) if p.is_dir() and not p.name.startswith(".")]

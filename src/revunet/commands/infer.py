@@ -50,7 +50,7 @@ def _infer(args: argparse.Namespace) -> int:
             log=lambda line: print(line, flush=True),
         )
     except (OSError, ValueError, KeyError) as error:
-        raise SystemExit(f"revunet infer: {error}")
+        raise SystemExit(f"revunet infer: {error}") from None
     print(f"predictions listed in {path}")
     return 0
 

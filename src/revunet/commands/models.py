@@ -18,7 +18,7 @@ def _models(args: argparse.Namespace) -> int:
         try:
             spec = model_spec(name)
         except KeyError as error:
-            raise SystemExit(str(error.args[0]))
+            raise SystemExit(str(error.args[0])) from None
         for label, params in spec.paper_configs.items():
             # Built on the meta device: counting 18 M parameters needs no memory.
             with torch.device("meta"):
@@ -39,7 +39,9 @@ def _models(args: argparse.Namespace) -> int:
     width = max(len(f"{r['model']} [{r['configuration']}]") for r in rows)
     for row in rows:
         label = f"{row['model']} [{row['configuration']}]"
-        vae_note = f" ({row['without_vae']:,} without the VAE branch)" if row["without_vae"] != row["parameters"] else ""
+        vae_note = (
+            f" ({row['without_vae']:,} without the VAE branch)" if row["without_vae"] != row["parameters"] else ""
+        )
         print(f"{label:<{width}}  {row['parameters']:>12,}{vae_note}  {row['kwargs']}")
     print()
     for name in names:

@@ -55,20 +55,19 @@ def _preprocess(args: argparse.Namespace) -> int:
     try:
         table = read_case_table(args.cases)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"revunet preprocess: {error}")
+        raise SystemExit(f"revunet preprocess: {error}") from None
     rows = [{str(k): v for k, v in row.items()} for row in table.to_dict(orient="records")]
     if args.case_id is not None:
         rows = [row for row in rows if row["case_id"] == args.case_id]
         if not rows:
             known = ", ".join(str(c) for c in table["case_id"][:5])
             raise SystemExit(
-                f"revunet preprocess: case {args.case_id!r} is not in {args.cases} "
-                f"({len(table)} cases, e.g. {known})"
+                f"revunet preprocess: case {args.case_id!r} is not in {args.cases} ({len(table)} cases, e.g. {known})"
             )
         try:
             print(_one(rows[0], args))
         except (OSError, ValueError) as error:
-            raise SystemExit(f"revunet preprocess: {error}")
+            raise SystemExit(f"revunet preprocess: {error}") from None
         return 0
 
     failures = []

@@ -24,7 +24,9 @@ def _counts(text: str) -> tuple[int, int]:
     except ValueError:
         counts = ()
     if len(counts) != 2 or any(c < 1 for c in counts):
-        raise argparse.ArgumentTypeError(f"--counts must be two positive integers TRAIN,HELD_OUT like 330,40, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--counts must be two positive integers TRAIN,HELD_OUT like 330,40, got {text!r}"
+        )
     return counts  # type: ignore[return-value]
 
 
@@ -35,7 +37,7 @@ def _split(args: argparse.Namespace) -> int:
     try:
         table = read_case_table(args.cases)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"revunet split: {error}")
+        raise SystemExit(f"revunet split: {error}") from None
     labelled = table["label"].astype(str).str.len() > 0
     unlabelled = sorted(table.loc[~labelled, "case_id"].astype(str))
     case_ids = table.loc[labelled, "case_id"].astype(str).tolist()
@@ -43,7 +45,7 @@ def _split(args: argparse.Namespace) -> int:
     try:
         parts = make_split(case_ids, scheme, args.seed, held_out_name=args.held_out_name)
     except ValueError as error:
-        raise SystemExit(f"revunet split: {args.cases}: {error}")
+        raise SystemExit(f"revunet split: {args.cases}: {error}") from None
     document = split_document(parts, scheme, args.seed, args.held_out_name, unlabelled)
     out = write_split(args.out, document)
     if unlabelled:

@@ -14,7 +14,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
@@ -26,7 +26,7 @@ def _spacing(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a voxel size in mm, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a voxel size in mm, got {text!r}") from None
     if not MIN_SPACING <= value <= MAX_SPACING:
         raise argparse.ArgumentTypeError(f"--spacing must lie in [{MIN_SPACING:g}, {MAX_SPACING:g}] mm, got {text!r}")
     return value
@@ -38,7 +38,7 @@ def _synth(args: argparse.Namespace) -> int:
     try:
         summary = write_dataset(args.task, args.out, args.subjects, args.spacing, args.seed, force=args.force)
     except FileExistsError as error:
-        raise SystemExit(f"revunet synth: {error}")
+        raise SystemExit(f"revunet synth: {error}") from None
     print(summary.describe())
     return 0
 

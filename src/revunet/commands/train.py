@@ -13,11 +13,11 @@ def _train(args: argparse.Namespace) -> int:
     try:
         experiment = read_experiment(args.experiment)
     except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"revunet train: {error}")
+        raise SystemExit(f"revunet train: {error}") from None
     try:
         train(experiment, args.preprocessed, args.split, args.out, args.device, args.progress, args.restart)
     except TrainError as error:
-        raise SystemExit(f"revunet train: {error}")
+        raise SystemExit(f"revunet train: {error}") from None
     return 0
 
 

@@ -70,9 +70,13 @@ class AugmentationConfig:
         if not 0 < low <= high:
             problems.append(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
         if not self.elastic_sigma >= 0 or self.elastic_points < 2:
-            problems.append(f"elastic_sigma must be >= 0 and elastic_points >= 2, got {self.elastic_sigma}, {self.elastic_points}")
+            problems.append(
+                f"elastic_sigma must be >= 0 and elastic_points >= 2, got {self.elastic_sigma}, {self.elastic_points}"
+            )
         if not self.intensity_shift >= 0 or not 0 <= self.intensity_scale < 1:
-            problems.append(f"intensity_shift must be >= 0 and intensity_scale in [0, 1), got {self.intensity_shift}, {self.intensity_scale}")
+            problems.append(
+                f"intensity_shift must be >= 0 and intensity_scale in [0, 1), got {self.intensity_shift}, {self.intensity_scale}"
+            )
         if not 0 <= self.flip_probability <= 1:
             problems.append(f"flip_probability must be in [0, 1], got {self.flip_probability}")
         if not set(self.flip_axes) <= {0, 1, 2}:
@@ -293,7 +297,9 @@ class ChannelIntensity(tio.IntensityTransform):
         for image in self.get_images(subject):
             data = image.data
             if data.shape[0] != len(self.shifts):
-                raise ValueError(f"ChannelIntensity has {len(self.shifts)} channel parameters, the image {data.shape[0]} channels")
+                raise ValueError(
+                    f"ChannelIntensity has {len(self.shifts)} channel parameters, the image {data.shape[0]} channels"
+                )
             shape = (-1,) + (1,) * (data.ndim - 1)
             shifts = torch.tensor(self.shifts, dtype=data.dtype).reshape(shape)
             scales = torch.tensor(self.scales, dtype=data.dtype).reshape(shape)
@@ -354,7 +360,9 @@ class Augmentation:
                 )
             )
         if config.flip_probability > 0 and config.flip_axes:
-            steps.append(tio.RandomFlip(axes=tuple(config.flip_axes), flip_probability=config.flip_probability, copy=False))
+            steps.append(
+                tio.RandomFlip(axes=tuple(config.flip_axes), flip_probability=config.flip_probability, copy=False)
+            )
         if config.intensity_shift > 0 or config.intensity_scale > 0:
             steps.append(
                 RandomChannelIntensity(

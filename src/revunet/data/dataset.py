@@ -35,9 +35,7 @@ from revunet.data.augment import Augmentation
 from revunet.data.preprocess import PreprocessMeta, npz_path, read_meta, window
 
 
-def sample_patch_start(
-    shape: Sequence[int], patch_size: Sequence[int], rng: np.random.Generator
-) -> tuple[int, ...]:
+def sample_patch_start(shape: Sequence[int], patch_size: Sequence[int], rng: np.random.Generator) -> tuple[int, ...]:
     """A patch start uniform over the positions where the patch fits; where the volume is
     smaller than the patch, the (negative) start that centres the volume in it."""
     starts = []

@@ -288,7 +288,9 @@ LAYOUTS: dict[str, Layout] = {
     )
 }
 LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
-assert LAYOUT_NAMES == tuple(LAYOUT_TASKS) == tuple(LABEL_MAPS) and all(LAYOUTS[n].task == LAYOUT_TASKS[n] for n in LAYOUT_NAMES)
+assert LAYOUT_NAMES == tuple(LAYOUT_TASKS) == tuple(LABEL_MAPS) and all(
+    LAYOUTS[n].task == LAYOUT_TASKS[n] for n in LAYOUT_NAMES
+)
 
 
 def _expectations() -> str:

@@ -218,7 +218,9 @@ def preprocess_case(case: LoadedCase, target_shape: Shape3 | None) -> Preprocess
     label = None
     if case.label is not None:
         if case.label.shape != original_shape:
-            raise ValueError(f"case {case.case_id}: label shape {case.label.shape} differs from image shape {original_shape}")
+            raise ValueError(
+                f"case {case.case_id}: label shape {case.label.shape} differs from image shape {original_shape}"
+            )
         boxed = case.label[tuple(slice(a, b) for a, b in zip(bbox_start, bbox_stop))]
         label = window(np.asarray(boxed, dtype=np.uint8), offset, shape)
 
@@ -252,7 +254,9 @@ def preprocess_case(case: LoadedCase, target_shape: Shape3 | None) -> Preprocess
     return PreprocessedCase(image=image, label=label, meta=meta)
 
 
-def _zscore(stack: np.ndarray, modalities: Sequence[str], case_id: str) -> tuple[np.ndarray, dict[str, float], dict[str, float]]:
+def _zscore(
+    stack: np.ndarray, modalities: Sequence[str], case_id: str
+) -> tuple[np.ndarray, dict[str, float], dict[str, float]]:
     """Z-score every channel over its own non-zero voxels; zero voxels stay exactly 0."""
     out = np.zeros_like(stack, dtype=np.float32)
     means, stds = {}, {}
@@ -260,7 +264,9 @@ def _zscore(stack: np.ndarray, modalities: Sequence[str], case_id: str) -> tuple
         values = stack[channel]
         nonzero = values != 0
         if not nonzero.any():
-            raise ValueError(f"case {case_id}: modality {modality} has no non-zero voxel inside the crop; cannot z-score it")
+            raise ValueError(
+                f"case {case_id}: modality {modality} has no non-zero voxel inside the crop; cannot z-score it"
+            )
         foreground = values[nonzero].astype(np.float64)
         mean, std = float(foreground.mean()), float(foreground.std())
         if not std > 0 or not np.isfinite(std):

@@ -47,8 +47,8 @@ from torch import nn
 
 from revunet.atomic import open_atomic, write_text_atomic
 from revunet.catalog import OUTPUTS
-from revunet.data.labels import canonical_to_disk
 from revunet.data.case_table import read_case_table
+from revunet.data.labels import canonical_to_disk
 from revunet.data.preprocess import PreprocessedCase, load_preprocessed, meta_path, npz_path, paste_back
 from revunet.data.splits import read_split
 from revunet.devices import DeviceError, resolve_device
@@ -285,7 +285,7 @@ def _settings(
     experiment: Experiment,
     target: torch.device,
     flips: bool | None,
-    window: Sequence[int] | None | str,
+    window: Sequence[int] | str | None,
     overlap: int | None,
 ) -> InferenceSettings:
     """The experiment's inference settings, with the options that are given overriding them."""
@@ -350,7 +350,7 @@ def infer_cases(
     part: str = "held_out",
     device: str = "auto",
     flips: bool | None = None,
-    window: Sequence[int] | None | str = FROM_EXPERIMENT,
+    window: Sequence[int] | str | None = FROM_EXPERIMENT,
     overlap: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from revunet.atomic import write_text_atomic
 from revunet.documents import read_document
@@ -22,6 +23,7 @@ TASKS = ("brats", "iseg")
 # A command-line default meaning "take this setting from the experiment".
 FROM_EXPERIMENT = "experiment"
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -135,7 +137,9 @@ class Experiment:
         """A copy with ``changes`` applied (validated like :meth:`from_dict`)."""
         return Experiment.from_dict({**self.to_dict(), **changes}, source=f"experiment {self.name!r}")
 
+
 _INTS = ("int",)
+
 
 def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
     """Check ``value`` against the field's annotation (a string, as annotations are postponed)."""
@@ -163,7 +167,9 @@ def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
             raise ValueError(f"{where} must be a number, got {value!r}")
         return float(value)
     if base.startswith("tuple"):
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             raise ValueError(f"{where} must be a list of integers, got {value!r}")
         return tuple(int(v) for v in value)
     if base.startswith("dict"):
@@ -171,6 +177,7 @@ def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
             raise ValueError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
     raise TypeError(f"{where}: unsupported annotation {annotation}")  # pragma: no cover - programming error
+
 
 def read_experiment(path: str | os.PathLike[str]) -> Experiment:
     """Read an experiment from a YAML or JSON file (JSON is YAML)."""
@@ -180,6 +187,7 @@ def read_experiment(path: str | os.PathLike[str]) -> Experiment:
     except FileNotFoundError:
         raise FileNotFoundError(f"no experiment file at {path}") from None
     return Experiment.from_dict(data, source=str(path))
+
 
 def write_experiment(path: str | os.PathLike[str], experiment: Experiment) -> Path:
     """Write ``experiment`` atomically as JSON (readable by :func:`read_experiment`)."""

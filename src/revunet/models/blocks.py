@@ -186,7 +186,9 @@ class SegmentationHead(nn.Module):
     which is the same function).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, output: str = "sigmoid", norm: nn.Module | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, output: str = "sigmoid", norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -212,7 +214,9 @@ def check_spatial_size(model_name: str, x: torch.Tensor, multiple: int, in_chann
     if x.dim() != 5:
         raise ValueError(f"{model_name} expects a 5-D input (batch, channels, x, y, z), got shape {tuple(x.shape)}")
     if x.shape[1] != in_channels:
-        raise ValueError(f"{model_name} expects {in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        raise ValueError(
+            f"{model_name} expects {in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+        )
     bad = [s for s in x.shape[2:] if s % multiple]
     if bad:
         fixed = tuple(max(multiple, round(s / multiple) * multiple) for s in x.shape[2:])

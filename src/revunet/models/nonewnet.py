@@ -38,15 +38,21 @@ class NoNewNet(nn.Module):
         self.size_multiple = 2 ** (len(widths) - 1)
         norm = {"norm": "group", "groups": groups}
         self.encoder = nn.ModuleList()
-        self.encoder.append(nn.Sequential(ConvNormAct3d(in_channels, widths[0], **norm), ConvNormAct3d(widths[0], widths[0], **norm)))
+        self.encoder.append(
+            nn.Sequential(ConvNormAct3d(in_channels, widths[0], **norm), ConvNormAct3d(widths[0], widths[0], **norm))
+        )
         for previous, width in zip(widths[:-2], widths[1:-1]):
-            self.encoder.append(nn.Sequential(ConvNormAct3d(previous, width, **norm), ConvNormAct3d(width, width, **norm)))
+            self.encoder.append(
+                nn.Sequential(ConvNormAct3d(previous, width, **norm), ConvNormAct3d(width, width, **norm))
+            )
         self.encoder.append(ConvNormAct3d(widths[-2], widths[-1], **norm))
         # decoder[0] leaves the bottom; decoder[k] works at level n-1-k and ends at the next width.
         self.decoder = nn.ModuleList([ConvNormAct3d(widths[-1], widths[-2], **norm)])
         for width, below in zip(widths[-2:0:-1], widths[-3::-1]):
             self.decoder.append(nn.Sequential(ConvNormAct3d(width, width, **norm), ConvNormAct3d(width, below, **norm)))
-        self.top = nn.Sequential(ConvNormAct3d(widths[0], widths[0], **norm), ConvNormAct3d(widths[0], widths[0], **norm))
+        self.top = nn.Sequential(
+            ConvNormAct3d(widths[0], widths[0], **norm), ConvNormAct3d(widths[0], widths[0], **norm)
+        )
         self.head = SegmentationHead(widths[0], out_channels, output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,9 @@ class UNet3D(nn.Module):
             return nn.Sequential(ConvNormAct3d(a, b, norm, groups), ConvNormAct3d(b, b, norm, groups))
 
         self.encoder = nn.ModuleList(double_conv(a, b) for a, b in zip((in_channels, *widths[:-1]), widths))
-        self.up = nn.ModuleList(nn.ConvTranspose3d(b, a, kernel_size=2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose3d(b, a, kernel_size=2, stride=2) for a, b in zip(widths[:-1], widths[1:])
+        )
         self.decoder = nn.ModuleList(double_conv(2 * a, a) for a in widths[:-1])
         self.head = SegmentationHead(widths[0], out_channels, output)
 

@@ -107,7 +107,9 @@ class VAEBranch(nn.Module):
         self.to_latent = nn.Linear(flat, 2 * latent_dim)
         self.from_latent = nn.Linear(latent_dim, flat)
         self.expand = _UpStage(REDUCED_CHANNELS, bottom, norm, groups)
-        self.up = nn.ModuleList(_UpStage(wide, narrow, norm, groups) for wide, narrow in zip(channels[:0:-1], channels[-2::-1]))
+        self.up = nn.ModuleList(
+            _UpStage(wide, narrow, norm, groups) for wide, narrow in zip(channels[:0:-1], channels[-2::-1])
+        )
         self.to_image = nn.Conv3d(channels[0], image_channels, kernel_size=1)
 
     def matches(self, image: torch.Tensor) -> bool:

@@ -30,11 +30,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from revunet.data.dataset import PatchDataset
@@ -69,8 +70,9 @@ def validate(model: nn.Module, dataset: PatchDataset, task: str, device: torch.d
     scores: dict[str, list[float]] = {region: [] for region in spec.regions}
     for index in range(len(dataset)):
         item = dataset[index]
-        probabilities = predict_volume(model, item["image"], spec.output, device=device)
-        predicted, truth = spec.predicted_regions(probabilities), spec.region_stack(item["label"])
+        image, label = cast(torch.Tensor, item["image"]), cast(torch.Tensor, item["label"])
+        probabilities = predict_volume(model, image, spec.output, device=device)
+        predicted, truth = spec.predicted_regions(probabilities), spec.region_stack(label)
         for region, p, t in zip(scores, predicted, truth):
             scores[region].append(hard_dice(p, t))
     return {region: float(np.mean(values)) for region, values in scores.items()}
@@ -126,7 +128,10 @@ def _backward(run: Run, group: list[dict[str, torch.Tensor]]) -> tuple[list[str]
         target = get_task(run.experiment.task).targets(batch["label"]).to(run.device, non_blocking=True)
         last = position == len(group) - 1
         # DDP all-reduces gradients on the last micro-batch of a step only
-        sync = contextlib.nullcontext() if last or not run.processes.distributed else run.trained.no_sync()
+        trained = run.trained
+        sync = (
+            trained.no_sync() if isinstance(trained, DistributedDataParallel) and not last else contextlib.nullcontext()
+        )
         with sync:
             with run.autocast():
                 output = run.trained(image)
@@ -270,9 +275,9 @@ def fit(run: Run, state: TrainingState) -> None:
         result = train_epoch(run, epoch)
         scores = maybe_validate(run, epoch)
         mean_dice = None if scores is None else float(np.mean(list(scores.values())))
-        improved = mean_dice is not None and state.stopper.update(epoch, mean_dice)
+        improved = scores is not None and mean_dice is not None and state.stopper.update(epoch, mean_dice)
         if improved and run.processes.is_main:
-            state.record_best(run.model, epoch, scores, mean_dice)
+            state.record_best(run.model, epoch, cast(dict[str, float], scores), cast(float, mean_dice))
         run.scheduler.step()
         stop = run.processes.share(state.stopper.should_stop(epoch))
         seconds = time.perf_counter() - started

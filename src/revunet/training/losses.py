@@ -13,7 +13,7 @@ a network ending in it, with the numerically stable logit forms for the cross-en
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -102,8 +102,10 @@ class SegmentationLoss:
         if (self.reconstruction or self.kl) and isinstance(output, SegmentationWithVAE):
             # A model without the branch (the invertible-residual paper's 3-D U-Net baseline)
             # returns bare logits and simply has no VAE terms.
-            if output.reconstruction is None:
-                raise ValueError("the VAE terms need the VAE branch's outputs; it did not run (eval mode on another patch size)")
+            if output.reconstruction is None or output.mu is None or output.logvar is None:
+                raise ValueError(
+                    "the VAE terms need the VAE branch's outputs; it did not run (eval mode on another patch size)"
+                )
             if self.reconstruction:
                 if image is None:
                     raise ValueError("the reconstruction term needs the input image")
@@ -146,7 +148,9 @@ def dice_bce() -> SegmentationLoss:
     return SegmentationLoss("sigmoid", dice=1.0, cross_entropy=1.0)
 
 
-def configured_loss(preset: SegmentationLoss, params: Mapping[str, Any], source: str = "loss_params") -> SegmentationLoss:
+def configured_loss(
+    preset: SegmentationLoss, params: Mapping[str, Any], source: str = "loss_params"
+) -> SegmentationLoss:
     """``preset`` with some of its fields replaced, e.g. ``{"smooth": 1e-5}``; unknown fields are named."""
     known = {f.name: f for f in fields(SegmentationLoss)}
     unknown = sorted(set(params) - set(known))
@@ -162,7 +166,7 @@ def configured_loss(preset: SegmentationLoss, params: Mapping[str, Any], source:
         raise ValueError(f"{source}: {error}") from None
 
 
-LOSSES = {
+LOSSES: dict[str, Callable[..., SegmentationLoss]] = {
     "bruegger2019": bruegger2019,
     "invres2020": invres2020,
     "pendse2020": pendse2020,

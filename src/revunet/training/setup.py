@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -160,10 +160,11 @@ def make_loader(
     experiment: Experiment, train_set: PatchDataset, multiple: int, device: torch.device, processes: Processes
 ) -> DataLoader:
     """This process's batches of training samples, in the seeded per-epoch order (:class:`ShardedOrder`)."""
+    sampler = ShardedOrder(len(train_set), experiment.seed, processes.rank, processes.world_size)
     return DataLoader(
         train_set,
         batch_size=experiment.batch_size,
-        sampler=ShardedOrder(len(train_set), experiment.seed, processes.rank, processes.world_size),
+        sampler=sampler,
         num_workers=experiment.num_workers,
         collate_fn=partial(collate, multiple=multiple),
         pin_memory=device.type == "cuda",
@@ -214,7 +215,7 @@ def build_run(
         scheduler=scheduler,
         scaler=scaler,
         loader=loader,
-        sampler=loader.sampler,
+        sampler=cast(ShardedOrder, loader.sampler),
         train_set=train_set,
         held_out=held_out,
         device=device,

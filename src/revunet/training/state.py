@@ -217,6 +217,8 @@ class TrainingState:
 
     def restore(self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any) -> None:
         """Put the snapshots back into freshly built training objects and the random generators."""
+        if self.model_state is None or self.rng_state is None:
+            raise ValueError("no snapshot to restore: the state was never captured or loaded")
         model.load_state_dict(self.model_state)
         optimizer.load_state_dict(self.optimizer_state)
         scheduler.load_state_dict(self.scheduler_state)

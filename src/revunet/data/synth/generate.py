@@ -274,7 +274,8 @@ def _write_iseg(root: Path, n_subjects: int, spacing: float, seed: int) -> list[
     for index in range(n_subjects):
         subject = make_iseg_subject(index, seed, spacing)
         check_label_values(subject.label, ISEG_LABELS, f"synthetic iSeg subject {index + 1}")
-        volumes = {"T1": subject.images["t1"], "T2": subject.images["t2"], "label": canonical_to_disk(subject.label, "iseg")}
+        disk_label = canonical_to_disk(subject.label, "iseg")
+        volumes = {"T1": subject.images["t1"], "T2": subject.images["t2"], "label": disk_label}
         for role, array in volumes.items():
             stem = f"subject-{index + 1}-{role}"
             header_bytes, image_bytes = _analyze_bytes(array, spacing)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from revunet.experiments.recipe import Experiment
 from revunet.catalog import TASK_REGIONS
+from revunet.experiments.recipe import Experiment
 from revunet.report.figures.plots import new_figure, not_run
 from revunet.report.inputs import Dataset, ReportContext, ReportInputError, dataset_of, read_predictions
 from revunet.tasks import get_task
@@ -141,7 +141,7 @@ def centre_slice(reference: np.ndarray, image: np.ndarray) -> int:
     if not mask.any():
         return reference.shape[2] // 2
     weights = mask.sum(axis=(0, 1))
-    return int(round(float(np.average(np.arange(mask.shape[2]), weights=weights))))
+    return round(float(np.average(np.arange(mask.shape[2]), weights=weights)))
 
 
 def example_segmentation(example: Example) -> tuple[Any, int]:
