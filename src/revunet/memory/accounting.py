@@ -130,7 +130,9 @@ class LiveTensorTracker(TorchDispatchMode):
                 live.pop(-event, None)
         return {sid: self._sizes[sid] for sid in live}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         for leaf in tree_flatten(out)[0]:
             if isinstance(leaf, torch.Tensor):
@@ -261,71 +263,29 @@ def measure_training_step(
             exist during the forward pass; otherwise they are freed after each step.
         loss_needs_input: also pass the input to the loss, last (a VAE's reconstruction term).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    requested = tuple(input_shape)
-    try:
-        shape = tuple(operator.index(s) for s in requested)
-    except TypeError:
-        raise ValueError(f"input_shape must be positive integers, got {requested}") from None
-    if any(s <= 0 for s in shape):
-        raise ValueError(f"input_shape must be positive integers, got {shape}")
-    if mode == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("mode='cuda' needs a CUDA device; use mode='fake' to measure without one")
-    make_optimizer = optimizer or adam()
-    loss_fn = loss_fn or sum_of_outputs
-
+    shape = _checked_shape(input_shape, mode)
     device = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
-    inputs: list[torch.Tensor] = []
-
-    def training_step(net: nn.Module, opt: torch.optim.Optimizer, tracker: LiveTensorTracker | None) -> None:
-        def enter(phase: str) -> None:
-            if tracker is not None:
-                tracker.phase = phase
-
-        enter("setup")
-        x = torch.randn(shape, dtype=input_dtype, device=device)
-        batch = [x]
-        if target_shape is not None:
-            batch.append((torch.rand(tuple(target_shape), device=device) > 0.5).to(target_dtype or input_dtype))
-        if tracker is not None:
-            inputs[:] = batch
-        enter("forward")
-        with _autocast(device.type, autocast_dtype):
-            output = net(x)
-            loss = loss_fn(output, *batch[1:], *batch[:1]) if loss_needs_input else loss_fn(output, *batch[1:])
-        del output
-        enter("backward")
-        loss.backward()
-        del loss, x, batch
-        enter("optimizer")
-        opt.step()
-
+    step = _TrainingStep(
+        shape=shape,
+        device=device,
+        loss_fn=loss_fn or sum_of_outputs,
+        input_dtype=input_dtype,
+        target_shape=None if target_shape is None else tuple(target_shape),
+        target_dtype=target_dtype or input_dtype,
+        autocast_dtype=autocast_dtype,
+        loss_needs_input=loss_needs_input,
+    )
     with torch.random.fork_rng(devices=[]), _tensor_world(mode) as fake_mode:
         net = _private_copy(model, device, fake_mode)
         net.train()
-        opt = make_optimizer([p for p in net.parameters() if p.requires_grad])
-        training_step(net, opt, None)  # warm-up: creates the optimizer state of a steady-state step
+        opt = (optimizer or adam())([p for p in net.parameters() if p.requires_grad])
+        step.run(net, opt, None, [])  # warm-up: creates the optimizer state of a steady-state step
         opt.zero_grad(set_to_none=not gradients_persist)
-
-        tracker = LiveTensorTracker()
-        if mode == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        for tensor in _existing_tensors(net, opt):
-            tracker.add(tensor)
-        with tracker:
-            training_step(net, opt, tracker)
-            if extra is not None:
-                tracker.phase = "extra"
-                extra(net, tracker)
-            labels = _labels(tracker, net, opt, inputs)  # while gradients and inputs still exist
-            inputs.clear()
+        tracker, labels = _tracked_step(step, net, opt, extra)
         allocator_peak = None
         if mode == "cuda":
             torch.cuda.synchronize(device)
             allocator_peak = torch.cuda.max_memory_allocated(device)
-
     breakdown = dict.fromkeys(CATEGORIES, 0)
     for sid, nbytes in tracker.live_at_peak().items():
         breakdown[labels.get(sid, "activations")] += nbytes
@@ -340,6 +300,90 @@ def measure_training_step(
         device=str(device),
         phase_peaks=dict(tracker.phase_peaks),
     )
+
+
+def _checked_shape(input_shape: Iterable[int], mode: str) -> tuple[int, ...]:
+    """The input shape as positive integers, after checking that ``mode`` can run here."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    requested = tuple(input_shape)
+    try:
+        shape = tuple(operator.index(s) for s in requested)
+    except TypeError:
+        raise ValueError(f"input_shape must be positive integers, got {requested}") from None
+    if any(s <= 0 for s in shape):
+        raise ValueError(f"input_shape must be positive integers, got {shape}")
+    if mode == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("mode='cuda' needs a CUDA device; use mode='fake' to measure without one")
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainingStep:
+    """One training step as measured: a fresh batch, forward and loss, backward, optimizer step."""
+
+    shape: tuple[int, ...]
+    device: torch.device
+    loss_fn: Callable[..., torch.Tensor]
+    input_dtype: torch.dtype
+    target_shape: tuple[int, ...] | None
+    target_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+    loss_needs_input: bool
+
+    def run(
+        self, net: nn.Module, opt: torch.optim.Optimizer, tracker: LiveTensorTracker | None, inputs: list[torch.Tensor]
+    ) -> None:
+        """Run the step; with a tracker, mark its phases and keep the batch in ``inputs`` (as a loader holds it)."""
+
+        def enter(phase: str) -> None:
+            if tracker is not None:
+                tracker.phase = phase
+
+        enter("setup")
+        x = torch.randn(self.shape, dtype=self.input_dtype, device=self.device)
+        batch = [x]
+        if self.target_shape is not None:
+            batch.append((torch.rand(self.target_shape, device=self.device) > 0.5).to(self.target_dtype))
+        if tracker is not None:
+            inputs[:] = batch
+        enter("forward")
+        with _autocast(self.device.type, self.autocast_dtype):
+            output = net(x)
+            if self.loss_needs_input:
+                loss = self.loss_fn(output, *batch[1:], *batch[:1])
+            else:
+                loss = self.loss_fn(output, *batch[1:])
+        del output
+        enter("backward")
+        loss.backward()
+        del loss, x, batch
+        enter("optimizer")
+        opt.step()
+
+
+def _tracked_step(
+    step: _TrainingStep,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    extra: Callable[[nn.Module, LiveTensorTracker], None] | None,
+) -> tuple[LiveTensorTracker, dict[int, str]]:
+    """The measured step (and ``extra``) under a tracker that starts with every tensor already live."""
+    tracker = LiveTensorTracker()
+    if step.device.type == "cuda":
+        torch.cuda.synchronize(step.device)
+        torch.cuda.reset_peak_memory_stats(step.device)
+    for tensor in _existing_tensors(net, opt):
+        tracker.add(tensor)
+    inputs: list[torch.Tensor] = []
+    with tracker:
+        step.run(net, opt, tracker, inputs)
+        if extra is not None:
+            tracker.phase = "extra"
+            extra(net, tracker)
+        labels = _labels(tracker, net, opt, inputs)  # while gradients and inputs still exist
+        inputs.clear()
+    return tracker, labels
 
 
 @contextlib.contextmanager
@@ -428,7 +472,7 @@ def _labels(
     tracker: LiveTensorTracker, net: nn.Module, opt: torch.optim.Optimizer, inputs: list[torch.Tensor]
 ) -> dict[int, str]:
     """Storage id -> category for everything that is not an activation."""
-    groups = {
+    groups: dict[str, list[torch.Tensor]] = {
         "inputs": inputs,
         "optimizer_state": [t for state in opt.state.values() for t in _tensors_in(state)],
         "gradients": [p.grad for p in net.parameters() if p.grad is not None],
