@@ -71,7 +71,7 @@ def _capacity(args: argparse.Namespace) -> int:
 
 
 def _checked_choices(args: argparse.Namespace) -> tuple[list[str], list[CapacityModel]]:
-    """Fill in the module's defaults and check ``--out``, ``--models`` and ``--dimensions``: the dimensions and models."""
+    """The dimensions and models asked for, after filling in the defaults and checking the choices."""
     from revunet.memory.capacity import (
         CAPACITY_MODELS,
         DEFAULT_BUDGET_GIB,

@@ -36,112 +36,19 @@ import contextlib
 import copy
 import dataclasses
 import operator
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from revunet.memory.tracker import LiveTensorTracker
 
 MODES = ("cuda", "cpu", "fake")
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "activations")
 PHASES = ("setup", "forward", "backward", "optimizer", "extra")
 MIB = 2**20
-CUDA_BLOCK_BYTES = 512  # the CUDA caching allocator rounds every request up to this
-
-
-class LiveTensorTracker(TorchDispatchMode):
-    """Tracks the bytes of every live tensor storage while active, and their peak.
-
-    Storages that exist before the tracker starts are added with :meth:`add`.
-    Every storage an operator returns is added automatically; a storage leaves
-    the count when it is freed (a finalizer on the storage object, which PyTorch
-    keeps alive exactly as long as the storage itself). Views share their base's
-    storage and cost nothing.
-
-    Besides the exact byte count, a second count rounds every storage up to the
-    CUDA caching allocator's 512-byte blocks, the figure comparable to
-    ``torch.cuda.max_memory_allocated()``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._key = f"_revunet_storage_id_{id(self)}"
-        self._live: dict[int, int] = {}  # storage id -> bytes, live storages only
-        self._sizes: dict[int, int] = {}  # storage id -> bytes, every storage ever seen
-        self.current = 0
-        self.peak = 0
-        self.current_rounded = 0
-        self.peak_rounded = 0
-        self.phase = "setup"
-        self.peak_phase = "setup"
-        self.phase_peaks: dict[str, int] = {}  # the highest total reached during each phase
-        self._events: list[int] = []  # +id on allocation, -id on release (ids start at 1)
-        self._events_at_peak = 0
-
-    def storage_id(self, tensor: torch.Tensor) -> int | None:
-        """The tracker's id of ``tensor``'s storage, or ``None`` if not tracked."""
-        return getattr(tensor.untyped_storage(), self._key, None)
-
-    def add(self, tensor: torch.Tensor) -> int:
-        """Count ``tensor``'s storage (once, however many tensors view it)."""
-        storage = tensor.untyped_storage()
-        nbytes = storage.nbytes()
-        sid = getattr(storage, self._key, None)
-        if sid is None:
-            sid = len(self._sizes) + 1
-            setattr(storage, self._key, sid)
-            weakref.finalize(storage, self._release, sid)
-            self._events.append(sid)
-            self._change(sid, nbytes)
-        elif sid in self._live and self._live[sid] != nbytes:  # resized in place (out=, resize_)
-            self._change(sid, nbytes)
-        return sid
-
-    def _change(self, sid: int, nbytes: int) -> None:
-        old = self._live.get(sid, 0)
-        self._live[sid] = self._sizes[sid] = nbytes
-        self.current += nbytes - old
-        self.current_rounded += _cuda_block(nbytes) - _cuda_block(old)
-        self.peak_rounded = max(self.peak_rounded, self.current_rounded)
-        if self.current > self.phase_peaks.get(self.phase, 0):
-            self.phase_peaks[self.phase] = self.current
-        if self.current > self.peak:
-            self.peak = self.current
-            self.peak_phase = self.phase
-            self._events_at_peak = len(self._events)
-
-    def _release(self, sid: int) -> None:
-        nbytes = self._live.pop(sid, None)
-        if nbytes is not None:
-            self.current -= nbytes
-            self.current_rounded -= _cuda_block(nbytes)
-            self._events.append(-sid)
-
-    def live_at_peak(self) -> dict[int, int]:
-        """Storage id -> bytes of every storage live at the (exact) peak."""
-        live: dict[int, None] = {}
-        for event in self._events[: self._events_at_peak]:
-            if event > 0:
-                live[event] = None
-            else:
-                live.pop(-event, None)
-        return {sid: self._sizes[sid] for sid in live}
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_flatten(out)[0]:
-            if isinstance(leaf, torch.Tensor):
-                self.add(leaf)
-        return out
-
-
-def _cuda_block(nbytes: int) -> int:
-    return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,41 +172,35 @@ def measure_training_step(
     """
     shape = _checked_shape(input_shape, mode)
     device = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
-    step = _TrainingStep(
-        shape=shape,
-        device=device,
-        loss_fn=loss_fn or sum_of_outputs,
-        input_dtype=input_dtype,
-        target_shape=None if target_shape is None else tuple(target_shape),
-        target_dtype=target_dtype or input_dtype,
-        autocast_dtype=autocast_dtype,
-        loss_needs_input=loss_needs_input,
-    )
+    targets = None if target_shape is None else tuple(target_shape)
+    loss = loss_fn or sum_of_outputs
+    target_type = target_dtype or input_dtype
+    step = _TrainingStep(shape, device, loss, input_dtype, targets, target_type, autocast_dtype, loss_needs_input)
     with torch.random.fork_rng(devices=[]), _tensor_world(mode) as fake_mode:
-        net = _private_copy(model, device, fake_mode)
-        net.train()
+        net = _private_copy(model, device, fake_mode).train()
         opt = (optimizer or adam())([p for p in net.parameters() if p.requires_grad])
         step.run(net, opt, None, [])  # warm-up: creates the optimizer state of a steady-state step
         opt.zero_grad(set_to_none=not gradients_persist)
-        tracker, labels = _tracked_step(step, net, opt, extra)
-        allocator_peak = None
-        if mode == "cuda":
-            torch.cuda.synchronize(device)
-            allocator_peak = torch.cuda.max_memory_allocated(device)
-    breakdown = dict.fromkeys(CATEGORIES, 0)
-    for sid, nbytes in tracker.live_at_peak().items():
-        breakdown[labels.get(sid, "activations")] += nbytes
+        tracker, labels, allocator_peak = _tracked_step(step, net, opt, extra)
     return MemoryReport(
         mode=mode,
         input_shape=shape,
         peak_bytes=tracker.peak,
-        breakdown=breakdown,
+        breakdown=_breakdown(tracker, labels),
         peak_phase=tracker.peak_phase,
         cuda_rounded_peak_bytes=tracker.peak_rounded,
         allocator_peak_bytes=allocator_peak,
         device=str(device),
         phase_peaks=dict(tracker.phase_peaks),
     )
+
+
+def _breakdown(tracker: LiveTensorTracker, labels: dict[int, str]) -> dict[str, int]:
+    """Bytes per category at the peak; every storage without a label is an activation."""
+    breakdown = dict.fromkeys(CATEGORIES, 0)
+    for sid, nbytes in tracker.live_at_peak().items():
+        breakdown[labels.get(sid, "activations")] += nbytes
+    return breakdown
 
 
 def _checked_shape(input_shape: Iterable[int], mode: str) -> tuple[int, ...]:
@@ -367,8 +268,12 @@ def _tracked_step(
     net: nn.Module,
     opt: torch.optim.Optimizer,
     extra: Callable[[nn.Module, LiveTensorTracker], None] | None,
-) -> tuple[LiveTensorTracker, dict[int, str]]:
-    """The measured step (and ``extra``) under a tracker that starts with every tensor already live."""
+) -> tuple[LiveTensorTracker, dict[int, str], int | None]:
+    """The measured step (and ``extra``) under a tracker that starts with every tensor already live.
+
+    Returns the tracker, the category of every storage that is not an activation, and on CUDA
+    the allocator's peak.
+    """
     tracker = LiveTensorTracker()
     if step.device.type == "cuda":
         torch.cuda.synchronize(step.device)
@@ -383,7 +288,11 @@ def _tracked_step(
             extra(net, tracker)
         labels = _labels(tracker, net, opt, inputs)  # while gradients and inputs still exist
         inputs.clear()
-    return tracker, labels
+    allocator_peak = None
+    if step.device.type == "cuda":
+        torch.cuda.synchronize(step.device)
+        allocator_peak = torch.cuda.max_memory_allocated(step.device)
+    return tracker, labels, allocator_peak
 
 
 @contextlib.contextmanager

@@ -172,7 +172,7 @@ def predicted_width_factor(report: MemoryReport, budget_bytes: float) -> float:
 
 @dataclass(frozen=True)
 class _Search:
-    """One dimension's search: grid ``[lo, hi]``, peak and feature of an index, first hints, and the value it stands for."""
+    """One dimension's search: grid ``[lo, hi]``, peak and feature of an index, first hints, the value it stands for."""
 
     measure: Callable[[int], int]
     lo: int
