@@ -13,13 +13,12 @@ from revunet.memory.capacity import (
     GIB,
     MIB,
     WIDTH_STEPS,
-    CapacityError,
     CapacityModel,
     capacity_table,
-    largest_fitting,
     measure_point,
     search_model,
 )
+from revunet.memory.grid_search import CapacityError, largest_fitting
 from revunet.cli import main
 from revunet.models import build_model
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from revunet.memory.accounting import CATEGORIES, PHASES, LiveTensorTracker, MemoryReport, measure_training_step
+from revunet.memory.accounting import CATEGORIES, PHASES, MemoryReport, measure_training_step
+from revunet.memory.tracker import LiveTensorTracker
 from revunet.models.blocks import residual_coupling_sequence
 
 FLOAT32 = 4  # bytes

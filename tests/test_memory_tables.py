@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from revunet.catalog import MEMORY_TABLES
 from revunet.cli import main
 from revunet.memory.paper_tables import TABLES, LegacyGroupNorm, memory_table, with_legacy_group_norm
 from revunet.papers import paper_memory_mib, paper_results
@@ -19,6 +20,10 @@ REQUIRED = ["row", "paper_mb", "measured_mb", "ratio", "parameters_mb", "gradien
 @pytest.fixture(scope="module")
 def bruegger() -> pd.DataFrame:
     return memory_table("bruegger2019")
+
+
+def test_the_tables_are_the_catalogs_memory_tables_in_order():
+    assert tuple(TABLES) == MEMORY_TABLES
 
 
 def test_every_paper_row_is_measured_in_paper_order():

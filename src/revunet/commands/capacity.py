@@ -8,6 +8,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and pandas are imported inside the command: building the parser must stay fast
+    import pandas as pd
+
+    from revunet.memory.capacity import CapacityModel
 
 
 def _positive_float(text: str) -> float:
@@ -32,42 +38,10 @@ def _positive_int(text: str) -> int:
 
 def _capacity(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.memory.capacity import (
-        CAPACITY_MODELS,
-        DEFAULT_BUDGET_GIB,
-        DEFAULT_FIXED_SIZE,
-        DIMENSIONS,
-        MAX_DEPTH,
-        MAX_MULTIPLIER,
-        MAX_SIZE,
-        CapacityError,
-        capacity_table,
-        summary,
-        with_vae_dropped,
-    )
+    from revunet.memory.capacity import capacity_table
+    from revunet.memory.grid_search import CapacityError
 
-    # Defaults live in revunet.memory.capacity (which imports torch); the parser only names them.
-    for name, default in (
-        ("budget_gib", DEFAULT_BUDGET_GIB),
-        ("fixed_size", DEFAULT_FIXED_SIZE),
-        ("max_size", MAX_SIZE),
-        ("max_depth", MAX_DEPTH),
-        ("max_multiplier", MAX_MULTIPLIER),
-    ):
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    dimensions = args.dimensions or list(DIMENSIONS)
-    if args.out and not args.out.endswith(".csv"):
-        raise SystemExit(f"--out must end in .csv, got {args.out!r}")
-    unknown = sorted(set(args.models or ()) - set(CAPACITY_MODELS))
-    if unknown:
-        raise SystemExit(f"revunet capacity: unknown --models {unknown}; choose from {', '.join(CAPACITY_MODELS)}")
-    unknown = sorted(set(args.dimensions or ()) - set(DIMENSIONS))
-    if unknown:
-        raise SystemExit(f"revunet capacity: unknown --dimensions {unknown}; choose from {', '.join(DIMENSIONS)}")
-    specs = [CAPACITY_MODELS[key] for key in args.models or CAPACITY_MODELS]
-    if args.no_vae:
-        specs = [with_vae_dropped(spec) if spec.vae else spec for spec in specs]
+    dimensions, specs = _checked_choices(args)
     started = time.perf_counter()
     try:
         table = capacity_table(
@@ -88,12 +62,85 @@ def _capacity(args: argparse.Namespace) -> int:
         f"Capacity under {args.budget_gib:g} GiB (fake tensors, one training step, batch 1, Adam; "
         f"depth and width at {args.fixed_size}^3; {vae}). Ratio = reversible / twin; claim: Pendse et al."
     )
-    print(summary(table).to_string(index=False))
+    print(_summary(table).to_string(index=False))
     print(f"{int(table['measurements'].sum())} measurements in {elapsed:.0f} s")
     if args.out:
         write_text_atomic(Path(args.out), table.to_csv(index=False))
         print(f"wrote {args.out}")
     return 0
+
+
+def _checked_choices(args: argparse.Namespace) -> tuple[list[str], list[CapacityModel]]:
+    """The dimensions and models asked for, after filling in the defaults and checking the choices."""
+    from revunet.memory.capacity import (
+        CAPACITY_MODELS,
+        DEFAULT_BUDGET_GIB,
+        DEFAULT_FIXED_SIZE,
+        DIMENSIONS,
+        MAX_DEPTH,
+        MAX_MULTIPLIER,
+        MAX_SIZE,
+        with_vae_dropped,
+    )
+
+    # Defaults live in revunet.memory.capacity (which imports torch); the parser only names them.
+    for name, default in (
+        ("budget_gib", DEFAULT_BUDGET_GIB),
+        ("fixed_size", DEFAULT_FIXED_SIZE),
+        ("max_size", MAX_SIZE),
+        ("max_depth", MAX_DEPTH),
+        ("max_multiplier", MAX_MULTIPLIER),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.out and not args.out.endswith(".csv"):
+        raise SystemExit(f"--out must end in .csv, got {args.out!r}")
+    unknown = sorted(set(args.models or ()) - set(CAPACITY_MODELS))
+    if unknown:
+        raise SystemExit(f"revunet capacity: unknown --models {unknown}; choose from {', '.join(CAPACITY_MODELS)}")
+    unknown = sorted(set(args.dimensions or ()) - set(DIMENSIONS))
+    if unknown:
+        raise SystemExit(f"revunet capacity: unknown --dimensions {unknown}; choose from {', '.join(DIMENSIONS)}")
+    specs = [CAPACITY_MODELS[key] for key in args.models or CAPACITY_MODELS]
+    if args.no_vae:
+        specs = [with_vae_dropped(spec) if spec.vae else spec for spec in specs]
+    return args.dimensions or list(DIMENSIONS), specs
+
+
+def _format_value(dimension: str, value: float, capped: bool) -> str:
+    """How a found value reads in the printed table (``>=`` marks a range cap reached)."""
+    text = {"volume": f"{int(value)}^3", "depth": f"{int(value)}", "width": f"x{value:g}"}[dimension]
+    return f">={text}" if capped else text
+
+
+def _summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The printed view of the capacity table: one line per model and dimension."""
+    import pandas as pd
+
+    values = zip(table.dimension, table.reversible_value, table.reversible_capped, table.twin_value, table.twin_capped)
+    shown = [(_format_value(d, rv, rc), _format_value(d, tv, tc)) for d, rv, rc, tv, tc in values]
+    return pd.DataFrame(
+        {
+            "model": table["key"],
+            "dimension": table["dimension"],
+            "reversible": [reversible for reversible, _ in shown],
+            "twin": [twin for _, twin in shown],
+            "ratio": [_bounded(r, rc, tc) for r, rc, tc in zip(table.ratio, table.reversible_capped, table.twin_capped)],
+            "of": table["ratio_of"],
+            "claim": table["paper_claim"],
+            "meets": ["?" if pd.isna(m) else ("yes" if m else "no") for m in table["meets_claim"]],
+            "rev_MiB": table["reversible_peak_mib"],
+            "twin_MiB": table["twin_peak_mib"],
+        }
+    )
+
+
+def _bounded(ratio: float, reversible_capped: bool, twin_capped: bool) -> str:
+    if reversible_capped and not twin_capped:
+        return f">={ratio:g}"
+    if twin_capped and not reversible_capped:
+        return f"<={ratio:g}"
+    return "?" if reversible_capped else f"{ratio:g}"  # both capped: the ratio of the caps says nothing
 
 
 def register(commands: argparse._SubParsersAction) -> None:

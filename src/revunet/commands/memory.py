@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from revunet.catalog import MEMORY_TABLES
+
 # torch is imported inside the commands: building the parser must stay fast.
 AUTOCAST_DTYPES = ("bfloat16", "float16")
 
@@ -115,7 +117,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     memory.add_argument(
         "--table",
-        choices=("bruegger2019", "invres_iseg", "invres_brats", "pendse2020"),
+        choices=MEMORY_TABLES,
         help="measure every row of a paper's memory table under its protocol (paper vs measured)",
     )
     memory.add_argument("--model", help="model factory as 'package.module:callable'")

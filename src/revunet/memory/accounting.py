@@ -36,110 +36,19 @@ import contextlib
 import copy
 import dataclasses
 import operator
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from revunet.memory.tracker import LiveTensorTracker
 
 MODES = ("cuda", "cpu", "fake")
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "activations")
 PHASES = ("setup", "forward", "backward", "optimizer", "extra")
 MIB = 2**20
-CUDA_BLOCK_BYTES = 512  # the CUDA caching allocator rounds every request up to this
-
-
-class LiveTensorTracker(TorchDispatchMode):
-    """Tracks the bytes of every live tensor storage while active, and their peak.
-
-    Storages that exist before the tracker starts are added with :meth:`add`.
-    Every storage an operator returns is added automatically; a storage leaves
-    the count when it is freed (a finalizer on the storage object, which PyTorch
-    keeps alive exactly as long as the storage itself). Views share their base's
-    storage and cost nothing.
-
-    Besides the exact byte count, a second count rounds every storage up to the
-    CUDA caching allocator's 512-byte blocks, the figure comparable to
-    ``torch.cuda.max_memory_allocated()``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._key = f"_revunet_storage_id_{id(self)}"
-        self._live: dict[int, int] = {}  # storage id -> bytes, live storages only
-        self._sizes: dict[int, int] = {}  # storage id -> bytes, every storage ever seen
-        self.current = 0
-        self.peak = 0
-        self.current_rounded = 0
-        self.peak_rounded = 0
-        self.phase = "setup"
-        self.peak_phase = "setup"
-        self.phase_peaks: dict[str, int] = {}  # the highest total reached during each phase
-        self._events: list[int] = []  # +id on allocation, -id on release (ids start at 1)
-        self._events_at_peak = 0
-
-    def storage_id(self, tensor: torch.Tensor) -> int | None:
-        """The tracker's id of ``tensor``'s storage, or ``None`` if not tracked."""
-        return getattr(tensor.untyped_storage(), self._key, None)
-
-    def add(self, tensor: torch.Tensor) -> int:
-        """Count ``tensor``'s storage (once, however many tensors view it)."""
-        storage = tensor.untyped_storage()
-        nbytes = storage.nbytes()
-        sid = getattr(storage, self._key, None)
-        if sid is None:
-            sid = len(self._sizes) + 1
-            setattr(storage, self._key, sid)
-            weakref.finalize(storage, self._release, sid)
-            self._events.append(sid)
-            self._change(sid, nbytes)
-        elif sid in self._live and self._live[sid] != nbytes:  # resized in place (out=, resize_)
-            self._change(sid, nbytes)
-        return sid
-
-    def _change(self, sid: int, nbytes: int) -> None:
-        old = self._live.get(sid, 0)
-        self._live[sid] = self._sizes[sid] = nbytes
-        self.current += nbytes - old
-        self.current_rounded += _cuda_block(nbytes) - _cuda_block(old)
-        self.peak_rounded = max(self.peak_rounded, self.current_rounded)
-        if self.current > self.phase_peaks.get(self.phase, 0):
-            self.phase_peaks[self.phase] = self.current
-        if self.current > self.peak:
-            self.peak = self.current
-            self.peak_phase = self.phase
-            self._events_at_peak = len(self._events)
-
-    def _release(self, sid: int) -> None:
-        nbytes = self._live.pop(sid, None)
-        if nbytes is not None:
-            self.current -= nbytes
-            self.current_rounded -= _cuda_block(nbytes)
-            self._events.append(-sid)
-
-    def live_at_peak(self) -> dict[int, int]:
-        """Storage id -> bytes of every storage live at the (exact) peak."""
-        live: dict[int, None] = {}
-        for event in self._events[: self._events_at_peak]:
-            if event > 0:
-                live[event] = None
-            else:
-                live.pop(-event, None)
-        return {sid: self._sizes[sid] for sid in live}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_flatten(out)[0]:
-            if isinstance(leaf, torch.Tensor):
-                self.add(leaf)
-        return out
-
-
-def _cuda_block(nbytes: int) -> int:
-    return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +170,41 @@ def measure_training_step(
             exist during the forward pass; otherwise they are freed after each step.
         loss_needs_input: also pass the input to the loss, last (a VAE's reconstruction term).
     """
+    shape = _checked_shape(input_shape, mode)
+    device = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
+    targets = None if target_shape is None else tuple(target_shape)
+    loss = loss_fn or sum_of_outputs
+    target_type = target_dtype or input_dtype
+    step = _TrainingStep(shape, device, loss, input_dtype, targets, target_type, autocast_dtype, loss_needs_input)
+    with torch.random.fork_rng(devices=[]), _tensor_world(mode) as fake_mode:
+        net = _private_copy(model, device, fake_mode).train()
+        opt = (optimizer or adam())([p for p in net.parameters() if p.requires_grad])
+        step.run(net, opt, None, [])  # warm-up: creates the optimizer state of a steady-state step
+        opt.zero_grad(set_to_none=not gradients_persist)
+        tracker, labels, allocator_peak = _tracked_step(step, net, opt, extra)
+    return MemoryReport(
+        mode=mode,
+        input_shape=shape,
+        peak_bytes=tracker.peak,
+        breakdown=_breakdown(tracker, labels),
+        peak_phase=tracker.peak_phase,
+        cuda_rounded_peak_bytes=tracker.peak_rounded,
+        allocator_peak_bytes=allocator_peak,
+        device=str(device),
+        phase_peaks=dict(tracker.phase_peaks),
+    )
+
+
+def _breakdown(tracker: LiveTensorTracker, labels: dict[int, str]) -> dict[str, int]:
+    """Bytes per category at the peak; every storage without a label is an activation."""
+    breakdown = dict.fromkeys(CATEGORIES, 0)
+    for sid, nbytes in tracker.live_at_peak().items():
+        breakdown[labels.get(sid, "activations")] += nbytes
+    return breakdown
+
+
+def _checked_shape(input_shape: Iterable[int], mode: str) -> tuple[int, ...]:
+    """The input shape as positive integers, after checking that ``mode`` can run here."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     requested = tuple(input_shape)
@@ -272,28 +216,45 @@ def measure_training_step(
         raise ValueError(f"input_shape must be positive integers, got {shape}")
     if mode == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("mode='cuda' needs a CUDA device; use mode='fake' to measure without one")
-    make_optimizer = optimizer or adam()
-    loss_fn = loss_fn or sum_of_outputs
+    return shape
 
-    device = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
-    inputs: list[torch.Tensor] = []
 
-    def training_step(net: nn.Module, opt: torch.optim.Optimizer, tracker: LiveTensorTracker | None) -> None:
+@dataclasses.dataclass(frozen=True)
+class _TrainingStep:
+    """One training step as measured: a fresh batch, forward and loss, backward, optimizer step."""
+
+    shape: tuple[int, ...]
+    device: torch.device
+    loss_fn: Callable[..., torch.Tensor]
+    input_dtype: torch.dtype
+    target_shape: tuple[int, ...] | None
+    target_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+    loss_needs_input: bool
+
+    def run(
+        self, net: nn.Module, opt: torch.optim.Optimizer, tracker: LiveTensorTracker | None, inputs: list[torch.Tensor]
+    ) -> None:
+        """Run the step; with a tracker, mark its phases and keep the batch in ``inputs`` (as a loader holds it)."""
+
         def enter(phase: str) -> None:
             if tracker is not None:
                 tracker.phase = phase
 
         enter("setup")
-        x = torch.randn(shape, dtype=input_dtype, device=device)
+        x = torch.randn(self.shape, dtype=self.input_dtype, device=self.device)
         batch = [x]
-        if target_shape is not None:
-            batch.append((torch.rand(tuple(target_shape), device=device) > 0.5).to(target_dtype or input_dtype))
+        if self.target_shape is not None:
+            batch.append((torch.rand(self.target_shape, device=self.device) > 0.5).to(self.target_dtype))
         if tracker is not None:
             inputs[:] = batch
         enter("forward")
-        with _autocast(device.type, autocast_dtype):
+        with _autocast(self.device.type, self.autocast_dtype):
             output = net(x)
-            loss = loss_fn(output, *batch[1:], *batch[:1]) if loss_needs_input else loss_fn(output, *batch[1:])
+            if self.loss_needs_input:
+                loss = self.loss_fn(output, *batch[1:], *batch[:1])
+            else:
+                loss = self.loss_fn(output, *batch[1:])
         del output
         enter("backward")
         loss.backward()
@@ -301,45 +262,37 @@ def measure_training_step(
         enter("optimizer")
         opt.step()
 
-    with torch.random.fork_rng(devices=[]), _tensor_world(mode) as fake_mode:
-        net = _private_copy(model, device, fake_mode)
-        net.train()
-        opt = make_optimizer([p for p in net.parameters() if p.requires_grad])
-        training_step(net, opt, None)  # warm-up: creates the optimizer state of a steady-state step
-        opt.zero_grad(set_to_none=not gradients_persist)
 
-        tracker = LiveTensorTracker()
-        if mode == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        for tensor in _existing_tensors(net, opt):
-            tracker.add(tensor)
-        with tracker:
-            training_step(net, opt, tracker)
-            if extra is not None:
-                tracker.phase = "extra"
-                extra(net, tracker)
-            labels = _labels(tracker, net, opt, inputs)  # while gradients and inputs still exist
-            inputs.clear()
-        allocator_peak = None
-        if mode == "cuda":
-            torch.cuda.synchronize(device)
-            allocator_peak = torch.cuda.max_memory_allocated(device)
+def _tracked_step(
+    step: _TrainingStep,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    extra: Callable[[nn.Module, LiveTensorTracker], None] | None,
+) -> tuple[LiveTensorTracker, dict[int, str], int | None]:
+    """The measured step (and ``extra``) under a tracker that starts with every tensor already live.
 
-    breakdown = dict.fromkeys(CATEGORIES, 0)
-    for sid, nbytes in tracker.live_at_peak().items():
-        breakdown[labels.get(sid, "activations")] += nbytes
-    return MemoryReport(
-        mode=mode,
-        input_shape=shape,
-        peak_bytes=tracker.peak,
-        breakdown=breakdown,
-        peak_phase=tracker.peak_phase,
-        cuda_rounded_peak_bytes=tracker.peak_rounded,
-        allocator_peak_bytes=allocator_peak,
-        device=str(device),
-        phase_peaks=dict(tracker.phase_peaks),
-    )
+    Returns the tracker, the category of every storage that is not an activation, and on CUDA
+    the allocator's peak.
+    """
+    tracker = LiveTensorTracker()
+    if step.device.type == "cuda":
+        torch.cuda.synchronize(step.device)
+        torch.cuda.reset_peak_memory_stats(step.device)
+    for tensor in _existing_tensors(net, opt):
+        tracker.add(tensor)
+    inputs: list[torch.Tensor] = []
+    with tracker:
+        step.run(net, opt, tracker, inputs)
+        if extra is not None:
+            tracker.phase = "extra"
+            extra(net, tracker)
+        labels = _labels(tracker, net, opt, inputs)  # while gradients and inputs still exist
+        inputs.clear()
+    allocator_peak = None
+    if step.device.type == "cuda":
+        torch.cuda.synchronize(step.device)
+        allocator_peak = torch.cuda.max_memory_allocated(step.device)
+    return tracker, labels, allocator_peak
 
 
 @contextlib.contextmanager
@@ -428,7 +381,7 @@ def _labels(
     tracker: LiveTensorTracker, net: nn.Module, opt: torch.optim.Optimizer, inputs: list[torch.Tensor]
 ) -> dict[int, str]:
     """Storage id -> category for everything that is not an activation."""
-    groups = {
+    groups: dict[str, list[torch.Tensor]] = {
         "inputs": inputs,
         "optimizer_state": [t for state in opt.state.values() for t in _tensors_in(state)],
         "gradients": [p.grad for p in net.parameters() if p.grad is not None],

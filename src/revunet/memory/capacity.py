@@ -22,16 +22,13 @@ The three searches, each over a grid of valid values:
     8 below the top level of Fully-InvRes, whose squeeze multiplies channels by 8).
 
 A fake measurement of a full-size U-Net costs about a second, so the search does not bisect:
-peak memory is very nearly affine in the number of voxels, in the depth and in the width, so
-two measurements give a line whose crossing with the budget predicts the boundary; the grid
-point predicted is measured, and the search continues from the two points that bracket the
-boundary (regula falsi on the grid, bisection if that stalls) until a value that fits and
-its neighbour that does not are both measured. Typically 3-4 measurements per search.
+peak memory is very nearly affine in the number of voxels, in the depth and in the width, and
+:func:`revunet.memory.grid_search.largest_fitting` follows the line through two measurements
+to the boundary. Typically 3-4 measurements per search.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 import multiprocessing
@@ -45,6 +42,7 @@ from typing import Any
 import pandas as pd
 
 from revunet.memory.accounting import MIB, MemoryReport
+from revunet.memory.grid_search import CapacityError, largest_fitting
 
 GIB = 2**30
 DIMENSIONS = ("volume", "depth", "width")
@@ -56,11 +54,6 @@ DEFAULT_BUDGET_GIB = 16.0
 DEFAULT_FIXED_SIZE = 128
 RATIO_OF = {"volume": "voxels", "depth": "encoder depth", "width": "channel multiplier"}
 CLAIM_KEYS = {"volume": "larger_volume", "depth": "more_depth", "width": "more_channels"}
-_SECANT_STEPS = 6  # then bisection: a safeguard for curves far from affine
-
-
-class CapacityError(ValueError):
-    """The budget does not hold even the smallest value searched."""
 
 
 @dataclass(frozen=True)
@@ -114,13 +107,14 @@ class CapacityModel:
         import torch
 
         from revunet.models import build_model
+        from revunet.models.sizing import size_multiple
 
         params = self.build_params(0)
         if self.vae:
             params["vae_input_size"] = None  # the branch's own condition is added below
         with torch.device("meta"):
             model = build_model(self.model, **params)
-        multiple = int(model.size_multiple)
+        multiple = size_multiple(model)
         return 2 * multiple if self.vae else multiple
 
 
@@ -142,81 +136,6 @@ CAPACITY_MODELS: dict[str, CapacityModel] = {
         ),
     )
 }
-
-
-@dataclass(frozen=True)
-class Boundary:
-    """Where a search ended: the largest grid index that fits and what was measured around it."""
-
-    index: int
-    peak_bytes: int
-    next_peak_bytes: int | None  # at index + 1; None when index is the top of the range
-    capped: bool
-    measurements: int
-
-
-def largest_fitting(
-    measure: Callable[[int], int],
-    lo: int,
-    hi: int,
-    budget_bytes: float,
-    feature: Callable[[int], float] = float,
-    hints: Iterable[int] = (),
-) -> Boundary:
-    """The largest index in ``[lo, hi]`` whose measured peak is within the budget.
-
-    ``measure(i)`` is assumed non-decreasing in ``i`` and close to affine in ``feature(i)``
-    (e.g. the voxel count of size i). ``hints`` are measured first (two far-apart points make
-    the first prediction good). Ends when ``i`` fits and ``i + 1`` is measured not to (or
-    ``i == hi``); raises :class:`CapacityError` when even ``lo`` does not fit.
-    """
-    if lo > hi:
-        raise ValueError(f"empty search range [{lo}, {hi}]")
-    peaks: dict[int, int] = {}
-
-    def probe(i: int) -> None:
-        if i not in peaks:
-            peaks[i] = int(measure(i))
-
-    for hint in hints:
-        probe(min(hi, max(lo, hint)))
-    steps = 0
-    while True:
-        over = [i for i, p in peaks.items() if p > budget_bytes]
-        b = min(over, default=hi + 1)
-        a = max((i for i, p in peaks.items() if p <= budget_bytes and i < b), default=lo - 1)
-        if b - a <= 1:
-            break
-        if steps < _SECANT_STEPS:
-            guess = _predict(peaks, a, b, lo, hi, budget_bytes, feature)
-        else:
-            guess = (a + b) // 2
-        steps += 1
-        probe(min(b - 1, max(a + 1, guess)))
-    if a < lo:
-        raise CapacityError(f"even the smallest value needs {peaks[lo] / MIB:.1f} MiB, over the budget of {budget_bytes / MIB:.1f} MiB")
-    return Boundary(a, peaks[a], peaks.get(a + 1), capped=a == hi, measurements=len(peaks))
-
-
-def _predict(
-    peaks: dict[int, int], a: int, b: int, lo: int, hi: int, budget: float, feature: Callable[[int], float]
-) -> int:
-    """The grid index where the line through the two points nearest the boundary meets the budget."""
-    if a >= lo and b <= hi:
-        pair = [a, b]
-    elif a >= lo:
-        pair = sorted(i for i in peaks if peaks[i] <= budget)[-2:]
-    else:
-        pair = sorted(i for i in peaks if peaks[i] > budget)[:2]
-    if len(pair) < 2:  # a single point: double or halve
-        return min(hi, 2 * a) if a >= lo else max(lo, b // 2)
-    (x1, y1), (x2, y2) = ((feature(i), peaks[i]) for i in pair)
-    if x2 == x1 or y2 <= y1:  # flat: no sign of growth, go to the far end of the bracket
-        return b - 1 if a >= lo else a + 1
-    target = x1 + (budget - y1) * (x2 - x1) / (y2 - y1)
-    candidates = range(a + 1, b)  # the largest grid index whose feature is within the predicted limit
-    position = bisect.bisect_right(candidates, target, key=feature)
-    return candidates[position - 1] if position else a + 1
 
 
 def measure_point(
@@ -251,6 +170,19 @@ def predicted_width_factor(report: MemoryReport, budget_bytes: float) -> float:
     return (-scaling + math.sqrt(scaling**2 + 4 * fixed * budget_bytes)) / (2 * fixed)
 
 
+@dataclass(frozen=True)
+class _Search:
+    """One dimension's search: grid ``[lo, hi]``, peak and feature of an index, first hints, the value it stands for."""
+
+    measure: Callable[[int], int]
+    lo: int
+    hi: int
+    feature: Callable[[int], float]
+    hints: Callable[[], list[int]]
+    value: Callable[[int], float]
+    start: str  # the smallest point searched, for the error message
+
+
 def search_model(
     spec: CapacityModel,
     memory_saving: bool,
@@ -275,52 +207,28 @@ def search_model(
         raise ValueError(f"{spec.key}: the fixed input size {fixed_size} is not a positive multiple of {multiple}")
     budget = budget_gib * GIB
     cache: dict[tuple[int, int, int], MemoryReport] = {}
-    variant = "reversible" if memory_saving else "twin"
 
     def at(size: int, depth: int = 1, k: int = WIDTH_STEPS) -> MemoryReport:
         if (size, depth, k) not in cache:
             cache[(size, depth, k)] = measure_point(spec, memory_saving, size, depth, k)
         return cache[(size, depth, k)]
 
-    base_widths = sum(spec.channels)
-    reference = fixed_size // multiple
-    top_size, top_k = max_size // multiple, max_multiplier * WIDTH_STEPS
-    searches: dict[str, Any] = {
-        "volume": (
-            lambda i: at(i * multiple).peak_bytes,
-            (1, top_size),
-            lambda i: float(i * multiple) ** 3,
-            lambda: [reference, int(reference * predicted_size_factor(at(fixed_size), budget))],
-            lambda i: i * multiple,
-        ),
-        "depth": (lambda d: at(fixed_size, d).peak_bytes, (1, max_depth), float, lambda: [1, 2], lambda d: d),
-        "width": (
-            lambda k: at(fixed_size, 1, k).peak_bytes,
-            (1, top_k),
-            lambda k: sum(spec.widths(k)) / base_widths,  # the multiplier after rounding
-            lambda: [WIDTH_STEPS, int(WIDTH_STEPS * predicted_width_factor(at(fixed_size), budget))],
-            lambda k: k / WIDTH_STEPS,
-        ),
-    }
-    described = {
-        "volume": f"{multiple}^3 input",
-        "depth": f"encoder depth 1 at {fixed_size}^3",
-        "width": f"multiplier 1/{WIDTH_STEPS} at {fixed_size}^3",
-    }
+    searches = _searches(spec, at, multiple, budget, fixed_size, max_size, max_depth, max_multiplier)
     results: dict[str, dict[str, Any]] = {}
     for dimension in dimensions:
-        measure, (lo, hi), feature, hints, value = searches[dimension]
+        search = searches[dimension]
         started, before = time.perf_counter(), len(cache)
         try:
-            found = largest_fitting(measure, lo, hi, budget, feature, hints())
+            found = largest_fitting(search.measure, search.lo, search.hi, budget, search.feature, search.hints())
         except CapacityError as error:
+            variant = "reversible" if memory_saving else "twin"
             raise CapacityError(
                 f"{spec.key} ({variant}): a budget of {budget_gib:g} GiB is too small for the {dimension} search: "
-                f"{error} ({described[dimension]}); raise --budget-gib"
+                f"{error} ({search.start}); raise --budget-gib"
                 + ("" if dimension == "volume" else " or lower --fixed-size")
             ) from None
         results[dimension] = {
-            "value": value(found.index),
+            "value": search.value(found.index),
             "peak_bytes": found.peak_bytes,
             "next_peak_bytes": found.next_peak_bytes,
             "capped": found.capped,
@@ -331,7 +239,54 @@ def search_model(
     return results
 
 
-def _search_job(args: tuple[CapacityModel, bool, float, int, tuple[str, ...], int, int, int]) -> dict[str, dict[str, Any]]:
+def _searches(
+    spec: CapacityModel,
+    at: Callable[..., MemoryReport],
+    multiple: int,
+    budget: float,
+    fixed_size: int,
+    max_size: int,
+    max_depth: int,
+    max_multiplier: int,
+) -> dict[str, _Search]:
+    """The three searches over the grid: input edge / ``multiple``, encoder depth, multiplier * WIDTH_STEPS."""
+    base_widths = sum(spec.channels)
+    reference = fixed_size // multiple
+    return {
+        "volume": _Search(
+            lambda i: at(i * multiple).peak_bytes,
+            1,
+            max_size // multiple,
+            lambda i: float(i * multiple) ** 3,
+            lambda: [reference, int(reference * predicted_size_factor(at(fixed_size), budget))],
+            lambda i: i * multiple,
+            f"{multiple}^3 input",
+        ),
+        "depth": _Search(
+            lambda d: at(fixed_size, d).peak_bytes,
+            1,
+            max_depth,
+            float,
+            lambda: [1, 2],
+            lambda d: d,
+            f"encoder depth 1 at {fixed_size}^3",
+        ),
+        "width": _Search(
+            lambda k: at(fixed_size, 1, k).peak_bytes,
+            1,
+            max_multiplier * WIDTH_STEPS,
+            lambda k: sum(spec.widths(k)) / base_widths,  # the multiplier after rounding
+            lambda: [WIDTH_STEPS, int(WIDTH_STEPS * predicted_width_factor(at(fixed_size), budget))],
+            lambda k: k / WIDTH_STEPS,
+            f"multiplier 1/{WIDTH_STEPS} at {fixed_size}^3",
+        ),
+    }
+
+
+_SearchArgs = tuple[CapacityModel, bool, float, int, tuple[str, ...], int, int, int]
+
+
+def _search_job(args: _SearchArgs) -> dict[str, dict[str, Any]]:
     spec, memory_saving, budget_gib, fixed_size, dimensions, max_size, max_depth, max_multiplier = args
     return search_model(spec, memory_saving, budget_gib, fixed_size, dimensions, max_size, max_depth, max_multiplier)
 
@@ -374,55 +329,68 @@ def capacity_table(
         for saving in (True, False)
         for spec in ordered
     ]
-    jobs = min(len(tasks), jobs or usable_cores())
-    if jobs <= 1:
-        found = [_search_job(task) for task in tasks]
-    else:
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
-            found = list(pool.map(_search_job, tasks))
+    found = _run_jobs(tasks, min(len(tasks), jobs or usable_cores()))
     by_variant = {(task[0].key, task[1]): result for task, result in zip(tasks, found)}
     rows = []
     for spec in specs:
         reversible, twin = by_variant[(spec.key, True)], by_variant[(spec.key, False)]
         for dimension in dimensions:
-            rev, tw = reversible[dimension], twin[dimension]
-            ratio = rev["value"] / tw["value"]
-            if dimension == "volume":
-                ratio = ratio**3
             claim = float(claims[CLAIM_KEYS[dimension]])
-            # A capped reversible value makes the ratio a lower bound, a capped twin an upper one.
-            if ratio >= claim:
-                meets: bool | None = None if tw["capped"] else True
-            else:
-                meets = None if rev["capped"] else False
-            rows.append(
-                {
-                    "model": spec.model,
-                    "config": spec.config,
-                    "key": spec.key,
-                    "dimension": dimension,
-                    "fixed_input": "" if dimension == "volume" else f"{fixed_size}^3",
-                    "reversible_value": rev["value"],
-                    "twin_value": tw["value"],
-                    "ratio": round(ratio, 3),
-                    "ratio_of": RATIO_OF[dimension],
-                    "paper_claim": claim,
-                    "meets_claim": meets,
-                    "budget_gib": budget_gib,
-                    "reversible_peak_mib": round(rev["peak_bytes"] / MIB, 1),
-                    "twin_peak_mib": round(tw["peak_bytes"] / MIB, 1),
-                    "reversible_next_peak_mib": _mib_or_none(rev["next_peak_bytes"]),
-                    "twin_next_peak_mib": _mib_or_none(tw["next_peak_bytes"]),
-                    "reversible_capped": rev["capped"],
-                    "twin_capped": tw["capped"],
-                    "reversible_widths": _widths(rev["widths"]),
-                    "twin_widths": _widths(tw["widths"]),
-                    "protocol": spec.table,
-                    "measurements": rev["measurements"] + tw["measurements"],
-                }
-            )
+            rows.append(_row(spec, dimension, reversible[dimension], twin[dimension], claim, fixed_size, budget_gib))
     return pd.DataFrame(rows)
+
+
+def _run_jobs(tasks: list[_SearchArgs], jobs: int) -> list[dict[str, dict[str, Any]]]:
+    """The searches of ``tasks``, in order: here for one job, in a process pool otherwise."""
+    if jobs <= 1:
+        return [_search_job(task) for task in tasks]
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
+        return list(pool.map(_search_job, tasks))
+
+
+def _row(
+    spec: CapacityModel,
+    dimension: str,
+    rev: dict[str, Any],
+    tw: dict[str, Any],
+    claim: float,
+    fixed_size: int,
+    budget_gib: float,
+) -> dict[str, Any]:
+    """The table row of one model and dimension from its reversible and twin search results."""
+    ratio = rev["value"] / tw["value"]
+    if dimension == "volume":
+        ratio = ratio**3
+    # A capped reversible value makes the ratio a lower bound, a capped twin an upper one.
+    if ratio >= claim:
+        meets: bool | None = None if tw["capped"] else True
+    else:
+        meets = None if rev["capped"] else False
+    return {
+        "model": spec.model,
+        "config": spec.config,
+        "key": spec.key,
+        "dimension": dimension,
+        "fixed_input": "" if dimension == "volume" else f"{fixed_size}^3",
+        "reversible_value": rev["value"],
+        "twin_value": tw["value"],
+        "ratio": round(ratio, 3),
+        "ratio_of": RATIO_OF[dimension],
+        "paper_claim": claim,
+        "meets_claim": meets,
+        "budget_gib": budget_gib,
+        "reversible_peak_mib": round(rev["peak_bytes"] / MIB, 1),
+        "twin_peak_mib": round(tw["peak_bytes"] / MIB, 1),
+        "reversible_next_peak_mib": _mib_or_none(rev["next_peak_bytes"]),
+        "twin_next_peak_mib": _mib_or_none(tw["next_peak_bytes"]),
+        "reversible_capped": rev["capped"],
+        "twin_capped": tw["capped"],
+        "reversible_widths": _widths(rev["widths"]),
+        "twin_widths": _widths(tw["widths"]),
+        "protocol": spec.table,
+        "measurements": rev["measurements"] + tw["measurements"],
+    }
 
 
 def usable_cores() -> int:
@@ -449,38 +417,6 @@ def _mib_or_none(value: int | None) -> float | None:
 
 def _widths(widths: tuple[int, ...] | None) -> str:
     return "" if widths is None else "-".join(str(w) for w in widths)
-
-
-def format_value(dimension: str, value: float, capped: bool) -> str:
-    """How a found value reads in the printed table (``≥`` marks a range cap reached)."""
-    text = {"volume": f"{int(value)}^3", "depth": f"{int(value)}", "width": f"x{value:g}"}[dimension]
-    return f">={text}" if capped else text
-
-
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The printed view: one line per model and dimension."""
-    return pd.DataFrame(
-        {
-            "model": table["key"],
-            "dimension": table["dimension"],
-            "reversible": [format_value(d, v, c) for d, v, c in zip(table.dimension, table.reversible_value, table.reversible_capped)],
-            "twin": [format_value(d, v, c) for d, v, c in zip(table.dimension, table.twin_value, table.twin_capped)],
-            "ratio": [_bounded(r, rc, tc) for r, rc, tc in zip(table.ratio, table.reversible_capped, table.twin_capped)],
-            "of": table["ratio_of"],
-            "claim": table["paper_claim"],
-            "meets": ["?" if pd.isna(m) else ("yes" if m else "no") for m in table["meets_claim"]],
-            "rev_MiB": table["reversible_peak_mib"],
-            "twin_MiB": table["twin_peak_mib"],
-        }
-    )
-
-
-def _bounded(ratio: float, reversible_capped: bool, twin_capped: bool) -> str:
-    if reversible_capped and not twin_capped:
-        return f">={ratio:g}"
-    if twin_capped and not reversible_capped:
-        return f"<={ratio:g}"
-    return "?" if reversible_capped else f"{ratio:g}"  # both capped: the ratio of the caps says nothing
 
 
 def with_vae_dropped(spec: CapacityModel) -> CapacityModel:

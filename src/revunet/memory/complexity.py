@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ FIT_FROM_DEPTH = 4  # below this the constant terms dominate every method
 class CheckpointedSequence(nn.Module):
     """A chain of blocks run under ``checkpoint_sequential`` with a given number of segments."""
 
-    def __init__(self, blocks: Sequence[nn.Module], segments: int) -> None:
+    def __init__(self, blocks: Iterable[nn.Module], segments: int) -> None:
         super().__init__()
         if segments < 1:
             raise ValueError(f"checkpointing needs at least one segment, got {segments}")

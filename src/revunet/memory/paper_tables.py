@@ -26,10 +26,12 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from revunet.training.losses import LOSSES
-from revunet.memory.accounting import CATEGORIES, MIB, LiveTensorTracker, MemoryReport, measure_training_step
+from revunet.memory.accounting import CATEGORIES, MIB, MemoryReport, measure_training_step
+from revunet.memory.tracker import LiveTensorTracker
 from revunet.models import build_model, model_spec
 from revunet.papers import paper_memory_mib, paper_results, paper_row
+from revunet.tasks import Task, get_task
+from revunet.training.losses import LOSSES
 
 FULL_VOLUME = (160, 192, 160)
 
@@ -48,7 +50,7 @@ class MemoryRow:
 class MemoryProtocol:
     """What the paper's memory counter covered."""
 
-    task: str  # "brats": 4 modalities, WT/TC/ET sigmoid targets; "iseg": 2 modalities, 4 classes
+    task: str  # a name in revunet.tasks.TASKS: what the input channels and the targets are
     loss: str  # a name in revunet.training.losses.LOSSES
     loss_args: tuple[Any, ...] = ()
     validation_size: tuple[int, int, int] | None = None
@@ -72,6 +74,7 @@ def _config(model: str, label: str) -> dict[str, Any]:
 
 _PENDSE_BUDGET = 14 * 1024.0
 
+# Keyed in the order of revunet.catalog.MEMORY_TABLES (the names `revunet memory --table` offers).
 TABLES: dict[str, MemoryTable] = {
     "bruegger2019": MemoryTable(
         "bruegger2019",
@@ -144,10 +147,6 @@ TABLES: dict[str, MemoryTable] = {
 }
 
 
-def table_names() -> list[str]:
-    return list(TABLES)
-
-
 class LegacyGroupNorm(nn.GroupNorm):
     """GroupNorm computed as PyTorch 1.1 did: batch-norm on a reshaped view, then multiply and add.
 
@@ -176,17 +175,17 @@ def with_legacy_group_norm(model: nn.Module) -> nn.Module:
     return model
 
 
-def _validation_pass(size: tuple[int, int, int], channels: int, targets: int) -> Callable[[nn.Module, LiveTensorTracker], None]:
+def _validation_pass(size: tuple[int, int, int], task: Task) -> Callable[[nn.Module, LiveTensorTracker], None]:
     """A full-volume inference with its labels on the device, as Brügger et al.'s validation ran."""
 
     def run(net: nn.Module, tracker: LiveTensorTracker) -> None:
         net.eval()
         with torch.no_grad():
-            image = torch.randn(1, channels, *size)
-            labels = torch.rand(1, targets, *size)
+            image = torch.randn(1, task.in_channels, *size)
+            labels = torch.rand(1, task.out_channels, *size)
             output = net(image)
             logits = output.logits if hasattr(output, "logits") else output
-            probabilities = torch.sigmoid(logits)
+            probabilities = torch.sigmoid(logits) if task.output == "sigmoid" else torch.softmax(logits, dim=1)
             del image, labels, output, logits, probabilities
         net.train()
 
@@ -194,7 +193,11 @@ def _validation_pass(size: tuple[int, int, int], channels: int, targets: int) ->
 
 
 def measure_row(
-    table: MemoryTable, row: MemoryRow, mode: str = "fake", memory_saving: bool = True, legacy_group_norm: bool = False,
+    table: MemoryTable,
+    row: MemoryRow,
+    mode: str = "fake",
+    memory_saving: bool = True,
+    legacy_group_norm: bool = False,
     include_validation: bool = True,
 ) -> MemoryReport:
     """Peak memory of one row under its table's protocol."""
@@ -206,22 +209,20 @@ def measure_row(
         model = build_model(row.model, **params)
     if legacy_group_norm:
         with_legacy_group_norm(model)
-    channels = 4 if protocol.task == "brats" else 2
-    if protocol.task == "brats":
-        target_shape, target_dtype = (1, 3, *row.patch), torch.float32
-    else:
-        target_shape, target_dtype = (1, *row.patch), torch.int64
+    task = get_task(protocol.task)
+    # The targets the loss gets from a batch of one label map: their shape and dtype (meta: no memory).
+    target = task.targets(torch.zeros((1, *row.patch), dtype=torch.uint8, device="meta"))
     loss = LOSSES[protocol.loss](*protocol.loss_args)
     validation = None
     if include_validation and protocol.validation_size is not None:
-        validation = _validation_pass(protocol.validation_size, channels, 3)
+        validation = _validation_pass(protocol.validation_size, task)
     return measure_training_step(
         model,
-        (1, channels, *row.patch),
+        (1, task.in_channels, *row.patch),
         mode=mode,
         loss_fn=loss,
-        target_shape=target_shape,
-        target_dtype=target_dtype,
+        target_shape=target.shape,
+        target_dtype=target.dtype,
         autocast_dtype=protocol.autocast,
         gradients_persist=protocol.gradients_persist,
         loss_needs_input=True,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -68,6 +68,10 @@ class ReversibleSequence(nn.Module):
         self.memory_saving = memory_saving
         self.preserve_rng_state = preserve_rng_state
 
+    def _invertible_blocks(self) -> list[InvertibleModule]:
+        """The blocks as the constructor checked them to be (a ``ModuleList`` yields plain modules)."""
+        return cast(list[InvertibleModule], list(self.blocks))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = trainable_parameters(self)
         needs_graph = torch.is_grad_enabled() and (x.requires_grad or bool(params))
@@ -79,7 +83,7 @@ class ReversibleSequence(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """The input that produced ``y`` (exact up to floating-point rounding)."""
-        for block in reversed(self.blocks):
+        for block in reversed(self._invertible_blocks()):
             y = block.inverse(y)
         return y
 
@@ -99,7 +103,7 @@ class _ReversibleFunction(torch.autograd.Function):
         ctx.versions = [(p, p._version) for p in params]
         records = []
         y = x
-        for block in sequence.blocks:
+        for block in sequence._invertible_blocks():
             y, record = block.forward_recording(y, sequence.preserve_rng_state)
             records.append(record)
         ctx.records = records
@@ -140,7 +144,7 @@ class _ReversibleFunction(torch.autograd.Function):
         foreign = [weakref.ref(y.untyped_storage()), weakref.ref(grad_y.untyped_storage())]
         owned = False
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
-            for block, record in zip(reversed(ctx.sequence.blocks), reversed(ctx.records)):
+            for block, record in zip(reversed(ctx.sequence._invertible_blocks()), reversed(ctx.records)):
                 y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=owned)
                 mine = (y.untyped_storage(), grad_y.untyped_storage())
                 owned = mine[0] is not mine[1] and not any(ref() is s for ref in foreign for s in mine)
