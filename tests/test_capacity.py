@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from revunet.cli import main
 from revunet.memory.capacity import (
     CAPACITY_MODELS,
     GIB,
@@ -19,7 +20,6 @@ from revunet.memory.capacity import (
     search_model,
 )
 from revunet.memory.grid_search import CapacityError, largest_fitting
-from revunet.cli import main
 from revunet.models import build_model
 
 BUDGET_GIB = 32 / 1024  # 32 MiB: tiny models cross it at sizes that measure in a fraction of a second
@@ -114,7 +114,11 @@ def test_vae_models_search_sizes_the_branch_accepts():
     found = search_model(TINY_VAE, True, BUDGET_GIB, 16, dimensions=["volume"])["volume"]
     size = found["value"]
     assert size % 4 == 0
-    assert measure_point(TINY_VAE, True, size).peak_bytes <= BUDGET_GIB * GIB < measure_point(TINY_VAE, True, size + 4).peak_bytes
+    assert (
+        measure_point(TINY_VAE, True, size).peak_bytes
+        <= BUDGET_GIB * GIB
+        < measure_point(TINY_VAE, True, size + 4).peak_bytes
+    )
 
 
 def test_width_rounding_keeps_every_model_valid():
@@ -151,11 +155,32 @@ def test_capacity_table_in_parallel_has_ratios_and_claims():
 def test_cli_writes_csv_and_reports_a_too_small_budget(tmp_path, capsys):
     out = tmp_path / "capacity.csv"
     code = main(
-        ["capacity", "--models", "invres_full", "--dimensions", "volume", "--budget-gib", "4", "--jobs", "1", "--out", str(out)]
+        [
+            "capacity",
+            "--models",
+            "invres_full",
+            "--dimensions",
+            "volume",
+            "--budget-gib",
+            "4",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     table = pd.read_csv(out)
-    for column in ("model", "config", "dimension", "reversible_value", "twin_value", "ratio", "paper_claim", "budget_gib"):
+    for column in (
+        "model",
+        "config",
+        "dimension",
+        "reversible_value",
+        "twin_value",
+        "ratio",
+        "paper_claim",
+        "budget_gib",
+    ):
         assert column in table
     row = table.iloc[0]
     assert row["model"] == "invres_full" and row["budget_gib"] == 4

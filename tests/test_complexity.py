@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from revunet.cli import main
+from revunet.memory.accounting import measure_training_step
 from revunet.memory.complexity import (
     CheckpointedSequence,
     build_chain,
@@ -13,7 +14,6 @@ from revunet.memory.complexity import (
     growth_exponent,
     sqrt_segments,
 )
-from revunet.memory.accounting import measure_training_step
 
 DEPTHS = (1, 2, 4, 8, 16, 32)
 

@@ -175,7 +175,10 @@ def test_target_is_counted_as_input() -> None:
     shape = (2, 2, 6, 6, 6)
     plain = measure_training_step(DataclassOutput(), shape, mode="cpu")
     with_target = measure_training_step(
-        DataclassOutput(), shape, mode="cpu", target_shape=(2, 1, 6, 6, 6),
+        DataclassOutput(),
+        shape,
+        mode="cpu",
+        target_shape=(2, 1, 6, 6, 6),
         loss_fn=lambda out, target: F.binary_cross_entropy_with_logits(out.logits[:, :1], target),
     )
     assert plain.breakdown["inputs"] == numel(shape) * FLOAT32
@@ -378,8 +381,8 @@ def test_memory_saving_peak_does_not_grow_with_depth_but_twin_activations_do() -
         assert_consistent(saving[depth])
         assert_consistent(twin[depth])
         # same parameters in both: same parameter and optimizer bytes
-        assert saving[depth].breakdown["parameters"] == twin[depth].breakdown["parameters"] == param_bytes(
-            models[depth]
+        assert (
+            saving[depth].breakdown["parameters"] == twin[depth].breakdown["parameters"] == param_bytes(models[depth])
         )
         assert saving[depth].breakdown["optimizer_state"] == adam_state_bytes(models[depth])
 

@@ -14,7 +14,16 @@ from revunet.cli import main
 from revunet.memory.paper_tables import TABLES, LegacyGroupNorm, memory_table, with_legacy_group_norm
 from revunet.papers import paper_memory_mib, paper_results
 
-REQUIRED = ["row", "paper_mb", "measured_mb", "ratio", "parameters_mb", "gradients_mb", "optimizer_state_mb", "activations_mb"]
+REQUIRED = [
+    "row",
+    "paper_mb",
+    "measured_mb",
+    "ratio",
+    "parameters_mb",
+    "gradients_mb",
+    "optimizer_state_mb",
+    "activations_mb",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +48,10 @@ def test_bruegger_table_columns_and_consistency(bruegger):
     for _, record in bruegger.iterrows():
         assert record["paper_mb"] == paper_memory_mib("bruegger2019", record["row"])
         assert record["ratio"] == pytest.approx(record["measured_mb"] / record["paper_mb"], abs=1e-3)
-        parts = sum(record[f"{c}_mb"] for c in ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "activations"))
+        parts = sum(
+            record[f"{c}_mb"]
+            for c in ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "activations")
+        )
         assert parts == pytest.approx(record["measured_mb"], abs=0.5)
         # The protocol's counter covers training and validation: the peak is the larger one.
         assert record["measured_mb"] == pytest.approx(max(record["training_step_mb"], record["validation_mb"]), abs=0.1)
@@ -74,7 +86,10 @@ def test_invres_iseg_table(tmp_path):
         assert column in table
     by_row = table.set_index("row")
     # Each reversible model needs less than its twin, and the fully invertible one the least activations.
-    assert (by_row.loc[["Partially-InvRes", "Fully-InvRes"], "twin_mb"] > by_row.loc[["Partially-InvRes", "Fully-InvRes"], "measured_mb"]).all()
+    assert (
+        by_row.loc[["Partially-InvRes", "Fully-InvRes"], "twin_mb"]
+        > by_row.loc[["Partially-InvRes", "Fully-InvRes"], "measured_mb"]
+    ).all()
     assert by_row.loc["Fully-InvRes", "activations_mb"] < by_row.loc["Partially-InvRes", "activations_mb"]
 
 

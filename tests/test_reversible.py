@@ -166,9 +166,7 @@ def test_batchnorm_running_stats_updated_once():
     assert_grads_match(seq, twin, x, tol=1e-5)
     for (name, a), b in zip(seq.named_buffers(), twin.buffers()):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), name
-    assert all(
-        m.num_batches_tracked.item() == 1 for m in seq.modules() if isinstance(m, nn.BatchNorm3d)
-    )
+    assert all(m.num_batches_tracked.item() == 1 for m in seq.modules() if isinstance(m, nn.BatchNorm3d))
 
 
 def test_sync_batchnorm_refused_with_clear_error():

@@ -125,7 +125,9 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
             "dimension": table["dimension"],
             "reversible": [reversible for reversible, _ in shown],
             "twin": [twin for _, twin in shown],
-            "ratio": [_bounded(r, rc, tc) for r, rc, tc in zip(table.ratio, table.reversible_capped, table.twin_capped)],
+            "ratio": [
+                _bounded(r, rc, tc) for r, rc, tc in zip(table.ratio, table.reversible_capped, table.twin_capped)
+            ],
             "of": table["ratio_of"],
             "claim": table["paper_claim"],
             "meets": ["?" if pd.isna(m) else ("yes" if m else "no") for m in table["meets_claim"]],
@@ -162,9 +164,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     capacity.add_argument("--max-size", type=_positive_int, help="largest input edge searched (default 512)")
     capacity.add_argument("--max-depth", type=_positive_int, help="largest encoder depth searched (default 64)")
-    capacity.add_argument(
-        "--max-multiplier", type=_positive_int, help="largest width multiplier searched (default 8)"
-    )
+    capacity.add_argument("--max-multiplier", type=_positive_int, help="largest width multiplier searched (default 8)")
     capacity.add_argument("--no-vae", action="store_true", help="measure invres models without their VAE branch")
     capacity.add_argument("--jobs", type=_positive_int, help="parallel processes (default: usable cores)")
     capacity.add_argument("--out", help="write the full table as .csv (atomically)")

@@ -19,7 +19,9 @@ def _complexity(args: argparse.Namespace) -> int:
     if args.figure and Path(args.figure).suffix not in (".png", ".pdf"):
         raise SystemExit(f"--figure must end in .png or .pdf (both are written), got {args.figure!r}")
     if args.channels % 2 or args.channels <= 0:
-        raise SystemExit(f"--channels must be a positive even number (couplings split them in halves), got {args.channels}")
+        raise SystemExit(
+            f"--channels must be a positive even number (couplings split them in halves), got {args.channels}"
+        )
     started = time.perf_counter()
     try:
         table = complexity_table(args.depths or list(DEFAULT_DEPTHS), args.channels, args.size, args.groups)

@@ -22,7 +22,7 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-shape must be integers like 1,4,128,128,128; got {text!r}")
+        raise argparse.ArgumentTypeError(f"--input-shape must be integers like 1,4,128,128,128; got {text!r}") from None
     if len(shape) < 2 or any(s <= 0 for s in shape):
         raise argparse.ArgumentTypeError(f"--input-shape needs positive batch, channels and sizes; got {text!r}")
     return shape
@@ -36,7 +36,7 @@ def _factory(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise SystemExit(f"--model {spec!r}: cannot import module {module_name!r} ({error})")
+        raise SystemExit(f"--model {spec!r}: cannot import module {module_name!r} ({error})") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise SystemExit(f"--model {spec!r}: module {module_name!r} has no callable {attribute!r}")
@@ -75,7 +75,7 @@ def _memory(args: argparse.Namespace) -> int:
     try:
         kwargs: dict[str, Any] = json.loads(args.kwargs)
     except json.JSONDecodeError as error:
-        raise SystemExit(f"--kwargs must be a JSON object, e.g. '{{\"depth\": 4}}': {error}")
+        raise SystemExit(f"--kwargs must be a JSON object, e.g. '{{\"depth\": 4}}': {error}") from None
     if not isinstance(kwargs, dict):
         raise SystemExit(f"--kwargs must be a JSON object, got {args.kwargs!r}")
     factory = _factory(args.model)
@@ -84,7 +84,7 @@ def _memory(args: argparse.Namespace) -> int:
         try:
             model = factory(**kwargs)
         except TypeError as error:
-            raise SystemExit(f"--model {args.model} rejected --kwargs {kwargs}: {error}")
+            raise SystemExit(f"--model {args.model} rejected --kwargs {kwargs}: {error}") from None
     report = measure_training_step(
         model,
         args.input_shape,

@@ -34,7 +34,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,7 +132,13 @@ CAPACITY_MODELS: dict[str, CapacityModel] = {
         ),
         CapacityModel("invres_partial", "invres_partial", "BraTS", "invres_brats", (36, 72, 144, 288), vae=True),
         CapacityModel(
-            "invres_full", "invres_full", "BraTS", "invres_brats", (36, 72, 144, 288), width_quanta=(2, 8, 8, 8), vae=True
+            "invres_full",
+            "invres_full",
+            "BraTS",
+            "invres_brats",
+            (36, 72, 144, 288),
+            width_quanta=(2, 8, 8, 8),
+            vae=True,
         ),
     )
 }

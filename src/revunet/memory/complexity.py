@@ -99,7 +99,9 @@ def complexity_table(
     rows = []
     for method in methods:
         for depth in depths:
-            report = measure_training_step(build_chain(method, depth, channels, groups), (1, channels, size, size, size), mode=mode)
+            report = measure_training_step(
+                build_chain(method, depth, channels, groups), (1, channels, size, size, size), mode=mode
+            )
             rows.append(
                 {
                     "depth": depth,

@@ -72,7 +72,9 @@ def largest_fitting(
         steps += 1
         probe(min(b - 1, max(a + 1, guess)))
     if a < lo:
-        raise CapacityError(f"even the smallest value needs {peaks[lo] / MIB:.1f} MiB, over the budget of {budget_bytes / MIB:.1f} MiB")
+        raise CapacityError(
+            f"even the smallest value needs {peaks[lo] / MIB:.1f} MiB, over the budget of {budget_bytes / MIB:.1f} MiB"
+        )
     return Boundary(a, peaks[a], peaks.get(a + 1), capped=a == hi, measurements=len(peaks))
 
 

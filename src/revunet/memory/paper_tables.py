@@ -102,7 +102,11 @@ TABLES: dict[str, MemoryTable] = {
         "invres_iseg",
         tuple(
             MemoryRow(row, model, _config(model, "iSeg"), (64, 64, 64))
-            for row, model in (("3D U-Net", "unet3d"), ("Partially-InvRes", "invres_partial"), ("Fully-InvRes", "invres_full"))
+            for row, model in (
+                ("3D U-Net", "unet3d"),
+                ("Partially-InvRes", "invres_partial"),
+                ("Fully-InvRes", "invres_full"),
+            )
         ),
         MemoryProtocol(
             "iseg",
@@ -115,7 +119,11 @@ TABLES: dict[str, MemoryTable] = {
         "invres_brats",
         tuple(
             MemoryRow(row, model, _config(model, "BraTS"), (128, 128, 128))
-            for row, model in (("3D U-Net", "unet3d"), ("Partially-InvRes", "invres_partial"), ("Fully-InvRes", "invres_full"))
+            for row, model in (
+                ("3D U-Net", "unet3d"),
+                ("Partially-InvRes", "invres_partial"),
+                ("Fully-InvRes", "invres_full"),
+            )
         ),
         MemoryProtocol(
             "brats",
@@ -127,10 +135,21 @@ TABLES: dict[str, MemoryTable] = {
     "pendse2020": MemoryTable(
         "pendse2020",
         (
-            MemoryRow("Baseline", "partially_reversible", _config("partially_reversible", "Pendse Baseline"), (256, 256, 160)),
-            MemoryRow("MBConv-Base", "partially_reversible", _config("partially_reversible", "MBConv-Base"), (256, 256, 160)),
-            MemoryRow("MBConv-Deeper", "partially_reversible", _config("partially_reversible", "MBConv-Deeper"), (128, 128, 128)),
-            MemoryRow("MBConv-Wider", "partially_reversible", _config("partially_reversible", "MBConv-Wider"), (128, 128, 128)),
+            MemoryRow(
+                "Baseline", "partially_reversible", _config("partially_reversible", "Pendse Baseline"), (256, 256, 160)
+            ),
+            MemoryRow(
+                "MBConv-Base", "partially_reversible", _config("partially_reversible", "MBConv-Base"), (256, 256, 160)
+            ),
+            MemoryRow(
+                "MBConv-Deeper",
+                "partially_reversible",
+                _config("partially_reversible", "MBConv-Deeper"),
+                (128, 128, 128),
+            ),
+            MemoryRow(
+                "MBConv-Wider", "partially_reversible", _config("partially_reversible", "MBConv-Wider"), (128, 128, 128)
+            ),
         ),
         MemoryProtocol(
             "brats",
@@ -308,8 +327,7 @@ def explain(record: dict[str, Any], row: MemoryRow, protocol: MemoryProtocol) ->
     if not record["within_10pct"]:
         gap = record["paper_mb"] - record["measured_mb"]
         text += (
-            f"; the paper reports {abs(gap):.0f} MiB {'more' if gap > 0 else 'less'} "
-            f"({abs(gap) / unit:.1f} such maps)"
+            f"; the paper reports {abs(gap):.0f} MiB {'more' if gap > 0 else 'less'} ({abs(gap) / unit:.1f} such maps)"
         )
         if "legacy_group_norm_mb" in record:
             text += f"; with PyTorch 1.1's GroupNorm it measures {record['legacy_group_norm_mb']:.0f} MiB"

@@ -3,7 +3,7 @@
 Nothing here knows about U-Nets or brain MRI; see :mod:`revunet.models` for that.
 """
 
-from revunet.reversible.base import InvertibleModule, Inverted
+from revunet.reversible.base import Inverted, InvertibleModule
 from revunet.reversible.coupling import AdditiveCoupling
 from revunet.reversible.mixing import OrthogonalChannelMix3d
 from revunet.reversible.sequence import ReversibleSequence
@@ -11,9 +11,9 @@ from revunet.reversible.squeeze import InvertibleSqueeze3d, LearnableSqueeze3d, 
 
 __all__ = [
     "AdditiveCoupling",
+    "Inverted",
     "InvertibleModule",
     "InvertibleSqueeze3d",
-    "Inverted",
     "LearnableSqueeze3d",
     "OrthogonalChannelMix3d",
     "ReversibleSequence",

@@ -41,9 +41,7 @@ def gradients(
         return []
     if not outputs.requires_grad:
         return [None] * len(inputs)
-    return list(
-        torch.autograd.grad(outputs, inputs, grad_outputs.to(outputs.dtype), allow_unused=True)
-    )
+    return list(torch.autograd.grad(outputs, inputs, grad_outputs.to(outputs.dtype), allow_unused=True))
 
 
 class InvertibleModule(nn.Module):

@@ -120,19 +120,31 @@ class AdditiveCoupling(InvertibleModule):
                 x2_part.copy_(x2)
             del f_out, x2
 
-        if inplace:  # dx1 already is dy1, overwritten
-            _plus(dy2, grad_through_f, may_overwrite_base=True)
-            grad_x = grad_y
-        else:
-            grad_x = torch.empty_like(grad_y)
-            gx1, gx2 = _halves(grad_x, self.split_dim, name)
-            gx1.copy_(dx1)
-            del dx1
-            if grad_through_f is None:
-                gx2.copy_(dy2)
-            else:
-                torch.add(dy2, grad_through_f, out=gx2)
+        grad_x = _input_gradient(grad_y, dx1, dy2, grad_through_f, self.split_dim, inplace)
         return x, grad_x, [*zip(g_params, g_grads), *zip(f_params, f_grads)]
+
+
+def _input_gradient(
+    grad_y: torch.Tensor,
+    dx1: torch.Tensor,
+    dy2: torch.Tensor,
+    grad_through_f: torch.Tensor | None,
+    split_dim: int,
+    inplace: bool,
+) -> torch.Tensor:
+    """The gradient reaching a coupling's input: ``dx1`` and ``dy2 + dF/dx2``; with ``inplace``
+    it is ``grad_y``'s storage (``dx1`` already overwrote ``dy1`` there)."""
+    if inplace:
+        _plus(dy2, grad_through_f, may_overwrite_base=True)
+        return grad_y
+    grad_x = torch.empty_like(grad_y)
+    gx1, gx2 = _halves(grad_x, split_dim, "AdditiveCoupling")
+    gx1.copy_(dx1)
+    if grad_through_f is None:
+        gx2.copy_(dy2)
+    else:
+        torch.add(dy2, grad_through_f, out=gx2)
+    return grad_x
 
 
 def _plus(base: torch.Tensor, extra: torch.Tensor | None, may_overwrite_base: bool) -> torch.Tensor:

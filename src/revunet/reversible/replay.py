@@ -79,9 +79,7 @@ class AutocastState:
     @classmethod
     def capture(cls, device_type: str) -> AutocastState:
         types = dict.fromkeys([device_type, "cpu"])  # ordered, unique
-        regions = tuple(
-            (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)) for kind in types
-        )
+        regions = tuple((kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)) for kind in types)
         return cls(regions, torch.is_autocast_cache_enabled())
 
     @contextlib.contextmanager

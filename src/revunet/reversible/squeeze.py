@@ -23,8 +23,7 @@ def squeeze3d(x: torch.Tensor) -> torch.Tensor:
     odd = [name for name, size in zip("DHW", (d, h, w)) if size % 2]
     if odd:
         raise ValueError(
-            f"squeeze3d halves D, H and W, which must be even; got shape {tuple(x.shape)} "
-            f"(odd: {', '.join(odd)})"
+            f"squeeze3d halves D, H and W, which must be even; got shape {tuple(x.shape)} (odd: {', '.join(odd)})"
         )
     x = x.reshape(n, c, d // 2, 2, h // 2, 2, w // 2, 2)
     x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
@@ -35,8 +34,7 @@ def unsqueeze3d(y: torch.Tensor) -> torch.Tensor:
     """Exact inverse of :func:`squeeze3d`: ``(N, 8C, D, H, W) -> (N, C, 2D, 2H, 2W)``."""
     if y.dim() != 5 or y.shape[1] % 8:
         raise ValueError(
-            f"unsqueeze3d expects an (N, 8C, D, H, W) tensor with channels divisible by 8, "
-            f"got shape {tuple(y.shape)}"
+            f"unsqueeze3d expects an (N, 8C, D, H, W) tensor with channels divisible by 8, got shape {tuple(y.shape)}"
         )
     n, c8, d, h, w = y.shape
     c = c8 // 8
