@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from revunet.atomic import write_text_atomic
+from revunet.catalog import TASK_NAMES
 from revunet.documents import read_document
 
-TASKS = ("brats", "iseg")
 # A command-line default meaning "take this setting from the experiment".
 FROM_EXPERIMENT = "experiment"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -84,8 +84,8 @@ class Experiment:
         problems = []
         if not self.name:
             problems.append("name must not be empty")
-        if self.task not in TASKS:
-            problems.append(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in TASK_NAMES:
+            problems.append(f"task must be one of {TASK_NAMES}, got {self.task!r}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for key in ("samples_per_volume", "batch_size", "accumulation", "epochs", "validate_every"):
