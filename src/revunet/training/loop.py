@@ -274,10 +274,13 @@ def fit(run: Run, state: TrainingState) -> None:
         started, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
         result = train_epoch(run, epoch)
         scores = maybe_validate(run, epoch)
-        mean_dice = None if scores is None else float(np.mean(list(scores.values())))
-        improved = scores is not None and mean_dice is not None and state.stopper.update(epoch, mean_dice)
-        if improved and run.processes.is_main:
-            state.record_best(run.model, epoch, cast(dict[str, float], scores), cast(float, mean_dice))
+        mean_dice: float | None = None
+        improved = False
+        if scores is not None:
+            mean_dice = float(np.mean(list(scores.values())))
+            improved = state.stopper.update(epoch, mean_dice)
+            if improved and run.processes.is_main:
+                state.record_best(run.model, epoch, scores, mean_dice)
         run.scheduler.step()
         stop = run.processes.share(state.stopper.should_stop(epoch))
         seconds = time.perf_counter() - started
