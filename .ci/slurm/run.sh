@@ -7,7 +7,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
-limit=${REVUNET_SLURM_TIMEOUT:-360}
+limit=${REVUNET_SLURM_TIMEOUT:-600}
 work=$(mktemp -d /tmp/revunet-slurm.XXXXXX)
 echo "slurm run in $work (limit ${limit} s)"
 
