@@ -236,30 +236,22 @@ def test_rerun_of_finished_run_does_nothing_and_regenerates_deleted_outputs(fini
     assert load_checkpoint(out / "best.pt")["epoch"] == summary["best_epoch"]
 
 
-def test_changed_experiment_is_an_error_unless_restart(data, tmp_path) -> None:
+def test_changed_experiment_starts_over_saying_why_and_restart_always_does(data, tmp_path, capsys) -> None:
     pre, split = data
     out = tmp_path / "run"
     train(tiny(epochs=1), pre, split, out, device="cpu", progress=False)
     spec = tmp_path / "changed.json"
     write_experiment(spec, tiny(epochs=1, lr=1e-3))
-    args = [
-        "train",
-        "--experiment",
-        str(spec),
-        "--preprocessed",
-        str(pre),
-        "--split",
-        str(split),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    with pytest.raises(SystemExit, match=r"revunet train: .*different experiment \(keys that differ: lr\).*--restart"):
-        cli_main(args)
-    assert cli_main([*args, "--restart"]) == 0
+    args = ["train", "--experiment", str(spec), "--preprocessed", str(pre), "--split", str(split), "--out", str(out)]
+    args += ["--device", "cpu", "--no-progress"]
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    assert "the experiment changed (keys: lr): starting over" in capsys.readouterr().out
     assert load_checkpoint(out / "last.pt")["experiment"]["lr"] == 1e-3
+    assert cli_main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert cli_main([*args, "--restart"]) == 0
+    assert "--restart: starting over" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- resumption after SIGKILL

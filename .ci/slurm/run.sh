@@ -18,7 +18,7 @@ timeout -k 20 "$limit" snakemake \
     --configfile "$repo/config.yaml" "$repo/config/test.yaml" "$repo/.ci/slurm/config.yaml" \
     --slurm-no-account --slurm-keep-successful-logs \
     --default-resources slurm_partition=ci mem_mb=1000 runtime=10 \
-    --set-resources train:slurm_partition=ci infer:slurm_partition=ci \
+    --set-resources train:slurm_partition=ci train:gpu_model=ci infer:slurm_partition=ci \
     --jobs 4 > "$work/snakemake.log" 2>&1 || status=$?
 if [ "$status" -ne 0 ]; then
     echo "slurm run failed (exit $status; 124 means it timed out); last lines of its log:" >&2
@@ -38,12 +38,36 @@ done
 for file in tables/bruegger2019.md tables/invres_brats.csv figures/training_curves.png report.html; do
     [ -s "$results/$file" ] || fail "missing $file"
 done
-# the training and inference jobs went through SLURM with one GPU each (squeue keeps
-# finished jobs for MinJobAge); CPU jobs asked for none
-jobs=$(squeue --states=all --noheader --Format='WorkDir:|,Comment:|,tres-per-job:' | awk -F'|' -v dir="$work" '$1 == dir')
-gpu_jobs=$(echo "$jobs" | grep -cE '\|rule_(train|infer)_[^|]*\|gres:gpu:1$' || true)
-[ "$gpu_jobs" -eq 4 ] || fail "expected 4 training/inference jobs with gres:gpu:1 in squeue, found $gpu_jobs: $jobs"
+# the training jobs went through SLURM on the "ci" GPU model (gpu_model), the inference jobs on
+# any GPU, CPU jobs on none (squeue keeps finished jobs for MinJobAge)
+jobs=$(squeue --states=all --noheader --Format='WorkDir:|,Comment:|,tres-per-job:|,State:' | awk -F'|' -v dir="$work" '$1 == dir')
+train_jobs=$(echo "$jobs" | grep -cE '\|rule_train_[^|]*\|gres:gpu:ci:1\|' || true)
+infer_jobs=$(echo "$jobs" | grep -cE '\|rule_infer_[^|]*\|gres:gpu:1\|' || true)
+[ "$infer_jobs" -eq 2 ] || fail "expected 2 inference jobs with gres:gpu:1 in squeue, found $infer_jobs: $jobs"
 cpu_jobs=$(echo "$jobs" | grep -vE '\|rule_(train|infer)_' | grep -c 'gpu' || true)
 [ "$cpu_jobs" -eq 0 ] || fail "CPU jobs asked for a GPU: $jobs"
-echo "slurm run: OK ($(echo "$jobs" | wc -l) SLURM jobs, $gpu_jobs on the GPU)"
+
+# The long training ran in jobs of one minute: SLURM cut it at its time limit (state TIMEOUT),
+# Snakemake retried it and each retry resumed; its weights must equal an uncut run's.
+cut=bruegger_rev_1_1_128
+timeouts=$(echo "$jobs" | grep -F "$cut" | grep -c TIMEOUT || true)
+stops=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['interruptions'])" "$results/train/$cut/summary.json")
+[ "$stops" -ge 1 ] || fail "the training of $cut was never cut (SLURM jobs: $jobs)"
+[ "$train_jobs" -ge $((2 + stops)) ] || fail "expected at least $((2 + stops)) training jobs on gpu:ci, found $train_jobs: $jobs"
+OMP_NUM_THREADS=1 revunet train --experiment "$results/experiments/$cut.json" \
+    --preprocessed "$results/data/brats/preprocessed" --split "$results/data/brats/splits/main.json" \
+    --out "$work/uncut" --device cpu --no-progress --time-limit none > "$work/uncut.log" 2>&1 \
+    || { tail -n 20 "$work/uncut.log" >&2; fail "the uncut reference training failed"; }
+python - "$results/train/$cut/last.pt" "$work/uncut/last.pt" <<'PY' || fail "the resumed training differs from the uncut one"
+import sys
+import torch
+cut, uncut = (torch.load(path, weights_only=False) for path in sys.argv[1:])
+assert cut["epoch"] == uncut["epoch"], (cut["epoch"], uncut["epoch"])
+different = [key for key, value in uncut["model_state"].items() if not torch.equal(cut["model_state"][key], value)]
+assert not different, f"weights differ: {different[:5]}"
+print(f"{sys.argv[1]}: {cut['epoch']} epochs, weights equal to the uncut run's;",
+      "stops:", [(stop["reason"], stop["epoch"], stop["steps_done"]) for stop in cut["interruptions"]])
+PY
+echo "slurm run: OK ($(echo "$jobs" | wc -l) SLURM jobs; $train_jobs training jobs on gpu:ci, $infer_jobs inference"
+echo "  jobs on gpu; $cut cut $stops time(s) by its time limit ($timeouts job(s) in state TIMEOUT), resumed exactly)"
 rm -rf "$work"

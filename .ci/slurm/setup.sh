@@ -49,10 +49,11 @@ SlurmdSpoolDir=/var/spool/slurmd
 StateSaveLocation=/var/spool/slurmctld
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-NodeName=${host} CPUs=${cpus} RealMemory=${memory_mb} Gres=gpu:1 State=UNKNOWN
+NodeName=${host} CPUs=${cpus} RealMemory=${memory_mb} Gres=gpu:ci:1 State=UNKNOWN
 PartitionName=ci Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 EOF
-echo "NodeName=${host} Name=gpu File=/dev/null" > /etc/slurm/gres.conf.new
+# a typed GPU ("ci"): jobs may ask for any GPU (--gpus=1) or for this model (--gpus=ci:1)
+echo "NodeName=${host} Name=gpu Type=ci File=/dev/null" > /etc/slurm/gres.conf.new
 
 changed=0
 for file in slurm.conf gres.conf; do
@@ -81,7 +82,7 @@ running /run/slurmd.pid || slurmd
 for _ in $(seq 60); do
     state=$(sinfo --noheader --nodes="$host" --format=%T 2>/dev/null || true)
     if [ "$state" = idle ] || [ "$state" = mixed ]; then
-        echo "slurm: node ${host} is ${state} (${cpus} CPUs, ${memory_mb} MB, gres gpu:1 on /dev/null)"
+        echo "slurm: node ${host} is ${state} (${cpus} CPUs, ${memory_mb} MB, gres gpu:ci:1 on /dev/null)"
         exit 0
     fi
     if [ "$state" = down ] || [ "$state" = drained ] || [ "$state" = "down*" ]; then

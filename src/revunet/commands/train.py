@@ -8,6 +8,7 @@ import argparse
 def _train(args: argparse.Namespace) -> int:
     from revunet.experiments.recipe import read_experiment
     from revunet.training.errors import TrainError
+    from revunet.training.interruption import INTERRUPTED_EXIT, TrainingInterrupted
     from revunet.training.loop import train
 
     try:
@@ -15,9 +16,21 @@ def _train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"revunet train: {error}") from None
     try:
-        train(experiment, args.preprocessed, args.split, args.out, args.device, args.progress, args.restart)
+        train(
+            experiment,
+            args.preprocessed,
+            args.split,
+            args.out,
+            args.device,
+            args.progress,
+            args.restart,
+            args.time_limit,
+        )
     except TrainError as error:
         raise SystemExit(f"revunet train: {error}") from None
+    except TrainingInterrupted as stop:
+        print(f"revunet train: {stop} (exit status {INTERRUPTED_EXIT}: Snakemake retries the job)", flush=True)
+        return INTERRUPTED_EXIT
     return 0
 
 
@@ -29,8 +42,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Train the experiment's model with its recipe on the split's training cases, validating on "
         "the held-out cases (whole volumes, Dice per region). Writes RUN_DIR/experiment.json, last.pt (after "
         "every epoch), best.pt (best moving average of the validation mean Dice), log.csv and, when done, "
-        "summary.json. Rerunning the same command resumes an interrupted run and does nothing for a finished "
-        "one. Several processes: torchrun --nproc_per_node N -m revunet.cli train ... (gloo on CPU, nccl on CUDA).",
+        "summary.json. Rerunning the same command resumes an interrupted run exactly (when the experiment and "
+        "the inputs are unchanged; otherwise it starts over and says why) and does nothing for a finished one. "
+        "SIGTERM, SIGUSR1 or the time limit stop it at a step boundary with last.pt written and exit status 75. "
+        "Several processes: torchrun --nproc_per_node N -m revunet.cli train ... (gloo on CPU, nccl on CUDA).",
     )
     parser.add_argument("--experiment", required=True, metavar="SPEC", help="experiment file (YAML or JSON)")
     parser.add_argument(
@@ -49,5 +64,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--restart", action="store_true", help="discard RUN_DIR's training outputs and train from scratch"
+    )
+    parser.add_argument(
+        "--time-limit",
+        default="auto",
+        metavar="MINUTES",
+        help="stop cleanly (checkpoint, exit 75) before this many minutes have passed; auto (default): the time "
+        "left of the SLURM job this runs in (none outside SLURM); none: no limit",
     )
     parser.set_defaults(run=_train)

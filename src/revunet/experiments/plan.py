@@ -127,7 +127,7 @@ class WorkflowPlan:
     complexity_arguments: str = ""
     # `revunet capacity --jobs`: its trials run in this many processes (Snakemake lowers it to --cores).
     capacity_threads: int = 2
-    resume_training: bool = False
+    train_time_limit: str = "auto"
     launch_single: str = "revunet"
     launch_distributed: str = "torchrun --standalone --nproc_per_node={gpus} -m revunet.cli"
 
@@ -139,12 +139,11 @@ class WorkflowPlan:
         return self.launch_single
 
     def train_options(self) -> str:
-        """Options of `revunet train` that depend on the config: the device, and ``--restart``
-        unless ``resume_training``. Snakemake reruns a training job when its inputs changed, so
-        by default it starts over; with ``resume_training`` an interrupted run continues from
-        ``last.pt`` (trusting that the data did not change)."""
-        restart = "" if self.resume_training else " --restart"
-        return f"--device {self.device} --no-progress{restart}"
+        """Options of `revunet train` that depend on the config. No ``--restart``: a rerun job
+        resumes from ``last.pt`` exactly when its experiment and data are unchanged and starts
+        over otherwise (:mod:`revunet.training.resumption`); ``--time-limit auto`` stops it
+        cleanly before the end of the SLURM job it runs in (``train_time_limit``)."""
+        return f"--device {self.device} --no-progress --time-limit {self.train_time_limit}"
 
     def experiment_names(self, dataset: str | None = None) -> list[str]:
         """Selected experiments, in config order (optionally only those of ``dataset``)."""
@@ -171,7 +170,7 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         memory_tables=_memory_tables(config.get("memory_tables", MEMORY_TABLES)),
         capacity_arguments=_arguments(preset_block, "capacity"),
         complexity_arguments=_arguments(preset_block, "complexity"),
-        resume_training=bool(config.get("resume_training", False)),
+        train_time_limit=_time_limit(config.get("train_time_limit", "auto")),
         launch_single=launch.get("single", WorkflowPlan.launch_single),
         launch_distributed=launch.get("distributed", WorkflowPlan.launch_distributed),
     )
@@ -226,6 +225,15 @@ def _fit_to_dataset(plan: ExperimentPlan, dataset: DatasetPlan, preset: str) -> 
             f"{dataset.name!r} (task {dataset.task!r})"
         )
     return plan
+
+
+def _time_limit(value: Any) -> str:
+    """``train_time_limit`` as `revunet train --time-limit` takes it."""
+    if value in ("auto", "none"):
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"config: train_time_limit: got {value!r}, expected auto, none or minutes > 0")
+    return f"{value:g}"
 
 
 def _preset_resources(preset_block: Mapping[str, Any], preset: str, job: str) -> Resources:

@@ -47,6 +47,20 @@ class Processes:
             values /= self.world_size
         return values
 
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise maximum over ranks (on CPU; through the GPU under nccl)."""
+        if not self.distributed:
+            return values
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else values.device
+        reduced = values.to(device, copy=True)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+        return reduced.cpu()
+
+    def barrier(self) -> None:
+        """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
+        if self.distributed:
+            dist.barrier()
+
 
 @contextlib.contextmanager
 def process_group(device_name: str) -> Iterator[tuple[Processes, torch.device]]:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import numpy as np
 import torch
@@ -45,10 +45,12 @@ from revunet.models.registry import parameter_count
 from revunet.tasks import get_task
 from revunet.training.distributed import Processes, process_group
 from revunet.training.errors import NonFiniteLoss
+from revunet.training.interruption import StopWatch, TrainingInterrupted, time_budget
 from revunet.training.randomness import deterministic
+from revunet.training.resumption import decide
 from revunet.training.run_log import peak_memory_mib
 from revunet.training.setup import Run, build_run
-from revunet.training.state import TrainingState, previous_run, save_checkpoint, write_outputs
+from revunet.training.state import EpochProgress, TrainingState, save_checkpoint, write_outputs
 
 # --------------------------------------------------------------------------- validation
 
@@ -60,8 +62,11 @@ def hard_dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, dataset: PatchDataset, task: str, device: torch.device) -> dict[str, float]:
-    """Mean hard Dice per region over the held-out volumes (keys: the task's regions).
+def validate(
+    model: nn.Module, dataset: PatchDataset, task: str, device: torch.device, watch: StopWatch | None = None
+) -> dict[str, float] | None:
+    """Mean hard Dice per region over the held-out volumes (keys: the task's regions); None when
+    a stop request (``watch``) came in between two volumes.
 
     Whole volumes are predicted as `revunet infer` predicts them (padded to the model's size
     multiple and cropped back, float32), so validation scores what inference will produce.
@@ -69,6 +74,8 @@ def validate(model: nn.Module, dataset: PatchDataset, task: str, device: torch.d
     spec = get_task(task)
     scores: dict[str, list[float]] = {region: [] for region in spec.regions}
     for index in range(len(dataset)):
+        if watch is not None and watch.signal_name is not None:
+            return None
         item = dataset[index]
         image, label = cast(torch.Tensor, item["image"]), cast(torch.Tensor, item["label"])
         probabilities = predict_volume(model, image, spec.output, device=device)
@@ -78,11 +85,21 @@ def validate(model: nn.Module, dataset: PatchDataset, task: str, device: torch.d
     return {region: float(np.mean(values)) for region, values in scores.items()}
 
 
-def maybe_validate(run: Run, epoch: int) -> dict[str, float] | None:
-    """Rank 0's validation scores on every rank, on the epochs that validate (else None)."""
-    scores = None
-    if run.processes.is_main and run.held_out is not None and epoch % run.experiment.validate_every == 0:
-        scores = validate(run.model, run.held_out, run.experiment.task, run.device)
+def maybe_validate(run: Run, epoch: int, watch: StopWatch) -> dict[str, float] | str | None:
+    """Rank 0's validation scores on every rank, on the epochs that validate (else None); the
+    reason, a string, when a stop request came before or during the validation."""
+    if run.held_out is None or epoch % run.experiment.validate_every != 0:
+        return None
+    reason = watch.reason("validation")
+    if reason is not None:
+        return reason
+    scores: dict[str, float] | str | None = None
+    if run.processes.is_main:
+        started = time.perf_counter()
+        scores = validate(run.model, run.held_out, run.experiment.task, run.device, watch)
+        watch.measured("validation", time.perf_counter() - started)
+        if scores is None:
+            scores = watch.signal_name
     return run.processes.share(scores)
 
 
@@ -158,37 +175,54 @@ def _optimizer_step(run: Run, global_step: int) -> float:
     return float(grad_norm)
 
 
-def train_epoch(run: Run, epoch: int) -> EpochResult:
-    """One epoch (``epoch`` is 1-based)."""
-    run.sampler.set_epoch(epoch - 1)
+def _train_step(run: Run, batches: Iterator[dict[str, torch.Tensor]], remaining: int, progress: EpochProgress) -> int:
+    """One optimiser step on the next micro-batches; adds it to ``progress``; returns the batches used."""
+    group = [next(batches) for _ in range(min(run.experiment.accumulation, remaining))]
+    run.optimizer.zero_grad(set_to_none=True)
+    names, step_values = _backward(run, group)
+    step = progress.steps_done + 1
+    if not torch.isfinite(step_values[0]):
+        raise NonFiniteLoss(
+            f"non-finite loss ({step_values[0].item()}) at epoch {progress.epoch} step {step}; "
+            f"the last good checkpoint is kept (epoch {progress.epoch - 1})"
+        )
+    progress.grad_norms.append(_optimizer_step(run, (progress.epoch - 1) * run.steps_per_epoch() + step))
+    progress.totals = step_values if progress.totals is None else progress.totals + step_values
+    progress.names = names
+    progress.steps_done = step
+    return len(group)
+
+
+def train_epoch(run: Run, progress: EpochProgress, watch: StopWatch) -> EpochResult | None:
+    """The rest of epoch ``progress.epoch`` (1-based) from step ``progress.steps_done``; None when a
+    stop request ended it early (``progress`` then holds the steps done)."""
+    epoch, steps = progress.epoch, run.steps_per_epoch()
+    # the epoch's order without the samples of the steps already done (full batches)
+    run.sampler.set_epoch(
+        epoch - 1, start=progress.steps_done * run.experiment.accumulation * run.experiment.batch_size
+    )
     run.train_set.set_epoch(epoch - 1)
     run.trained.train()
-    steps = run.steps_per_epoch()
-    batches, remaining = iter(run.loader), len(run.loader)
-    totals: torch.Tensor | None = None
-    names: list[str] = []
-    grad_norms: list[float] = []
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not run.progress, dynamic_ncols=True)
-    for step in range(1, steps + 1):
-        group = [next(batches) for _ in range(min(run.experiment.accumulation, remaining))]
-        remaining -= len(group)
-        run.optimizer.zero_grad(set_to_none=True)
-        names, step_values = _backward(run, group)
-        if not torch.isfinite(step_values[0]):
-            raise NonFiniteLoss(
-                f"non-finite loss ({step_values[0].item()}) at epoch {epoch} step {step}; "
-                f"the last good checkpoint is kept (epoch {epoch - 1})"
-            )
-        grad_norms.append(_optimizer_step(run, (epoch - 1) * steps + step))
-        totals = step_values if totals is None else totals + step_values
-        bar.update()
-        bar.set_postfix(loss=f"{step_values[0].item():.4f}")
+    bar = tqdm(total=steps, initial=progress.steps_done, desc=f"epoch {epoch}", leave=False, disable=not run.progress)
+    if progress.steps_done < steps:
+        batches, remaining = iter(run.loader), len(run.loader)
+        while progress.steps_done < steps:
+            if watch.reason("step") is not None:
+                bar.close()
+                return None
+            started = time.perf_counter()
+            remaining -= _train_step(run, batches, remaining, progress)
+            seconds = time.perf_counter() - started
+            progress.seconds += seconds
+            watch.measured("step", seconds)
+            bar.update()
     bar.close()
-    assert totals is not None
-    means = (totals / steps).tolist()
+    assert progress.totals is not None
+    means = (progress.totals / steps).tolist()
     # steps the gradient scaler skipped (inf/NaN gradients in float16) have no norm to average
-    finite = [norm for norm in grad_norms if math.isfinite(norm)]
-    return EpochResult(steps, means[0], dict(zip(names, means[1:])), sum(finite) / len(finite) if finite else math.nan)
+    finite = [norm for norm in progress.grad_norms if math.isfinite(norm)]
+    grad_norm = sum(finite) / len(finite) if finite else math.nan
+    return EpochResult(steps, means[0], dict(zip(progress.names, means[1:])), grad_norm)
 
 
 # --------------------------------------------------------------------------- the epochs
@@ -224,17 +258,41 @@ def log_row(
         "lr": lr,
         "epoch_seconds": seconds,
         "peak_memory_mib": peak_memory_mib(run.device),
-        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "time": _now(),
     }
 
 
-def checkpoint(run: Run, state: TrainingState, best_changed: bool) -> None:
-    """Rank 0 writes ``last.pt``, then the outputs derived from it."""
+def checkpoint(run: Run, state: TrainingState, best_changed: bool, watch: StopWatch) -> None:
+    """Rank 0 writes ``last.pt``, then the outputs derived from it (timed: the budget keeps room for it)."""
     if not run.processes.is_main:
         return
+    started = time.perf_counter()
     state.capture(run.model, run.optimizer, run.scheduler, run.scaler, run.device, run.processes.world_size)
     save_checkpoint(run.out / "last.pt", state.to_payload())
     write_outputs(run.out, state, get_task(run.experiment.task).regions, best_changed=best_changed)
+    watch.measured("checkpoint", time.perf_counter() - started)
+
+
+def interrupt(run: Run, state: TrainingState, watch: StopWatch, reason: str) -> NoReturn:
+    """Checkpoint the current step (every rank waits for it) and raise :class:`TrainingInterrupted`."""
+    progress = state.progress
+    assert progress is not None
+    steps = run.steps_per_epoch()
+    where = (
+        f"before the validation of epoch {progress.epoch}"
+        if progress.steps_done == steps
+        else f"at epoch {progress.epoch}, step {progress.steps_done} of {steps} done"
+    )
+    state.interruptions.append(
+        {"reason": reason, "epoch": progress.epoch, "steps_done": progress.steps_done, "time": _now()}
+    )
+    checkpoint(run, state, best_changed=False, watch=watch)
+    run.processes.barrier()
+    raise TrainingInterrupted(reason, where)
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _report(run: Run, row: dict[str, Any], stop: bool, state: TrainingState) -> None:
@@ -259,8 +317,18 @@ def _report(run: Run, row: dict[str, Any], stop: bool, state: TrainingState) -> 
         )
 
 
-def fit(run: Run, state: TrainingState) -> None:
-    """Train the remaining epochs: each trains, maybe validates, updates the state, checkpoints and logs."""
+def _epoch_progress(state: TrainingState, epoch: int) -> EpochProgress:
+    """Where ``epoch`` starts: where an interrupted run stopped in it, else at its first step."""
+    if state.progress is None or state.progress.epoch != epoch:
+        state.progress = EpochProgress(epoch)
+    return state.progress
+
+
+def fit(run: Run, state: TrainingState, watch: StopWatch) -> None:
+    """Train the remaining epochs: each trains, maybe validates, updates the state, checkpoints and logs.
+
+    A stop request (``watch``) checkpoints the current step and raises :class:`TrainingInterrupted`.
+    """
     experiment = run.experiment
     epochs = tqdm(
         range(state.epoch + 1, experiment.epochs + 1),
@@ -272,8 +340,13 @@ def fit(run: Run, state: TrainingState) -> None:
     )
     for epoch in epochs:
         started, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
-        result = train_epoch(run, epoch)
-        scores = maybe_validate(run, epoch)
+        progress = _epoch_progress(state, epoch)
+        trained_before = progress.seconds
+        result = train_epoch(run, progress, watch)
+        scores = maybe_validate(run, epoch, watch) if result is not None else watch.last_reason
+        if result is None or isinstance(scores, str):
+            epochs.close()
+            interrupt(run, state, watch, str(scores))
         mean_dice: float | None = None
         improved = False
         if scores is not None:
@@ -283,12 +356,12 @@ def fit(run: Run, state: TrainingState) -> None:
                 state.record_best(run.model, epoch, scores, mean_dice)
         run.scheduler.step()
         stop = run.processes.share(state.stopper.should_stop(epoch))
-        seconds = time.perf_counter() - started
+        seconds = trained_before + time.perf_counter() - started
         row = log_row(run, state, epoch, result, scores, mean_dice, lr, seconds)
         state.end_epoch(
             row, seconds, "early_stopping" if stop else ("max_epochs" if epoch == experiment.epochs else None)
         )
-        checkpoint(run, state, best_changed=improved)
+        checkpoint(run, state, best_changed=improved, watch=watch)
         _report(run, row, stop, state)
         if stop:
             break
@@ -306,11 +379,37 @@ def train(
     device: str = "auto",
     progress: bool | None = None,
     restart: bool = False,
+    time_limit: str | float | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume, or confirm a finished) run of ``experiment``; returns the summary."""
+    """Train, resume, or confirm a finished run of ``experiment``; returns the summary.
+
+    ``time_limit``: minutes, ``auto`` (the SLURM job's time left) or None/``none``; a stop
+    (budget, SIGTERM, SIGUSR1) raises :class:`TrainingInterrupted` after checkpointing.
+    """
     out = Path(out)
     with process_group(device) as (processes, torch_device), deterministic(torch_device.type == "cpu"):
-        return _train(experiment, Path(preprocessed), Path(split), out, torch_device, processes, progress, restart)
+        watch = StopWatch(time_budget(time_limit), processes)
+        with watch.installed():
+            return _train(
+                experiment, Path(preprocessed), Path(split), out, torch_device, processes, progress, restart, watch
+            )
+
+
+def _starting_state(
+    experiment: Experiment, preprocessed: Path, split_path: Path, out: Path, processes: Processes, restart: bool
+) -> TrainingState:
+    """Rank 0 decides (:func:`revunet.training.resumption.decide`) and says why; every rank gets the state."""
+    message, resume, inputs = "", False, None
+    if processes.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        decision = decide(out, experiment, preprocessed, split_path, restart)
+        message, resume, inputs = decision.message, decision.state is not None, decision.inputs
+    message, resume = processes.share((message, resume))
+    if message:
+        _say(processes, message, False)
+    state = TrainingState.load(out / "last.pt") if resume else TrainingState.fresh(experiment)
+    state.inputs = inputs  # rank 0 stores the inputs' current fingerprint with every checkpoint
+    return state
 
 
 def _resumed(run: Run, state: TrainingState) -> None:
@@ -324,7 +423,11 @@ def _resumed(run: Run, state: TrainingState) -> None:
         )
     if processes.is_main:
         write_outputs(run.out, state, get_task(run.experiment.task).regions)  # best.pt/log.csv as of last.pt
-    _say(processes, f"{run.out}: resuming after epoch {state.epoch}", False)
+    where = f"after epoch {state.epoch}"
+    if state.progress is not None:
+        where = f"at epoch {state.progress.epoch} after step {state.progress.steps_done}"
+    stops = f" (stopped {len(state.interruptions)} time(s) so far)" if state.interruptions else ""
+    _say(processes, f"{run.out}: resuming {where}{stops}", False)
 
 
 def _train(
@@ -336,23 +439,23 @@ def _train(
     processes: Processes,
     progress: bool | None,
     restart: bool,
+    watch: StopWatch,
 ) -> dict[str, Any]:
     progress = (sys.stderr.isatty() if progress is None else progress) and processes.is_main
-    state = previous_run(out, experiment, restart, processes.is_main)
-    if state is not None and state.stopped is not None:
+    state = _starting_state(experiment, preprocessed, split_path, out, processes, restart)
+    if state.stopped is not None:
         if processes.is_main:
             write_outputs(out, state, get_task(experiment.task).regions, only_missing=True)
         _say(processes, f"{out}: finished after {state.epoch} epochs ({state.stopped}); nothing to do", False)
         return state.summary()
-    run = build_run(experiment, preprocessed, split_path, out, device, processes, progress, state)
-    if state is None:
-        state = TrainingState.fresh(experiment)
-    else:
+    resuming = state.epoch > 0 or state.progress is not None
+    run = build_run(experiment, preprocessed, split_path, out, device, processes, progress, state if resuming else None)
+    if resuming:
         _resumed(run, state)
     if processes.is_main:
         write_experiment(out / "experiment.json", experiment)
     state.parameters = parameter_count(run.model)
-    if state.epoch == 0:
+    if not resuming:
         held_out = len(run.held_out) if run.held_out else 0
         _say(
             processes,
@@ -361,5 +464,5 @@ def _train(
             f"device {device}, {processes.world_size} process(es)",
             False,
         )
-    fit(run, state)
+    fit(run, state, watch)
     return processes.share(state.summary() if processes.is_main else None)

@@ -65,7 +65,8 @@ class ShardedOrder(Sampler[int]):
     """Per-epoch seeded permutation of ``size`` samples, dealt to ``world_size`` ranks.
 
     Rank r gets positions r, r + W, r + 2W, ... of the permutation; the last ``size mod W``
-    positions are dropped so every rank runs the same number of steps.
+    positions are dropped so every rank runs the same number of steps. ``start`` (set with the
+    epoch) skips this rank's first samples: an epoch resumed after an interruption.
     """
 
     def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -73,17 +74,18 @@ class ShardedOrder(Sampler[int]):
             raise TrainError(f"{size} training sample(s) cannot feed {world_size} processes")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def order(self) -> list[int]:
         permutation = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        usable = len(self) * self.world_size
-        return permutation[self.rank : usable : self.world_size].tolist()
+        usable = self.size // self.world_size * self.world_size
+        return permutation[self.rank : usable : self.world_size].tolist()[self.start :]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order())
 
     def __len__(self) -> int:
-        return self.size // self.world_size
+        return max(0, self.size // self.world_size - self.start)

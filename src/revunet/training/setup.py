@@ -32,6 +32,7 @@ from revunet.models.sizing import head_outputs, pad_to, padded_shape, size_multi
 from revunet.tasks import get_task
 from revunet.training.distributed import Processes
 from revunet.training.errors import TrainError
+from revunet.training.interruption import ignore_stop_signals
 from revunet.training.losses import LOSSES, SegmentationLoss, configured_loss
 from revunet.training.randomness import ShardedOrder, seed_everything
 from revunet.training.state import TrainingState
@@ -59,7 +60,8 @@ class Run:
     progress: bool
 
     def steps_per_epoch(self) -> int:
-        steps = math.ceil(len(self.loader) / self.experiment.accumulation)
+        batches = math.ceil(self.sampler.size // self.sampler.world_size / self.experiment.batch_size)
+        steps = math.ceil(batches / self.experiment.accumulation)
         cap = self.experiment.max_steps_per_epoch
         return steps if cap is None else min(steps, cap)
 
@@ -159,7 +161,12 @@ def collate(items: list[dict[str, Any]], multiple: int) -> dict[str, torch.Tenso
 def make_loader(
     experiment: Experiment, train_set: PatchDataset, multiple: int, device: torch.device, processes: Processes
 ) -> DataLoader:
-    """This process's batches of training samples, in the seeded per-epoch order (:class:`ShardedOrder`)."""
+    """This process's batches of training samples, in the seeded per-epoch order (:class:`ShardedOrder`).
+
+    The loader draws its workers' base seed from its own generator, not torch's global one, so
+    starting an epoch's iterator (again, after an interruption) leaves dropout's random stream alone;
+    the samples themselves are seeded by (seed, epoch, index) (:mod:`revunet.data.dataset`).
+    """
     sampler = ShardedOrder(len(train_set), experiment.seed, processes.rank, processes.world_size)
     return DataLoader(
         train_set,
@@ -168,6 +175,8 @@ def make_loader(
         num_workers=experiment.num_workers,
         collate_fn=partial(collate, multiple=multiple),
         pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(experiment.seed),
+        worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -11,7 +11,9 @@ A checkpoint is a ``torch.save``'d dictionary, written atomically, holding at le
 ``optimizer_state``, ``scheduler_state``, ``scaler_state``, ``rng_state`` (python, numpy, torch,
 cuda), ``early_stopping``, ``log_rows``, ``best`` (the best weights so far and their validation
 figures), ``train_seconds``, ``stopped``, ``world_size``, ``device``, ``parameters`` and
-``peak_memory_source``. ``best.pt`` holds the keys above plus ``val_dice``, ``val_mean_dice`` and
+``peak_memory_source``, ``inputs`` (the fingerprint of the data it trains on, see
+:mod:`revunet.training.resumption`), ``progress`` (a stopped epoch's position, see
+:class:`EpochProgress`) and ``interruptions`` (one record per graceful stop). ``best.pt`` holds the keys above plus ``val_dice``, ``val_mean_dice`` and
 ``ema_dice``; ``best.pt``, ``log.csv`` and ``summary.json`` can always be regenerated from ``last.pt``.
 """
 
@@ -27,10 +29,9 @@ import torch
 from torch import nn
 
 from revunet.atomic import open_atomic
-from revunet.experiments.recipe import Experiment, read_experiment
+from revunet.experiments.recipe import Experiment
 from revunet.models.build import build_experiment_model
 from revunet.training.early_stopping import EarlyStopping
-from revunet.training.errors import TrainError
 from revunet.training.randomness import restore_rng_state, rng_state
 from revunet.training.run_log import peak_memory_source, write_log, write_summary
 
@@ -90,6 +91,37 @@ def bare_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @dataclass
+class EpochProgress:
+    """How far an interrupted epoch got: its optimiser steps done and their running sums.
+
+    ``steps_done`` equal to the epoch's steps means training is done and validation is pending.
+    ``totals`` (float32 sums of ``[total, *terms]``) and ``grad_norms`` are kept as they were, so
+    the resumed epoch's means are bit-identical to an uninterrupted one's.
+    """
+
+    epoch: int
+    steps_done: int = 0
+    totals: torch.Tensor | None = None
+    names: list[str] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "steps_done": self.steps_done,
+            "totals": self.totals,
+            "names": list(self.names),
+            "grad_norms": list(self.grad_norms),
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> EpochProgress | None:
+        return None if values is None else cls(**values)
+
+
+@dataclass
 class TrainingState:
     """Where a run stands after its last completed epoch: everything ``last.pt`` holds.
 
@@ -112,6 +144,9 @@ class TrainingState:
     scheduler_state: dict[str, Any] | None = None
     scaler_state: dict[str, Any] | None = None
     rng_state: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    progress: EpochProgress | None = None
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, experiment: Experiment) -> TrainingState:
@@ -138,6 +173,10 @@ class TrainingState:
             scheduler_state=payload["scheduler_state"],
             scaler_state=payload["scaler_state"],
             rng_state=payload["rng_state"],
+            # absent from checkpoints written before graceful stops existed
+            inputs=payload.get("inputs"),
+            progress=EpochProgress.from_dict(payload.get("progress")),
+            interruptions=list(payload.get("interruptions", [])),
         )
 
     @classmethod
@@ -169,6 +208,9 @@ class TrainingState:
             "device": self.device,
             "parameters": self.parameters,
             "peak_memory_source": self.peak_memory_source,
+            "inputs": self.inputs,
+            "progress": None if self.progress is None else self.progress.to_dict(),
+            "interruptions": self.interruptions,
         }
 
     def best_payload(self) -> dict[str, Any]:
@@ -201,6 +243,7 @@ class TrainingState:
         self.train_seconds += seconds
         self.log_rows.append(row)
         self.stopped = stopped
+        self.progress = None
 
     def capture(
         self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, device: torch.device, world_size: int
@@ -241,6 +284,7 @@ class TrainingState:
             "parameters": self.parameters,
             "device": self.device,
             "world_size": self.world_size,
+            "interruptions": len(self.interruptions),
         }
 
 
@@ -261,43 +305,3 @@ def write_outputs(
         write_log(out / "log.csv", state.log_rows, regions)
     if state.stopped is not None and wanted("summary.json"):
         write_summary(out / "summary.json", state.summary())
-
-
-def _differences(old: Experiment, new: Experiment) -> list[str]:
-    a, b = old.to_dict(), new.to_dict()
-    return sorted(key for key in a if a[key] != b.get(key))
-
-
-def previous_run(out: Path, experiment: Experiment, restart: bool, is_main: bool) -> TrainingState | None:
-    """The training state to resume from, or None to start afresh.
-
-    A run folder holding another experiment is an error unless ``restart`` (which discards
-    this folder's training outputs and starts over).
-    """
-    last = out / "last.pt"
-    state = None
-    previous = None
-    if last.is_file():
-        try:
-            state = TrainingState.load(last)
-            previous = state.experiment
-        except (ValueError, FileNotFoundError) as error:
-            if not restart:
-                raise TrainError(f"{error}; delete it or pass --restart") from None
-    elif (out / "experiment.json").is_file():
-        previous = read_experiment(out / "experiment.json")
-    if restart:
-        if is_main:
-            for name in ("last.pt", *OUTPUT_FILES):
-                (out / name).unlink(missing_ok=True)
-        return None
-    if previous is not None and previous != experiment:
-        raise TrainError(
-            f"{out} holds a run of a different experiment (keys that differ: "
-            f"{', '.join(_differences(previous, experiment))}); delete the folder or pass --restart to start over"
-        )
-    if state is None and (out / "summary.json").is_file():
-        raise TrainError(
-            f"{out}: summary.json says the run finished but last.pt is missing; pass --restart to train again"
-        )
-    return state
