@@ -30,7 +30,7 @@ from revunet.data.splits import split_document, write_split
 from revunet.evaluation.predict import predict_volume
 from revunet.experiments.recipe import Experiment, write_experiment
 from revunet.models.build import build_experiment_model
-from revunet.training import loop, setup
+from revunet.training import loop, setup, validation
 from revunet.training.early_stopping import EarlyStopping
 from revunet.training.errors import TrainError
 from revunet.training.loop import train
@@ -457,7 +457,7 @@ def test_bad_inputs_name_what_is_wrong(data, tmp_path) -> None:
 def test_run_stops_early_at_the_rule_s_epoch(data, tmp_path, monkeypatch) -> None:
     pre, split = data
     scripted = iter([0.5, 0.4, 0.45, 0.3, 0.2, 0.9, 0.9, 0.9])
-    monkeypatch.setattr(loop, "validate", lambda *args: {"WT": (v := next(scripted)), "TC": v, "ET": v})
+    monkeypatch.setattr(validation, "validate", lambda *args: {"WT": (v := next(scripted)), "TC": v, "ET": v})
     experiment = tiny(epochs=8, ema_alpha=0.0, patience=2)
     summary = train(experiment, pre, split, tmp_path / "run", device="cpu", progress=False)
     # alpha 0: the EMA is the Dice itself; best at epoch 1, stop after epoch 4 > 1 + 2
