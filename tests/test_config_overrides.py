@@ -371,3 +371,12 @@ def test_snakemake_prints_our_short_message_at_the_end(tmp_path, overlay, messag
     assert message in output.splitlines()[-3:-1], output
     assert len(output.splitlines()) <= 6 and "Traceback" not in output and "Failed validating" not in output, output
     assert not (tmp_path / "results").exists()
+
+
+def test_a_config_file_that_is_missing_or_not_a_mapping_is_a_config_error(tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("[1, 2]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^config file .*list\.yaml: must be a mapping of config keys, got list$"):
+        read_workflow_config(CONFIG, [listed])
+    with pytest.raises(ConfigError, match=r"^config file .*absent\.yaml: no such file$"):
+        read_workflow_config(CONFIG, [tmp_path / "absent.yaml"])

@@ -16,13 +16,15 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from revunet.documents import read_document, read_scalar
+from revunet.documents import DocumentError, read_document, read_scalar
 
-# Where (``*``: any name) the keys of a mapping are alternatives: a split draws its cases by
-# `fraction` or by `counts`. An override naming one alternative drops the others it inherits.
+# The places (``*``: any name) where a key chooses between alternatives (see merge_config):
+# a split draws its cases by `fraction` or by `counts`; a dataset's `source` says whether its
+# `path` (a local copy) applies.
 SPLIT_SCHEMES = frozenset({"fraction", "counts"})
 SPLIT_AT = ("datasets", "*", "*", "splits", "*")
 DATASET_AT = ("datasets", "*", "*")
+# A config error lists this many problems, then how many more there are.
 MAX_PROBLEMS = 4
 
 
@@ -103,11 +105,16 @@ def _scalars_read(value: Any) -> Any:
 
 
 def _document(path: str | os.PathLike[str]) -> dict[str, Any]:
-    value = read_document(path)
+    try:
+        value = read_document(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except DocumentError as error:
+        raise ConfigError(f"config file {error}") from None
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise TypeError(f"config file {path}: must be a mapping of config keys, got {type(value).__name__}")
+        raise ConfigError(f"config file {path}: must be a mapping of config keys, got {type(value).__name__}")
     return dict(value)
 
 
