@@ -236,6 +236,7 @@ def test_check_config_fills_in_the_schemas_defaults():
             {"seed": 0},
             "config: datasets.iseg.paper.splits.main: give exactly one of 'fraction' or 'counts', got neither",
         ),
+        ("datasets.iseg.demo.splits.main", 0.8, "config: datasets.iseg.demo.splits.main must be a mapping, got 0.8"),
         ("datasets.iseg.demo.shape", [48, 64], "config: datasets.iseg.demo.shape must be a list of 3 items, got 2"),
         ("datasets.iseg.task", "lits", "config: datasets.iseg.task must be one of ['brats', 'iseg'], got 'lits'"),
         ("datasets.brats.demo.spacing", 0.5, "config: datasets.brats.demo.spacing must be a number >= 1, got 0.5"),

@@ -174,6 +174,8 @@ def _describe(error: Any) -> str:
     where = f"config: {path}" if path else "config"
     kind, expected, got = error.validator, error.validator_value, error.instance
     if kind == "oneOf" and all(set(branch) == {"required"} for branch in expected):
+        if not isinstance(got, Mapping):  # the same line as the type error, which it joins
+            return f"{where} must be a mapping, got {_short(got)}"
         names = [name for branch in expected for name in branch["required"]]
         given = [name for name in names if name in got]
         return f"{where}: give exactly one of {' or '.join(map(repr, names))}, got {_given(given)}"

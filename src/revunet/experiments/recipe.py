@@ -3,7 +3,9 @@
 An :class:`Experiment` is what `revunet train` reads (a YAML or JSON file) and what every
 checkpoint carries, so a trained model can always be rebuilt and explained. The workflow
 writes one per named entry of ``config.yaml`` after applying the scale preset; users can also
-write one by hand. Unknown keys and wrong types are errors that name the key.
+write one by hand. Unknown keys, wrong types, values out of range and names that no registry
+knows (model, loss, augmentation, optimizer, task: :mod:`revunet.catalog`) are errors that
+name the key, so the workflow reports them when it starts, before any job runs.
 """
 
 from __future__ import annotations
