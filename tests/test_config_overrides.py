@@ -381,3 +381,16 @@ def test_a_config_file_that_is_missing_or_not_a_mapping_is_a_config_error(tmp_pa
         read_workflow_config(CONFIG, [listed])
     with pytest.raises(ConfigError, match=r"^config file .*absent\.yaml: no such file$"):
         read_workflow_config(CONFIG, [tmp_path / "absent.yaml"])
+
+
+def test_the_start_of_the_workflow_imports_no_torch():
+    """Snakemake parses the Snakefile for every job: reading, checking and planning stay torch-free."""
+    code = (
+        "import sys\n"
+        "from revunet.experiments.config_files import check_config, read_workflow_config\n"
+        "from revunet.experiments.plan import plan_workflow\n"
+        f"plan_workflow(check_config(read_workflow_config({str(CONFIG)!r}), {str(SCHEMA)!r}))\n"
+        "print(sorted(name for name in ('torch', 'numpy', 'pandas') if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
