@@ -7,9 +7,14 @@ revunet.experiments.plan. See README.md for how to run it.
 import os
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
-from revunet.experiments.config_files import read_workflow_config
+from revunet.experiments.config_files import (
+    ConfigError,
+    check_config,
+    read_workflow_config,
+)
 
 min_version("8.20")
 
@@ -31,20 +36,25 @@ DEFAULT_CONFIG = "config.yaml"
 configfile: DEFAULT_CONFIG
 
 
-# Snakemake read the config files with PyYAML (YAML 1.1: `lr: 1e-4` is a string there): read
-# them again as every revunet command reads its documents, merged in Snakemake's order.
+# Snakemake read the config files with PyYAML (YAML 1.1: `lr: 1e-4` is a string there) and
+# --config's nested values as strings: read them again as every revunet command reads its
+# documents, merged in Snakemake's order by our rule (a split's fraction replaces its counts),
+# then check them against the schema (defaults filled in), each problem in one line.
 config_settings = workflow.config_settings
-workflow_config = read_workflow_config(
-    DEFAULT_CONFIG,
-    config_settings.configfiles,
-    config_settings.config,
-    config_settings.replace_workflow_config,
-)
+try:
+    workflow_config = check_config(
+        read_workflow_config(
+            DEFAULT_CONFIG,
+            config_settings.configfiles,
+            config_settings.config,
+            config_settings.replace_workflow_config,
+        ),
+        os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
+    )
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 config.clear()
 config.update(workflow_config)
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -20,6 +20,16 @@ TASK_REGIONS: dict[str, tuple[str, ...]] = {"brats": ("WT", "TC", "ET"), "iseg":
 OUTPUTS = ("sigmoid", "softmax")
 TASK_OUTPUTS: dict[str, str] = {"brats": "sigmoid", "iseg": "softmax"}
 
+# --------------------------------------------------------------------------- recipes
+
+# What an experiment may name (checked when the workflow starts, before any job runs): the
+# architectures of :mod:`revunet.models.registry`, the loss presets of
+# :data:`revunet.training.losses.LOSSES`, the presets of :mod:`revunet.data.augment`.
+MODEL_NAMES = ("nonewnet", "partially_reversible", "unet3d", "invres_partial", "invres_full")
+LOSS_NAMES = ("bruegger2019", "invres2020", "pendse2020", "dice_bce")
+AUGMENTATION_PRESETS = ("none", "bruegger2019", "pendse2020", "invres2020")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
 # --------------------------------------------------------------------------- splits
 
 # Which cases of a split a command works on; ``all`` means every case of the split.

@@ -46,6 +46,23 @@ def parse_document(text: str, source: str) -> Any:
         raise DocumentError(f"{source}: not valid YAML/JSON: {error}") from None
 
 
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def read_scalar(text: str) -> Any:
+    """``text`` as this reader reads an unquoted YAML scalar: ``1e-4`` and ``3`` are numbers,
+    ``true`` is a boolean, ``null`` is None; any other text (a path, a name, something that
+    would read as a list or mapping) stays the string. For values that arrive as text, such as
+    Snakemake's ``--config``, which reads nested values with every scalar a string."""
+    try:
+        value = yaml.load(text, Loader=_Yaml12NumbersLoader)
+    except yaml.YAMLError:
+        return text
+    if value is None:
+        return None if text.strip() in _NULLS else text
+    return value if isinstance(value, (bool, int, float)) else text
+
+
 def read_document(path: str | os.PathLike[str]) -> Any:
     """The value of the YAML or JSON file at ``path`` (FileNotFoundError naming it if absent)."""
     path = Path(path)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from revunet.catalog import MEMORY_TABLES, SYNTHETIC_FOLDERS
-from revunet.experiments.config_files import deep_merge
+from revunet.experiments.config_files import ConfigError, deep_merge
 from revunet.experiments.recipe import Experiment
 
 PRESETS = ("demo", "paper")
@@ -33,10 +33,6 @@ WORKFLOW_KEYS = ("recipe", "dataset", "split", "resources")
 # model_params.vae_input_size may say this instead of a size: the size the model trains on.
 TRAINING_INPUT = "training_input"
 DEFAULT_RESOURCES = {"threads": 1, "gpus": 1, "mem_mb": 4000, "runtime": 60}
-
-
-class ConfigError(ValueError):
-    """A problem in the workflow configuration; the message names the key."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 An :class:`Experiment` is what `revunet train` reads (a YAML or JSON file) and what every
 checkpoint carries, so a trained model can always be rebuilt and explained. The workflow
 writes one per named entry of ``config.yaml`` after applying the scale preset; users can also
-write one by hand. Unknown keys and wrong types are errors that name the key.
+write one by hand. Unknown keys, wrong types, values out of range and names that no registry
+knows (model, loss, augmentation, optimizer, task: :mod:`revunet.catalog`) are errors that
+name the key, so the workflow reports them when it starts, before any job runs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,33 @@ from pathlib import Path
 from typing import Any
 
 from revunet.atomic import write_text_atomic
-from revunet.catalog import TASK_NAMES
+from revunet.catalog import AUGMENTATION_PRESETS, LOSS_NAMES, MODEL_NAMES, OPTIMIZERS, TASK_NAMES
 from revunet.documents import read_document
 
 # A command-line default meaning "take this setting from the experiment".
 FROM_EXPERIMENT = "experiment"
-OPTIMIZERS = ("adam", "adamw", "sgd")
+# What each name field may say (the registries' names, kept torch-free in the catalog).
+KNOWN_NAMES = {
+    "task": TASK_NAMES,
+    "model": MODEL_NAMES,
+    "loss": LOSS_NAMES,
+    "augmentation": AUGMENTATION_PRESETS,
+    "optimizer": OPTIMIZERS,
+}
+
+
+# The integer fields with a lower bound, and that bound.
+LEAST = {"samples_per_volume": 1, "batch_size": 1, "accumulation": 1, "epochs": 1, "validate_every": 1,
+         "max_steps_per_epoch": 1, "warmup_steps": 0, "patience": 0, "num_workers": 0, "seed": 0}  # fmt: skip
+
+
+class ExperimentError(ValueError):
+    """An experiment whose values are out of range or name nothing known: every problem, in one
+    line, after the experiment's ``source`` (a file, or a config key path) or its name."""
+
+    def __init__(self, name: str, problems: list[str], source: str | None = None) -> None:
+        self.name, self.problems = name, problems
+        super().__init__(f"{source or f'experiment {name!r}'}: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -81,36 +104,9 @@ class Experiment:
     row: str = ""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.name:
-            problems.append("name must not be empty")
-        if self.task not in TASK_NAMES:
-            problems.append(f"task must be one of {TASK_NAMES}, got {self.task!r}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for key in ("samples_per_volume", "batch_size", "accumulation", "epochs", "validate_every"):
-            if int(getattr(self, key)) < 1:
-                problems.append(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            problems.append(f"max_steps_per_epoch must be at least 1 or null, got {self.max_steps_per_epoch}")
-        if self.warmup_steps < 0:
-            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.patience is not None and self.patience < 0:
-            problems.append(f"patience must be >= 0 or null, got {self.patience}")
-        if not 0 <= self.ema_alpha < 1:
-            problems.append(f"ema_alpha must lie in [0, 1), got {self.ema_alpha}")
-        if not self.lr > 0:
-            problems.append(f"lr must be positive, got {self.lr}")
-        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
-            problems.append(f"grad_clip_norm must be positive or null, got {self.grad_clip_norm}")
-        if self.window_overlap < 0:
-            problems.append(f"window_overlap must be >= 0, got {self.window_overlap}")
-        for key in ("patch_size", "sliding_window"):
-            value = getattr(self, key)
-            if value is not None and (len(value) != 3 or any(int(v) < 1 for v in value)):
-                problems.append(f"{key} must be three positive integers or null, got {list(value)}")
+        problems = _name_problems(self) + _range_problems(self)
         if problems:
-            raise ValueError(f"experiment {self.name!r}: " + "; ".join(problems))
+            raise ExperimentError(self.name, problems)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "experiment") -> Experiment:
@@ -127,7 +123,10 @@ class Experiment:
         values: dict[str, Any] = {}
         for key, value in data.items():
             values[key] = _coerce(key, value, fields[key].type, source)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ExperimentError as error:
+            raise ExperimentError(error.name, error.problems, source) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML values (tuples become lists)."""
@@ -138,7 +137,46 @@ class Experiment:
         return Experiment.from_dict({**self.to_dict(), **changes}, source=f"experiment {self.name!r}")
 
 
-_INTS = ("int",)
+def _name_problems(e: Experiment) -> list[str]:
+    problems = [] if e.name else ["name must not be empty"]
+    for key, known in KNOWN_NAMES.items():
+        if getattr(e, key) not in known:
+            problems.append(f"{key} must be one of {list(known)}, got {getattr(e, key)!r}")
+    return problems
+
+
+def _range_problems(e: Experiment) -> list[str]:
+    """Each field outside its range, as ``<key> must be <expected>, got <value>``."""
+    problems = []
+    for key, least in LEAST.items():
+        value = getattr(e, key)
+        if value is not None and value < least:
+            problems.append(f"{key} must be an integer >= {least}{_OR_NULL.get(key, '')}, got {value}")
+    if not 0 <= e.ema_alpha < 1:
+        problems.append(f"ema_alpha must lie in [0, 1), got {e.ema_alpha}")
+    for key in ("lr", "gamma", "grad_clip_norm"):
+        value = getattr(e, key)
+        if value is not None and not value > 0:
+            problems.append(f"{key} must be positive{_OR_NULL.get(key, '')}, got {value}")
+    if not e.weight_decay >= 0:
+        problems.append(f"weight_decay must be a number >= 0, got {e.weight_decay}")
+    if any(m < 1 for m in e.milestones) or list(e.milestones) != sorted(set(e.milestones)):
+        problems.append(f"milestones must be increasing epochs >= 1, got {list(e.milestones)}")
+    for key in ("patch_size", "sliding_window"):
+        value = getattr(e, key)
+        if value is not None and (len(value) != 3 or any(v < 1 for v in value)):
+            problems.append(f"{key} must be three positive integers or null, got {list(value)}")
+    if e.window_overlap < 0 or e.window_overlap % 2:
+        problems.append(f"window_overlap must be an even number of voxels >= 0, got {e.window_overlap}")
+    elif e.sliding_window is not None and e.window_overlap >= min(e.sliding_window):
+        problems.append(
+            f"window_overlap must be smaller than sliding_window {list(e.sliding_window)}, got {e.window_overlap}"
+        )
+    return problems
+
+
+# " or null" after what a field that may be null must be.
+_OR_NULL = {f.name: " or null" for f in dataclasses.fields(Experiment) if "None" in str(f.type)}
 
 
 def _coerce(key: str, value: Any, annotation: str, source: str) -> Any:
