@@ -123,6 +123,13 @@ def test_cases_command_excludes_records_and_names_unknown_ids(tmp_path, capsys):
     assert pd.read_csv(record).empty and list(pd.read_csv(record).columns) == ["case_id", "excluded_by"]
     with pytest.raises(SystemExit, match=r"revunet cases: revunet cases --exclude: no case 'BraTS20_Training_009'"):
         main([*command, "--exclude", "BraTS20_Training_009"])
+    truncate(file_of(root, 2, "seg"))
+    capsys.readouterr()
+    assert main([*command, "--check", "--exclude-key", KEY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("revunet cases: 1 of 3 cases are broken:\n")
+    assert f"  - case {case_id(2)}: cannot read label file {file_of(root, 2, 'seg').resolve()}" in err
+    assert f"2. or add it to {KEY} in your config, e.g. exclude_cases: [{case_id(2)}]." in err
 
 
 def test_plan_reads_exclude_cases_per_preset():
@@ -195,14 +202,21 @@ def test_broken_cases_are_all_named_and_the_good_ones_survive_and_are_not_redone
     ]
 
 
-def test_without_a_key_the_message_names_the_option(tmp_path, capsys):
+def test_in_one_folder_a_failed_run_withdraws_the_index_and_names_the_option(tmp_path, capsys):
     root = dataset(tmp_path / "b20", 2)
-    with gzip.open(file_of(root, 1, "t1"), "wb") as stream:
-        stream.write(b"not a NIfTI file")
-    table = tmp_path / "cases.csv"
+    table, out = tmp_path / "cases.csv", tmp_path / "p"
     main(["cases", str(root), "--out", str(table)])
-    assert main(["preprocess", "--cases", str(table), "--all", "--out", str(tmp_path / "p")]) == 1
+    command = ["preprocess", "--cases", str(table), "--all", "--shape", "8,8,8", "--out", str(out)]
+    assert main(command) == 0 and (out / "index.csv").is_file()
+    good = stamps(out)
+    with gzip.open(file_of(root, 1, "t1"), "wb") as stream:  # a changed file is read again
+        stream.write(b"not a NIfTI file")
+    capsys.readouterr()
+    assert main(command) == 1
     err = capsys.readouterr().err
     assert f"case {case_id(1)}: cannot read t1 file {file_of(root, 1, 't1').resolve()}" in err
     assert f"2. or leave it out of the case table: revunet cases ... --exclude {case_id(1)}." in err
-    assert not (tmp_path / "p" / "index.csv").exists()
+    assert not (out / "index.csv").exists()  # the folder no longer claims to be complete
+    assert {name: value for name, value in stamps(out).items() if case_id(2) in name} == {
+        name: value for name, value in good.items() if case_id(2) in name
+    }

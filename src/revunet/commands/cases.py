@@ -13,7 +13,7 @@ LAYOUT_HELP = "auto, brats2018, brats2020, brats2021, brats2023, msd, iseg"
 
 
 def _cases(args: argparse.Namespace) -> int:
-    from revunet.data.case_table import write_case_table, write_excluded
+    from revunet.data.case_table import broken_cases_message, write_case_table, write_excluded
     from revunet.data.io import load_case
     from revunet.data.layouts import LayoutError, find_cases
 
@@ -41,10 +41,14 @@ def _cases(args: argparse.Namespace) -> int:
         try:
             load_case(row)
         except ValueError as error:  # CaseError and its subclasses
-            failures.append(str(error))
-            print(error, file=sys.stderr)
+            failures.append((str(row["case_id"]), str(error)))
     print(f"checked {len(table)} cases: {len(table) - len(failures)} readable, {len(failures)} broken")
-    return 1 if failures else 0
+    if failures:
+        header = f"revunet cases: {len(failures)} of {len(table)} cases are broken"
+        message = broken_cases_message(header, failures, "replace or repair the file named above", args.exclude_key)
+        print(message, file=sys.stderr)
+        return 1
+    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -45,7 +45,7 @@ def _failure(broken: list[tuple[str, str]], total: int, store: Path, args: argpa
 
 def _preprocess(args: argparse.Namespace) -> int:
     from revunet.data.case_table import read_case_table
-    from revunet.data.preprocess_all import preprocess_rows, publish
+    from revunet.data.preprocess_all import preprocess_rows, publish, withdraw
 
     try:
         table = read_case_table(args.cases)
@@ -65,6 +65,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     if outcome.broken and args.case_id is not None:
         raise SystemExit(f"revunet preprocess: {outcome.broken[0][1]}")
     if outcome.broken:
+        withdraw(out)
         print(_failure(outcome.broken, len(rows), store, args), file=sys.stderr)
         return 1
     publish([row["case_id"] for row in rows], store, out, index=args.case_id is None)

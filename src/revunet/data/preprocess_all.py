@@ -110,6 +110,11 @@ def _link(source: Path, target: Path) -> None:
     os.replace(temporary, target)
 
 
+def withdraw(out: Path) -> None:
+    """Remove ``out/index.csv``: its presence says the last run over the whole table succeeded."""
+    (out / INDEX_NAME).unlink(missing_ok=True)
+
+
 def publish(case_ids: Sequence[str], store: Path, out: Path, index: bool = True) -> Path:
     """Put the store's files of ``case_ids`` into ``out`` (nothing to do when they are one folder),
     then write ``out/index.csv`` listing them; returns ``out``."""
