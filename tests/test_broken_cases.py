@@ -5,6 +5,7 @@ failed preprocessing and are not redone on the rerun."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -195,7 +196,8 @@ def test_broken_cases_are_all_named_and_the_good_ones_survive_and_are_not_redone
     printed = capsys.readouterr().out
     assert printed.count(", skipped") == 2 and "(2 were up to date)" in printed
     assert stamps(store) == kept  # same bytes, same modification times: nothing redone
-    assert stamps(out) == kept  # the published files are the store's (hard links or copies)
+    assert stamps(out) == kept
+    assert all((out / name).samefile(store / name) for name in kept)  # hard links: no second copy
     index = pd.read_csv(out / "index.csv")
     assert index.to_dict(orient="records") == [
         {"case_id": case_id(n), "npz": f"{case_id(n)}.npz", "json": f"{case_id(n)}.json"} for n in (1, 5)
@@ -220,3 +222,23 @@ def test_in_one_folder_a_failed_run_withdraws_the_index_and_names_the_option(tmp
     assert {name: value for name, value in stamps(out).items() if case_id(2) in name} == {
         name: value for name, value in good.items() if case_id(2) in name
     }
+
+
+def test_publish_copies_where_there_are_no_hard_links(tmp_path, monkeypatch):
+    from revunet.data import preprocess_all
+
+    store, out = tmp_path / "store", tmp_path / "out"
+    store.mkdir()
+    for name in ("a.npz", "a.json"):
+        (store / name).write_bytes(name.encode())
+        os.utime(store / name, ns=(1_000_000_000, 2_000_000_000))
+
+    def refuse(source, target):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(preprocess_all.os, "link", refuse)
+    preprocess_all.publish(["a"], store, out)
+    assert (out / "a.npz").read_bytes() == b"a.npz" and (out / "a.npz").stat().st_mtime_ns == 2_000_000_000
+    assert not (out / "a.npz").samefile(store / "a.npz")
+    assert (out / "index.csv").read_text() == "case_id,npz,json\na,a.npz,a.json\n"
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.npz", "index.csv"]  # no temporary left
