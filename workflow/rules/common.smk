@@ -57,7 +57,10 @@ PATHS = {
     "synthetic": under("data", "{dataset}", "raw", "{folder}"),
     "decathlon": under("data", "{dataset}", "raw", DECATHLON_FOLDER),
     "cases": under("data", "{dataset}", "cases.csv"),
+    "excluded_cases": under("data", "{dataset}", "excluded_cases.csv"),
     "preprocessed": under("data", "{dataset}", "preprocessed"),
+    # not a job's output: the per-case files survive a failed preprocess job (see data.smk)
+    "preprocess_store": under("data", "{dataset}", "preprocess_store"),
     "split": under("data", "{dataset}", "splits", "{split}.json"),
     "spec": under("experiments", "{exp}.json"),
     "best": under("training", "{exp}", "best.pt"),

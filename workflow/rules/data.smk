@@ -32,7 +32,8 @@ rule cases:
     input:
         cases_input,
     output:
-        PATHS["cases"],
+        table=PATHS["cases"],
+        excluded=PATHS["excluded_cases"],
     log:
         log_file("cases", "{dataset}"),
     conda:
@@ -40,13 +41,18 @@ rule cases:
     params:
         folder=lambda wildcards: raw_folder(wildcards.dataset),
         layout=lambda wildcards: dataset_plan(wildcards).layout,
+        exclude=lambda wildcards: dataset_plan(wildcards).cases_arguments(),
     shell:
-        "revunet cases {params.folder:q} --layout {params.layout} --out {output} > {log} 2>&1"
+        "revunet cases {params.folder:q} --layout {params.layout} {params.exclude} --out {output.table}"
+        " --excluded-list {output.excluded} > {log} 2>&1"
 
 
+# Cases are preprocessed one by one into the store, which is no job's output: when a case is
+# broken the job fails (Snakemake deletes its output folder) but the good cases stay in the
+# store, and the rerun only links them into the output folder again.
 rule preprocess:
     input:
-        rules.cases.output,
+        rules.cases.output.table,
     output:
         directory(PATHS["preprocessed"]),
     log:
@@ -55,13 +61,18 @@ rule preprocess:
         CONDA_ENV
     params:
         shape=lambda wildcards: dataset_plan(wildcards).shape_argument(),
+        store=lambda wildcards: PATHS["preprocess_store"].format(
+            dataset=wildcards.dataset
+        ),
+        exclude_key=lambda wildcards: dataset_plan(wildcards).exclude_key,
     shell:
-        "revunet preprocess --cases {input} --all --shape {params.shape} --out {output} > {log} 2>&1"
+        "revunet preprocess --cases {input} --all --shape {params.shape} --store {params.store} --out {output}"
+        " --exclude-key {params.exclude_key} > {log} 2>&1"
 
 
 rule split:
     input:
-        rules.cases.output,
+        rules.cases.output.table,
     output:
         PATHS["split"],
     log:

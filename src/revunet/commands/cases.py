@@ -13,20 +13,26 @@ LAYOUT_HELP = "auto, brats2018, brats2020, brats2021, brats2023, msd, iseg"
 
 
 def _cases(args: argparse.Namespace) -> int:
-    from revunet.data.case_table import write_case_table
+    from revunet.data.case_table import broken_cases_message, write_case_table, write_excluded
     from revunet.data.io import load_case
     from revunet.data.layouts import LayoutError, find_cases
 
+    exclude = list(dict.fromkeys(args.exclude))
+    source = args.exclude_key or "revunet cases --exclude"
     try:
-        table = find_cases(args.path, layout=args.layout)
+        table = find_cases(args.path, layout=args.layout, exclude=exclude, exclude_key=source)
     except (LayoutError, OSError) as error:
         raise SystemExit(f"revunet cases: {error}") from None
     out = write_case_table(table, args.out)
+    if args.excluded_list:
+        write_excluded(exclude, source, args.excluded_list)
     labelled = int((table["label"] != "").sum())
     layout = table["layout"].iloc[0]
     print(
         f"{layout}: {len(table)} cases ({labelled} labelled, {len(table) - labelled} unlabelled) in {args.path} -> {out}"
     )
+    if exclude:
+        print(f"left out {len(exclude)} case(s) ({source}): {', '.join(exclude)}")
     if not args.check:
         return 0
     # Every case is read on its own: one broken case is reported and the others are still checked.
@@ -35,10 +41,14 @@ def _cases(args: argparse.Namespace) -> int:
         try:
             load_case(row)
         except ValueError as error:  # CaseError and its subclasses
-            failures.append(str(error))
-            print(error, file=sys.stderr)
+            failures.append((str(row["case_id"]), str(error)))
     print(f"checked {len(table)} cases: {len(table) - len(failures)} readable, {len(failures)} broken")
-    return 1 if failures else 0
+    if failures:
+        header = f"revunet cases: {len(failures)} of {len(table)} cases are broken"
+        message = broken_cases_message(header, failures, "replace or repair the file named above", args.exclude_key)
+        print(message, file=sys.stderr)
+        return 1
+    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -54,6 +64,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     # Names are checked by find_cases; spelled out here so that building the parser imports no data code.
     cases.add_argument("--layout", default="auto", help=f"one of {LAYOUT_HELP} (default: auto, detect it)")
     cases.add_argument("--out", required=True, help="case table to write (CSV, written atomically)")
+    cases.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="leave these cases out of the table (never read); an id that names no case is an error",
+    )
+    cases.add_argument(
+        "--exclude-key",
+        metavar="KEY",
+        help="where the --exclude ids come from (e.g. datasets.brats.paper.exclude_cases), for messages and the record",
+    )
+    cases.add_argument(
+        "--excluded-list",
+        metavar="CSV",
+        help="also record the left-out cases here (case_id, excluded_by), written even when there are none",
+    )
     cases.add_argument(
         "--check",
         action="store_true",

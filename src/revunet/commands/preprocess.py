@@ -1,16 +1,17 @@
 """`revunet preprocess`: crop, centre crop/pad and z-score cases of a case table.
 
 One case per invocation (``--case-id``) lets a workflow run cases in parallel; ``--all``
-runs every case in turn. Outputs that already record the same inputs and settings are
-left alone unless ``--force``. See :mod:`revunet.data.preprocess` for the steps and files.
+runs every case in turn, lists every broken one with the two fixes, and writes
+``index.csv`` last when none is. Outputs that already record the same inputs and settings
+are left alone unless ``--force``. See :mod:`revunet.data.preprocess` for the steps and
+files, :mod:`revunet.data.preprocess_all` for ``--store``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import warnings
+from pathlib import Path
 from typing import Any
 
 
@@ -23,40 +24,36 @@ def _shape(text: str) -> tuple[int, int, int] | None:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _one(row: dict[str, Any], args: argparse.Namespace) -> str:
-    """Preprocess one case-table row unless its outputs are current; returns a log line."""
-    from revunet.data.io import load_case
-    from revunet.data.preprocess import (
-        describe,
-        input_fingerprint,
-        is_current,
-        preprocess_case,
-        save_preprocessed,
-    )
+def _print_outcome(outcome: Any) -> None:
+    for text in outcome.warnings:
+        print(f"warning: {text}", file=sys.stderr)
+    print(outcome.line, flush=True)
 
-    case_id = row["case_id"]
-    fingerprint = input_fingerprint(row, args.shape)
-    if not args.force and is_current(args.out, case_id, fingerprint):
-        return f"{case_id}: up to date in {args.out}, skipped (--force redoes it)"
-    case = load_case(row)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = preprocess_case(case, args.shape)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    result = dataclasses.replace(result, meta=dataclasses.replace(result.meta, fingerprint=fingerprint))
-    path = save_preprocessed(args.out, result)
-    return f"{describe(result)} -> {path}"
+
+def _failure(broken: list[tuple[str, str]], total: int, store: Path, args: argparse.Namespace) -> str:
+    """The message of a batch with broken cases: each one, and the two fixes."""
+    from revunet.data.case_table import broken_cases_message
+
+    good = total - len(broken)
+    header = (
+        f"revunet preprocess: {len(broken)} of {total} cases are broken; the {good} good one(s) are kept in "
+        f"{store} and will not be redone"
+    )
+    repair = "replace or repair the file named above (a changed file is preprocessed again)"
+    return broken_cases_message(header, broken, repair, args.exclude_key)
 
 
 def _preprocess(args: argparse.Namespace) -> int:
     from revunet.data.case_table import read_case_table
+    from revunet.data.preprocess_all import preprocess_rows, publish, withdraw
 
     try:
         table = read_case_table(args.cases)
     except (OSError, ValueError) as error:
         raise SystemExit(f"revunet preprocess: {error}") from None
     rows = [{str(k): v for k, v in row.items()} for row in table.to_dict(orient="records")]
+    out = Path(args.out)
+    store = Path(args.store) if args.store else out
     if args.case_id is not None:
         rows = [row for row in rows if row["case_id"] == args.case_id]
         if not rows:
@@ -64,23 +61,16 @@ def _preprocess(args: argparse.Namespace) -> int:
             raise SystemExit(
                 f"revunet preprocess: case {args.case_id!r} is not in {args.cases} ({len(table)} cases, e.g. {known})"
             )
-        try:
-            print(_one(rows[0], args))
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"revunet preprocess: {error}") from None
-        return 0
-
-    failures = []
-    for row in rows:
-        try:
-            print(_one(row, args), flush=True)
-        except (OSError, ValueError) as error:  # one broken case must not stop the others
-            failures.append(row["case_id"])
-            print(f"revunet preprocess: {error}", file=sys.stderr, flush=True)
-    print(f"preprocessed {len(rows) - len(failures)} of {len(rows)} cases into {args.out}")
-    if failures:
-        print(f"failed: {', '.join(failures)}", file=sys.stderr)
+    outcome = preprocess_rows(rows, args.shape, store, args.force, report=_print_outcome)
+    if outcome.broken and args.case_id is not None:
+        raise SystemExit(f"revunet preprocess: {outcome.broken[0][1]}")
+    if outcome.broken:
+        withdraw(out)
+        print(_failure(outcome.broken, len(rows), store, args), file=sys.stderr)
         return 1
+    publish([row["case_id"] for row in rows], store, out, index=args.case_id is None)
+    skipped = sum(done.skipped for done in outcome.done)
+    print(f"preprocessed {len(rows)} cases into {out} ({skipped} were up to date)")
     return 0
 
 
@@ -106,5 +96,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         "or 'none' to keep the bounding-box crop",
     )
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--store",
+        help="folder the cases are preprocessed into, one by one (default: --out); when it differs, --out "
+        "only gets links to its files once every case succeeded, so a failed run loses no good case",
+    )
     parser.add_argument("--force", action="store_true", help="recompute even if the outputs are current")
+    parser.add_argument(
+        "--exclude-key",
+        metavar="KEY",
+        help="the config key that leaves cases out (e.g. datasets.brats.paper.exclude_cases), named in the "
+        "message about broken cases",
+    )
     parser.set_defaults(run=_preprocess)

@@ -11,6 +11,7 @@ has an empty ``label``. For the Decathlon's 4-D files a modality cell reads
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -81,3 +82,37 @@ def read_case_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     columns = _validate_table(table, f"case table {path}")
     return table[columns].reset_index(drop=True)
+
+
+# The columns of the record of the cases left out of a case table on purpose.
+EXCLUDED_COLUMNS = ["case_id", "excluded_by"]
+
+
+def write_excluded(case_ids: Sequence[str], excluded_by: str, path: str | os.PathLike[str]) -> Path:
+    """Record which cases were left out and by what (a config key or an option), atomically;
+    written even when none were, so a reader of the case table can tell."""
+    table = pd.DataFrame({"case_id": list(case_ids), "excluded_by": [excluded_by] * len(case_ids)})
+    return write_text_atomic(path, table[EXCLUDED_COLUMNS].to_csv(index=False))
+
+
+def broken_cases_message(
+    header: str, broken: Sequence[tuple[str, str]], repair: str, exclude_key: str | None = None
+) -> str:
+    """One readable message for several unusable cases: what is wrong with each, and the two fixes.
+
+    ``broken`` holds ``(case id, what is wrong, naming the file)``; ``repair`` says how to
+    repair one (e.g. "re-download or re-export the file"); ``exclude_key`` is the config key
+    that leaves cases out (``datasets.<name>.<preset>.exclude_cases``), or None for the option.
+    """
+    ids = [case_id for case_id, _ in broken]
+    lines = [f"{header}:", *(f"  - {problem}" for _, problem in broken)]
+    if exclude_key:
+        leave_out = f"add it to {exclude_key} in your config, e.g. exclude_cases: [{', '.join(ids)}]"
+    else:
+        leave_out = f"leave it out of the case table: revunet cases ... --exclude {' '.join(ids)}"
+    lines += [
+        "Fix each case in one of two ways:",
+        f"  1. repair it: {repair}, then run again;",
+        f"  2. or {leave_out}.",
+    ]
+    return "\n".join(lines)

@@ -24,13 +24,15 @@ import os
 import re
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from revunet.catalog import TASK_MODALITIES
-from revunet.data.case_table import case_table_columns
+from revunet.data.case_table import broken_cases_message, case_table_columns
 from revunet.data.labels import LABEL_MAPS, LAYOUT_TASKS
 
 # How deep find_cases looks through folders that hold a single sub-folder and nothing it recognises.
@@ -40,6 +42,17 @@ _IGNORED_FOLDERS = {"__MACOSX"}
 
 class LayoutError(ValueError):
     """A folder does not hold a recognised dataset, or one of its cases lacks a file."""
+
+
+class BrokenCasesError(LayoutError):
+    """Some cases of a dataset folder lack a file (or have several for one modality).
+
+    ``broken`` holds ``(case id, what is wrong)`` for every such case, not only the first.
+    """
+
+    def __init__(self, broken: list[tuple[str, str]], message: str | None = None) -> None:
+        super().__init__(message or "\n".join(text for _, text in broken))
+        self.broken = broken
 
 
 # --------------------------------------------------------------------------- file names
@@ -85,8 +98,30 @@ class Layout(ABC):
         """Whether ``root`` has this layout's tell-tale structure (cheap; reads no volume)."""
 
     @abstractmethod
-    def rows(self, root: Path) -> list[dict[str, str]]:
-        """One case-table row per case (unsorted); LayoutError when a case lacks a file."""
+    def cases(self, root: Path) -> list[tuple[str, Any]]:
+        """``(case id, what case_row needs)`` for every case in ``root``, found by name only."""
+
+    @abstractmethod
+    def case_row(self, case_id: str, found: Any) -> dict[str, str]:
+        """The case-table row of one case; LayoutError when it lacks a file or has several."""
+
+    def rows(self, root: Path, exclude: Collection[str] = ()) -> list[dict[str, str]]:
+        """One case-table row per case not in ``exclude`` (unsorted).
+
+        Every case is looked at on its own, so one that lacks a file does not hide the next: a
+        :class:`BrokenCasesError` lists all of them. Excluded cases are never looked into.
+        """
+        rows, broken = [], []
+        for case_id, found in self.cases(root):
+            if case_id in exclude:
+                continue
+            try:
+                rows.append(self.case_row(case_id, found))
+            except LayoutError as error:
+                broken.append((case_id, str(error)))
+        if broken:
+            raise BrokenCasesError(broken)
+        return rows
 
     def row(self, case_id: str, files: dict[str, str], label: str) -> dict[str, str]:
         return {"case_id": case_id, "task": self.task, "layout": self.name, **files, "label": label}
@@ -128,23 +163,23 @@ class CaseFolderLayout(Layout):
             )
         return found[0] if found else None
 
-    def rows(self, root: Path) -> list[dict[str, str]]:
-        rows = []
-        for folder in self._case_folders(root):
-            case_id = folder.name
-            stems = [(stem, p.resolve()) for p in _visible(folder) if (stem := _nifti_stem(p.name)) is not None]
-            files = {}
-            for modality, key in self.modality_keys.items():
-                path = self._find(case_id, stems, (key,), modality)
-                if path is None:
-                    raise LayoutError(
-                        f"case {case_id}: no {modality} file in {folder.resolve()}; "
-                        f"expected {case_id}{self.separator}{key}.nii.gz (or .nii)"
-                    )
-                files[modality] = str(path)
-            label = self._find(case_id, stems, self.label_keys, "label")
-            rows.append(self.row(case_id, files, str(label) if label else ""))
-        return rows
+    def cases(self, root: Path) -> list[tuple[str, Any]]:
+        return [(folder.name, folder) for folder in self._case_folders(root)]
+
+    def case_row(self, case_id: str, found: Any) -> dict[str, str]:
+        folder: Path = found
+        stems = [(stem, p.resolve()) for p in _visible(folder) if (stem := _nifti_stem(p.name)) is not None]
+        files = {}
+        for modality, key in self.modality_keys.items():
+            path = self._find(case_id, stems, (key,), modality)
+            if path is None:
+                raise LayoutError(
+                    f"case {case_id}: no {modality} file in {folder.resolve()}; "
+                    f"expected {case_id}{self.separator}{key}.nii.gz (or .nii)"
+                )
+            files[modality] = str(path)
+        label = self._find(case_id, stems, self.label_keys, "label")
+        return self.row(case_id, files, str(label) if label else "")
 
 
 # Decathlon Task01 channel order (FLAIR, T1w, T1gd, T2w) as indices of the canonical modalities.
@@ -166,29 +201,31 @@ class DecathlonLayout(Layout):
     def matches(self, root: Path) -> bool:
         return (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir()
 
-    def rows(self, root: Path) -> list[dict[str, str]]:
-        rows = []
+    def cases(self, root: Path) -> list[tuple[str, Any]]:
+        found = []
         for images, labels in (("imagesTr", "labelsTr"), ("imagesTs", None)):
             if not (root / images).is_dir():
                 continue
             for path in _visible(root / images):
                 case_id = _nifti_stem(path.name)
-                if case_id is None or not path.is_file():
-                    continue
-                path = path.resolve()
-                files = {modality: f"{path}#{channel}" for modality, channel in MSD_CHANNELS.items()}
-                label = ""
-                if labels is not None:
-                    candidates = [root / labels / f"{case_id}{suffix}" for suffix in (".nii.gz", ".nii")]
-                    existing = [p for p in candidates if p.is_file()]
-                    if not existing:
-                        raise LayoutError(
-                            f"case {case_id}: no label file for {path}; expected {candidates[0].resolve()} "
-                            "(every imagesTr case has one in the Decathlon)"
-                        )
-                    label = str(existing[0].resolve())
-                rows.append(self.row(case_id, files, label))
-        return rows
+                if case_id is not None and path.is_file():
+                    found.append((case_id, (path.resolve(), root / labels if labels else None)))
+        return found
+
+    def case_row(self, case_id: str, found: Any) -> dict[str, str]:
+        path, labels = found
+        files = {modality: f"{path}#{channel}" for modality, channel in MSD_CHANNELS.items()}
+        label = ""
+        if labels is not None:
+            candidates = [labels / f"{case_id}{suffix}" for suffix in (".nii.gz", ".nii")]
+            existing = [p for p in candidates if p.is_file()]
+            if not existing:
+                raise LayoutError(
+                    f"case {case_id}: no label file for {path}; expected {candidates[0].resolve()} "
+                    "(every imagesTr case has one in the Decathlon)"
+                )
+            label = str(existing[0].resolve())
+        return self.row(case_id, files, label)
 
 
 _ISEG_FILE = re.compile(r"(subject-\d+)-(t1|t2|label)\.(hdr|nii|nii\.gz)", re.IGNORECASE)
@@ -206,43 +243,40 @@ class ISegLayout(Layout):
     def matches(self, root: Path) -> bool:
         return any(_ISEG_FILE.fullmatch(p.name) for p in _visible(root) if p.is_file())
 
-    def rows(self, root: Path) -> list[dict[str, str]]:
+    def cases(self, root: Path) -> list[tuple[str, Any]]:
         found: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
         for path in _visible(root):
             match = _ISEG_FILE.fullmatch(path.name)
             if match and path.is_file():
                 subject, role, _ = match.groups()
                 found[subject][role.lower()].append(path.resolve())
-        rows = []
-        for subject, roles in found.items():
-            files: dict[str, str] = {}
-            for role in ("t1", "t2", "label"):
-                paths = roles.get(role, [])
-                if len(paths) > 1:
-                    names = ", ".join(p.name for p in paths)
+        return [(subject, (roles, root.resolve())) for subject, roles in found.items()]
+
+    def case_row(self, case_id: str, found: Any) -> dict[str, str]:
+        roles, root = found
+        files: dict[str, str] = {}
+        for role in ("t1", "t2", "label"):
+            paths = roles.get(role, [])
+            if len(paths) > 1:
+                names = ", ".join(p.name for p in paths)
+                raise LayoutError(f"case {case_id}: several {role} files in {root}: {names}; expected exactly one")
+            if not paths:
+                if role == "label":
+                    continue
+                raise LayoutError(
+                    f"case {case_id}: no {role} file in {root}; expected {case_id}-{role.upper()}.hdr and "
+                    f"{case_id}-{role.upper()}.img (or {case_id}-{role.upper()}.nii.gz)"
+                )
+            path = paths[0]
+            if path.suffix.lower() == ".hdr":
+                data_file = next((path.with_suffix(s) for s in (".img", ".IMG") if path.with_suffix(s).is_file()), None)
+                if data_file is None:
                     raise LayoutError(
-                        f"case {subject}: several {role} files in {root.resolve()}: {names}; expected exactly one"
+                        f"case {case_id}: {role} header {path} has no data file; expected {path.with_suffix('.img')}"
                     )
-                if not paths:
-                    if role == "label":
-                        continue
-                    raise LayoutError(
-                        f"case {subject}: no {role} file in {root.resolve()}; expected {subject}-{role.upper()}.hdr and "
-                        f"{subject}-{role.upper()}.img (or {subject}-{role.upper()}.nii.gz)"
-                    )
-                path = paths[0]
-                if path.suffix.lower() == ".hdr":
-                    data_file = next(
-                        (path.with_suffix(s) for s in (".img", ".IMG") if path.with_suffix(s).is_file()), None
-                    )
-                    if data_file is None:
-                        raise LayoutError(
-                            f"case {subject}: {role} header {path} has no data file; expected {path.with_suffix('.img')}"
-                        )
-                files[role] = str(path)
-            label = files.pop("label", "")
-            rows.append(self.row(subject, files, label))
-        return rows
+            files[role] = str(path)
+        label = files.pop("label", "")
+        return self.row(case_id, files, label)
 
 
 _BRATS_KEYS = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
@@ -348,13 +382,36 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
     return _resolve(root, "auto")[0]
 
 
-def find_cases(root: str | os.PathLike[str], layout: str = "auto") -> pd.DataFrame:
+def find_cases(
+    root: str | os.PathLike[str],
+    layout: str = "auto",
+    exclude: Collection[str] = (),
+    exclude_key: str | None = None,
+) -> pd.DataFrame:
     """The case table of a dataset folder: one row per case, sorted by case id, absolute paths.
 
+    Cases in ``exclude`` are left out (and never looked into); an id that names no case is a
+    LayoutError naming ``exclude_key`` (where the ids came from: a config key or an option).
+    Every case lacking a file is listed in one :class:`BrokenCasesError`, with the two fixes.
     Only file names are inspected; :func:`revunet.data.io.load_case` reads and validates a case's volumes.
     """
     name, folder = _resolve(root, layout)
-    rows = LAYOUTS[name].rows(folder)
+    known = {case_id for case_id, _ in LAYOUTS[name].cases(folder)}
+    unknown = [case_id for case_id in exclude if case_id not in known]
+    if unknown:
+        examples = ", ".join(sorted(known)[:3])
+        raise LayoutError(
+            f"{exclude_key or 'exclude'}: no case {', '.join(map(repr, unknown))} in {folder} "
+            f"({len(known)} cases, e.g. {examples}); expected ids from that folder"
+        )
+    try:
+        rows = LAYOUTS[name].rows(folder, set(exclude))
+    except BrokenCasesError as error:
+        header = f"{len(error.broken)} case(s) of {folder} lack a file"
+        message = broken_cases_message(header, error.broken, "put the missing file in place", exclude_key)
+        raise BrokenCasesError(error.broken, message) from None
+    if not rows and exclude:
+        raise LayoutError(f"{exclude_key or 'exclude'}: every case of {folder} is excluded; nothing is left")
     if not rows:
         raise LayoutError(
             f"{folder} looks like layout {name} but holds no case; expected {LAYOUTS[name].expects}, "

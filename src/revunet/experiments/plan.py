@@ -75,6 +75,9 @@ class DatasetPlan:
     seed: int = 0
     shape: tuple[int, int, int] | None = None
     splits: dict[str, SplitPlan] = field(default_factory=dict)
+    # Cases left out of the case table, hence of preprocessing and splits (ids from the raw folder).
+    exclude_cases: tuple[str, ...] = ()
+    preset: str = "demo"
 
     @property
     def synthetic_folder(self) -> str:
@@ -85,6 +88,16 @@ class DatasetPlan:
         """The ``revunet synth`` options (apart from ``--out``)."""
         subjects = f" --subjects {self.subjects}" if self.subjects is not None else ""
         return f"--task {self.task}{subjects} --spacing {self.spacing:g} --seed {self.seed}"
+
+    @property
+    def exclude_key(self) -> str:
+        """The config key that leaves cases out, named in messages about unknown or broken cases."""
+        return f"datasets.{self.name}.{self.preset}.exclude_cases"
+
+    def cases_arguments(self) -> str:
+        """The ``revunet cases`` options that leave out ``exclude_cases`` and name their key."""
+        exclude = " --exclude " + " ".join(shlex.quote(c) for c in self.exclude_cases) if self.exclude_cases else ""
+        return f"--exclude-key {self.exclude_key}{exclude}"
 
     def shape_argument(self) -> str:
         """``--shape`` of ``revunet preprocess``: ``X,Y,Z`` or ``none`` (bounding box only)."""
@@ -368,7 +381,16 @@ def _plan_dataset(name: str, entry: Mapping[str, Any], preset: str, data_root: s
         seed=int(settings.get("seed", 0)),
         shape=None if shape is None else tuple(int(s) for s in shape),
         splits=splits,
+        exclude_cases=_exclude_cases(settings.get("exclude_cases"), f"{where}.exclude_cases"),
+        preset=preset,
     )
+
+
+def _exclude_cases(value: Any, where: str) -> tuple[str, ...]:
+    """Case ids to leave out; checked against the raw folder when the case table is built."""
+    if value is not None and not (isinstance(value, list) and all(isinstance(c, str) and c.strip() for c in value)):
+        raise ConfigError(f"config: {where}: expected a list of case ids like [BraTS20_Training_355], got {value!r}")
+    return tuple(dict.fromkeys(value or ()))
 
 
 def _split(name: str, value: Any, where: str) -> SplitPlan:
