@@ -52,7 +52,8 @@ cpu_jobs=$(echo "$jobs" | grep -vE '\|rule_(train|infer)_' | grep -c 'gpu' || tr
 cut=bruegger_rev_1_1_128
 timeouts=$(echo "$jobs" | grep -F "$cut" | grep -c TIMEOUT || true)
 stops=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['interruptions'])" "$results/train/$cut/summary.json")
-[ "$stops" -ge 1 ] || fail "the training of $cut was never cut (SLURM jobs: $jobs)"
+[ "$timeouts" -ge 1 ] || fail "SLURM never cut the training of $cut at its time limit (SLURM jobs: $jobs)"
+[ "$stops" -ge "$timeouts" ] || fail "$timeouts cut(s) by SLURM but only $stops graceful stop(s) in last.pt"
 [ "$train_jobs" -ge $((2 + stops)) ] || fail "expected at least $((2 + stops)) training jobs on gpu:ci, found $train_jobs: $jobs"
 OMP_NUM_THREADS=1 revunet train --experiment "$results/experiments/$cut.json" \
     --preprocessed "$results/data/brats/preprocessed" --split "$results/data/brats/splits/main.json" \
