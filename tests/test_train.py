@@ -551,7 +551,7 @@ def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(data, tmp_p
         with loop.warmed_up(optimizer, step, 4):
             assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
         assert optimizer.param_groups[0]["lr"] == 0.5
-    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+    with pytest.raises(ValueError, match="warmup_steps must be an integer >= 0, got -1"):
         tiny(warmup_steps=-1)
 
 
