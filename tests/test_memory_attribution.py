@@ -16,6 +16,8 @@ from revunet.cli import main
 from revunet.memory.accounting import measure_training_step
 from revunet.memory.attribution import collapse, grouped
 from revunet.models import build_model
+from revunet.report.figures.modules import memory_modules, peak_owners
+from revunet.report.figures.plots import save_figure
 from revunet.reversible import AdditiveCoupling, ReversibleSequence
 
 FLOAT32 = 4
@@ -117,3 +119,9 @@ def test_table_modules_file_sums_to_each_rows_peak(tmp_path):
     # The Partially-InvRes row's largest owner at its peak is named (a module path, not a category).
     partially = modules[(modules["row"] == "Partially-InvRes") & (modules["phase"] == "forward")]
     assert partially.iloc[0]["module"].startswith("vae.")
+    # The report's stacked bars: one bar per row, adding up to the row's peak.
+    owners = peak_owners(table, modules)
+    assert list(owners.index) == list(table["row"])
+    assert owners.sum(axis=1).to_numpy() == pytest.approx(table["measured_mb"].to_numpy(), rel=0.01)
+    save_figure(memory_modules("invres_iseg", table, modules), tmp_path, "memory_modules_invres_iseg")
+    assert (tmp_path / "memory_modules_invres_iseg.png").read_bytes().startswith(b"\x89PNG")
