@@ -101,7 +101,11 @@ class FullyInvertibleUNet(nn.Module):
         self.encoder = nn.ModuleList(ReversibleSequence(b, memory_saving=memory_saving) for b in encoder)
         self.decoder = nn.ModuleList(ReversibleSequence(b, memory_saving=memory_saving) for b in decoder)
         self.head = SegmentationHead(widths[0], out_channels, output)
-        self.vae = VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups) if vae_input_size else None
+        self.vae = (
+            VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups, memory_saving)
+            if vae_input_size
+            else None
+        )
 
     def _lift(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad the modalities to the first width, half of them in each coupling half."""

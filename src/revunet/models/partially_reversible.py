@@ -93,7 +93,7 @@ class PartiallyReversibleUNet(nn.Module):
         head_norm_layer = make_norm(norm, widths[0], groups) if head_norm else None
         self.head = SegmentationHead(widths[0], out_channels, output, head_norm_layer)
         self.vae = (
-            VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups)
+            VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups, memory_saving)
             if vae_input_size is not None
             else None
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional
+from torch.utils.checkpoint import checkpoint
 
 from revunet.models.blocks import make_norm
 
@@ -75,6 +76,10 @@ class VAEBranch(nn.Module):
         input_size: spatial size of the training patches (e.g. (128, 128, 128)).
         image_channels: channels of the input image (the reconstruction's channels).
         latent_dim: size of z (Myronenko: 128).
+        memory_saving: checkpoint each up stage (and the final 1x1x1 convolution with the last):
+            only the stages' inputs are stored and one stage at a time is recomputed in backward.
+            Its full-resolution maps dominate a reversible U-Net's peak otherwise (``revunet
+            memory --table invres_brats``'s attribution); the gradients are the same.
     """
 
     def __init__(
@@ -85,8 +90,10 @@ class VAEBranch(nn.Module):
         latent_dim: int = 128,
         norm: str = "group",
         groups: int = 8,
+        memory_saving: bool = False,
     ) -> None:
         super().__init__()
+        self.memory_saving = memory_saving
         self.input_size = tuple(int(s) for s in input_size)
         levels = len(channels)
         multiple = 2**levels  # the U-Net halves levels-1 times, the branch once more
@@ -122,10 +129,15 @@ class VAEBranch(nn.Module):
         mu, logvar = statistics.chunk(2, dim=1)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         x = functional.leaky_relu(self.from_latent(z), 0.01).view(-1, REDUCED_CHANNELS, *self.grid)
-        x = self.expand(x)
-        for stage in self.up:
-            x = stage(x)
-        return self.to_image(x), mu, logvar
+        stages: list[nn.Module] = [self.expand, *self.up]
+        for stage in stages[:-1]:
+            x = self._run(stage, x)
+        return self._run(nn.Sequential(stages[-1], self.to_image), x), mu, logvar
+
+    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_saving and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
 
 
 def attach_vae(
