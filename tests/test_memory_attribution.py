@@ -94,7 +94,7 @@ def test_cpu_and_fake_agree_by_level_with_instance_norm(model):
     assert cpu.peak_bytes == fake.peak_bytes
     for phase in cpu.modules:
         assert grouped(cpu.modules[phase]) == grouped(fake.modules[phase])
-    assert "vae.up" in grouped(cpu.modules["forward"])
+    assert any(owner.startswith("vae.") for owners in cpu.modules.values() for owner in grouped(owners))
 
 
 def test_collapse_and_grouping():
@@ -116,9 +116,11 @@ def test_table_modules_file_sums_to_each_rows_peak(tmp_path):
     for record in table.itertuples():
         at_peak = modules[(modules["row"] == record.row) & (modules["phase"] == record.peak_phase)]
         assert at_peak["mib"].sum() == pytest.approx(record.measured_mb, rel=0.01)
-    # The Partially-InvRes row's largest owner at its peak is named (a module path, not a category).
-    partially = modules[(modules["row"] == "Partially-InvRes") & (modules["phase"] == "forward")]
-    assert partially.iloc[0]["module"].startswith("vae.")
+    # Every row's largest owner at its peak is the top decoder level (its backward recomputation
+    # in the reversible rows), a module path rather than a category.
+    for record in table.itertuples():
+        at_peak = modules[(modules["row"] == record.row) & (modules["phase"] == record.peak_phase)]
+        assert at_peak.iloc[0]["module"] == "decoder.0"
     # The report's stacked bars: one bar per row, adding up to the row's peak.
     owners = peak_owners(table, modules)
     assert list(owners.index) == list(table["row"])

@@ -268,3 +268,13 @@ def test_checkpointed_vae_branch_gives_the_twins_gradients():
     assert torch.equal(r1, r2)
     assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(p1, p2))
+
+
+def test_concat_merge_is_the_fusion_of_the_concatenation():
+    """Partially-InvRes joins skip and upsampled map without concatenating: the same function."""
+    torch.manual_seed(0)
+    net = build_model("invres_partial", in_channels=2, out_channels=2, channels=(8, 16), vae_input_size=None).double()
+    h, skip = torch.randn(1, 16, 4, 4, 4, dtype=torch.double), torch.randn(1, 8, 8, 8, 8, dtype=torch.double)
+    upsampled = torch.nn.functional.interpolate(net.up[0](h), scale_factor=2, mode="trilinear", align_corners=False)
+    expected = net.fuse[0](torch.cat((upsampled, skip), dim=1))
+    assert torch.allclose(net._merge(0, h, skip), expected, rtol=0, atol=1e-12)

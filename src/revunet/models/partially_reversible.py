@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional
 
 from revunet.models.blocks import NORMS, SegmentationHead, channel_list, check_spatial_size, coupling_blocks, make_norm
-from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae
+from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae, run_vae
 from revunet.reversible import ReversibleSequence
 
 SKIPS = ("add", "concat")
@@ -98,6 +98,25 @@ class PartiallyReversibleUNet(nn.Module):
             else None
         )
 
+    def _merge(self, level: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsample ``h`` from below ``level`` and join it with that level's skip.
+
+        ``concat`` computes ``fuse(cat(upsample(up(h)), skip))`` without the concatenation: the
+        fusion's weight is split into its upsampled and skip parts, and the upsampled part is
+        applied before the interpolation (a 1x1x1 convolution and a trilinear interpolation
+        commute: one mixes channels per voxel, the other voxels per channel, and the
+        interpolation keeps constants). The same function of the same parameters, but nothing
+        at the finer resolution is stored for backward except the skip, which the encoder holds
+        anyway (the concatenation and the interpolated map were 3 of the level's widths).
+        """
+        h = self.up[level](h)
+        if self.fuse is not None:
+            h = functional.conv3d(h, self.fuse[level].weight[:, : h.shape[1]])
+        h = functional.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False)
+        if self.fuse is None:
+            return h + skip
+        return h + functional.conv3d(skip, self.fuse[level].weight[:, h.shape[1] :], self.fuse[level].bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | SegmentationWithVAE:
         check_spatial_size(type(self).__name__, x, self.size_multiple, self.in_channels)
         image = x
@@ -106,12 +125,8 @@ class PartiallyReversibleUNet(nn.Module):
         for down, sequence in zip(self.down, self.encoder[1:]):
             skips.append(h)
             h = sequence(down(functional.max_pool3d(h, 2)))
-        bottleneck = h
+        vae = run_vae(self.vae, image, h)  # before the decoder: see run_vae
         for level in range(len(self.decoder) - 1, 0, -1):
-            h = self.decoder[level](h)
-            h = functional.interpolate(self.up[level - 1](h), scale_factor=2, mode="trilinear", align_corners=False)
-            skip = skips.pop()
-            h = h + skip if self.fuse is None else self.fuse[level - 1](torch.cat((h, skip), dim=1))
-            del skip  # in inference nothing else holds the skip: free it before the next level
+            h = self._merge(level - 1, self.decoder[level](h), skips.pop())
         logits = self.head(self.decoder[0](h))
-        return attach_vae(self.vae, image, bottleneck, logits)
+        return attach_vae(self.vae, logits, vae)

@@ -140,18 +140,32 @@ class VAEBranch(nn.Module):
         return stage(x)
 
 
-def attach_vae(
-    vae: VAEBranch | None, image: torch.Tensor, bottleneck: torch.Tensor, logits: torch.Tensor
-) -> torch.Tensor | SegmentationWithVAE:
-    """The model's return value: bare logits without a branch, else logits with the branch's outputs."""
+VAEOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+
+def run_vae(vae: VAEBranch | None, image: torch.Tensor, bottleneck: torch.Tensor) -> VAEOutputs:
+    """The branch's (reconstruction, μ, log σ²), or None without a branch or on another size in eval mode.
+
+    Models call it right after their encoder, before the decoder: autograd then runs the
+    decoder's backward first (later nodes first), so the branch's checkpointed stages are
+    recomputed after the decoder's stored activations are freed.
+    """
     if vae is None:
-        return logits
+        return None
     if not vae.matches(image):
         if vae.training:
             raise ValueError(
                 f"the VAE branch was built for patches of size {vae.input_size}; got an input of size "
                 f"{tuple(image.shape[2:])} in training mode (set vae_input_size to the training patch size)"
             )
+        return None
+    return vae(bottleneck)
+
+
+def attach_vae(vae: VAEBranch | None, logits: torch.Tensor, outputs: VAEOutputs) -> torch.Tensor | SegmentationWithVAE:
+    """The model's return value: bare logits without a branch, else logits with the branch's outputs."""
+    if vae is None:
+        return logits
+    if outputs is None:
         return SegmentationWithVAE(logits)
-    reconstruction, mu, logvar = vae(bottleneck)
-    return SegmentationWithVAE(logits, reconstruction, mu, logvar)
+    return SegmentationWithVAE(logits, *outputs)
