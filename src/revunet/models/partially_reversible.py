@@ -98,21 +98,23 @@ class PartiallyReversibleUNet(nn.Module):
             else None
         )
 
-    def _merge(self, level: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Upsample ``h`` from below ``level`` and join it with that level's skip.
+    def _upsampled_part(self, level: int, h: torch.Tensor) -> torch.Tensor:
+        """With ``concat``, the fusion's upsampled part, applied before the interpolation.
 
-        ``concat`` computes ``fuse(cat(upsample(up(h)), skip))`` without the concatenation: the
-        fusion's weight is split into its upsampled and skip parts, and the upsampled part is
-        applied before the interpolation (a 1x1x1 convolution and a trilinear interpolation
-        commute: one mixes channels per voxel, the other voxels per channel, and the
-        interpolation keeps constants). The same function of the same parameters, but nothing
-        at the finer resolution is stored for backward except the skip, which the encoder holds
-        anyway (the concatenation and the interpolated map were 3 of the level's widths).
+        ``fuse(cat(upsample(up(h)), skip))`` is computed without the concatenation: the fusion's
+        weight is split into its upsampled and skip parts, and the upsampled part is applied
+        at the coarser resolution (a 1x1x1 convolution and a trilinear interpolation commute:
+        one mixes channels per voxel, the other voxels per channel, and the interpolation keeps
+        constants). The same function of the same parameters, but nothing at the finer
+        resolution is stored for backward except the skip, which the encoder holds anyway
+        (the concatenation and the interpolated map were three of the level's widths).
         """
-        h = self.up[level](h)
-        if self.fuse is not None:
-            h = functional.conv3d(h, self.fuse[level].weight[:, : h.shape[1]])
-        h = functional.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False)
+        if self.fuse is None:
+            return h
+        return functional.conv3d(h, self.fuse[level].weight[:, : h.shape[1]])
+
+    def _join(self, level: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The upsampled map plus the skip (``add``) or the skip's part of the fusion (``concat``)."""
         if self.fuse is None:
             return h + skip
         return h + functional.conv3d(skip, self.fuse[level].weight[:, h.shape[1] :], self.fuse[level].bias)
@@ -127,6 +129,9 @@ class PartiallyReversibleUNet(nn.Module):
             h = sequence(down(functional.max_pool3d(h, 2)))
         vae = run_vae(self.vae, image, h)  # before the decoder: see run_vae
         for level in range(len(self.decoder) - 1, 0, -1):
-            h = self._merge(level - 1, self.decoder[level](h), skips.pop())
+            h = self._upsampled_part(level - 1, self.up[level - 1](self.decoder[level](h)))
+            h = functional.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False)
+            # the skip is popped into the call: in inference nothing else holds it afterwards
+            h = self._join(level - 1, h, skips.pop())
         logits = self.head(self.decoder[0](h))
         return attach_vae(self.vae, logits, vae)
