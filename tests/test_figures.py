@@ -19,7 +19,17 @@ from revunet.report.figures.examples import centre_slice
 from revunet.report.inputs import ReportInputError
 from test_tables import results, write_complexity  # noqa: F401  (``results`` is a fixture)
 
-FIXED = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
+FIXED = (
+    "training_curves",
+    "dice_distribution",
+    "hd95_distribution",
+    "memory_vs_paper",
+    "memory_vs_depth",
+    "memory_modules_bruegger2019",
+    "memory_modules_invres_iseg",
+    "memory_modules_invres_brats",
+    "memory_modules_pendse2020",
+)
 
 
 def figure_inputs(paths: dict[str, Path], **changes) -> FigureInputs:

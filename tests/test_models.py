@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -245,3 +247,36 @@ def test_mbconv_is_depthwise_and_honours_expand_ratio_and_channels():
     expected += sum(2 * residual(w // 2) for w in widths)  # decoder, depth 1
     expected += widths[0] * 3 + 3  # head
     assert parameter_count(model) == expected
+
+
+def test_checkpointed_vae_branch_gives_the_twins_gradients():
+    """memory_saving checkpoints the VAE's up stages: same outputs and gradients as plain autograd."""
+    from revunet.models.vae import VAEBranch
+
+    torch.manual_seed(0)
+    saving = VAEBranch((8, 16), (16, 16, 16), image_channels=2, latent_dim=4, memory_saving=True).eval()
+    plain = copy.deepcopy(saving)
+    plain.memory_saving = False
+    bottleneck = torch.randn(1, 16, 8, 8, 8)
+    results = []
+    for branch in (saving, plain):
+        leaf = bottleneck.clone().requires_grad_(True)
+        reconstruction, mu, logvar = branch(leaf)
+        (reconstruction.square().sum() + mu.sum() + logvar.sum()).backward()
+        results.append((reconstruction.detach(), leaf.grad, [p.grad.clone() for p in branch.parameters()]))
+    (r1, g1, p1), (r2, g2, p2) = results
+    assert torch.equal(r1, r2)
+    assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(p1, p2))
+
+
+def test_concat_merge_is_the_fusion_of_the_concatenation():
+    """Partially-InvRes joins skip and upsampled map without concatenating: the same function."""
+    torch.manual_seed(0)
+    net = build_model("invres_partial", in_channels=2, out_channels=2, channels=(8, 16), vae_input_size=None).double()
+    h, skip = torch.randn(1, 16, 4, 4, 4, dtype=torch.double), torch.randn(1, 8, 8, 8, 8, dtype=torch.double)
+    upsampled = torch.nn.functional.interpolate(net.up[0](h), scale_factor=2, mode="trilinear", align_corners=False)
+    expected = net.fuse[0](torch.cat((upsampled, skip), dim=1))
+    low = net._upsampled_part(0, net.up[0](h))
+    joined = net._join(0, torch.nn.functional.interpolate(low, scale_factor=2, mode="trilinear"), skip)
+    assert torch.allclose(joined, expected, rtol=0, atol=1e-12)

@@ -55,6 +55,15 @@ REPORT_TABLES = (
     "complexity",
     "capacity",
 )
+# One memory_modules_<table> figure per memory table (each row's peak by owning module).
+MODULES_FIGURE = "memory_modules"
 # What `revunet figures` writes, besides one example_segmentation_<dataset> figure per dataset.
-REPORT_FIGURES = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")
+REPORT_FIGURES = (
+    "training_curves",
+    "dice_distribution",
+    "hd95_distribution",
+    "memory_vs_paper",
+    "memory_vs_depth",
+    *(f"{MODULES_FIGURE}_{table}" for table in MEMORY_TABLES),
+)
 EXAMPLE_FIGURE = "example_segmentation"

@@ -70,6 +70,7 @@ PATHS = {
     "metrics": under("evaluations", "{exp}", "metrics.csv"),
     "summary_metrics": under("evaluations", "{exp}", "summary.csv"),
     "memory_table": under("memory", "{table}.csv"),
+    "memory_modules": under("memory", "{table}_modules.csv"),
     "capacity": under("memory", "capacity.csv"),
     "complexity": under("memory", "complexity.csv"),
     "table": under("tables", "{name}.{extension}"),
@@ -157,6 +158,7 @@ def experiment_outputs(kind):
 
 def memory_outputs():
     tables = expand(PATHS["memory_table"], table=PLAN.memory_tables)
+    tables += expand(PATHS["memory_modules"], table=PLAN.memory_tables)
     return tables + [PATHS["capacity"], PATHS["complexity"]]
 
 
@@ -176,6 +178,8 @@ def figure_caption(name):
     """Caption file (workflow/report/<caption>.rst) of a figure: one for all example figures."""
     if name.startswith("example_segmentation_"):
         return "figure_example_segmentation"
+    if name.startswith("memory_modules_"):
+        return "figure_memory_modules"
     return f"figure_{name}"
 
 

@@ -3,18 +3,25 @@
 
 rule memory_table:
     output:
-        report(
+        table=report(
             PATHS["memory_table"],
             caption="../report/memory_table.rst",
             category="Memory measurements",
             labels={"table": "{table}"},
+        ),
+        modules=report(
+            PATHS["memory_modules"],
+            caption="../report/memory_modules.rst",
+            category="Memory measurements",
+            labels={"table": "{table} by module"},
         ),
     log:
         log_file("memory_table", "{table}"),
     conda:
         CONDA_ENV
     shell:
-        "revunet memory --table {wildcards.table} --out {output} > {log} 2>&1"
+        # --out F.csv also writes F_modules.csv (output.modules)
+        "revunet memory --table {wildcards.table} --out {output.table} > {log} 2>&1"
 
 
 rule capacity:

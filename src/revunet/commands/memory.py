@@ -45,20 +45,32 @@ def _factory(spec: str) -> Callable[..., Any]:
 
 def _paper_table(args: argparse.Namespace) -> int:
     from revunet.atomic import write_text_atomic
-    from revunet.memory.paper_tables import memory_table
+    from revunet.memory.paper_tables import measure_table
 
     if args.model or args.input_shape:
         raise SystemExit("--table measures the paper's own configurations; drop --model/--input-shape")
-    table = memory_table(args.table, mode=args.mode)
+    if args.out and not args.out.endswith(".csv"):
+        raise SystemExit(f"--out with --table must end in .csv, got {args.out!r}")
+    table, modules = measure_table(args.table, mode=args.mode)
     shown = ["row", "input_shape", "paper_mb", "measured_mb", "ratio", "peak_phase", "activations_mb"]
     shown += [c for c in ("legacy_group_norm_mb", "twin_mb", "fits_budget") if c in table]
     print(f"{args.table} ({args.mode}; MiB):")
     print(table[shown].to_string(index=False))
+    print("largest owners at each row's peak (MiB; --out F.csv also writes every phase to F_modules.csv):")
+    for record in table.itertuples():
+        at_peak = modules[(modules["row"] == record.row) & (modules["phase"] == record.peak_phase)]
+        top = ", ".join(f"{m.module} {m.mib:.0f}" for m in at_peak.head(6).itertuples())
+        print(f"  {record.row}: {top}")
     if args.out:
-        if not args.out.endswith(".csv"):
-            raise SystemExit(f"--out with --table must end in .csv, got {args.out!r}")
         write_text_atomic(Path(args.out), table.to_csv(index=False))
+        write_text_atomic(Path(_modules_path(args.out)), modules.to_csv(index=False))
     return 0
+
+
+def _modules_path(out: str) -> str:
+    """``F.csv`` -> ``F_modules.csv``: where a table's attribution by module goes."""
+    stem, dot, extension = out.rpartition(".")
+    return f"{stem}_modules{dot}{extension}"
 
 
 def _memory(args: argparse.Namespace) -> int:
@@ -93,6 +105,8 @@ def _memory(args: argparse.Namespace) -> int:
     )
     row = {"model": args.model, "kwargs": json.dumps(kwargs, sort_keys=True), **report.as_dict()}
     print(f"{args.model} {kwargs} at {'x'.join(map(str, args.input_shape))} ({args.mode}): {report.summary()}")
+    owners = ", ".join(f"{owner} {nbytes / 2**20:.1f}" for owner, nbytes in list(report.peak_modules.items())[:8])
+    print(f"live at the peak by owner (MiB): {owners}")
     if args.out:
         out = Path(args.out)
         if out.suffix == ".json":

@@ -43,11 +43,14 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from revunet.memory.attribution import ModuleAttribution
 from revunet.memory.tracker import LiveTensorTracker
 
 MODES = ("cuda", "cpu", "fake")
 CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "inputs", "activations")
 PHASES = ("setup", "forward", "backward", "optimizer", "extra")
+# The owner of an allocation outside the network's modules and autograd nodes, per phase.
+SCOPES = {"setup": "inputs", "forward": "loss", "backward": "autograd", "optimizer": "optimizer", "extra": "validation"}
 MIB = 2**20
 
 
@@ -68,6 +71,15 @@ class MemoryReport:
     allocator_peak_bytes: int | None = None
     device: str = "cpu"
     phase_peaks: dict[str, int] = dataclasses.field(default_factory=dict)
+    # phase -> owner -> bytes live at that phase's peak: a category for parameters, buffers,
+    # gradients, optimizer state and inputs; for activations the module path that created them
+    # (see revunet.memory.attribution). Each phase's bytes sum to its entry of phase_peaks.
+    modules: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def peak_modules(self) -> dict[str, int]:
+        """Owner -> bytes at the peak (the peak phase's entry of ``modules``)."""
+        return self.modules.get(self.peak_phase, {})
 
     def peak_without(self, *phases: str) -> int:
         """The peak over every phase but ``phases`` (e.g. the training step without ``"extra"``)."""
@@ -163,19 +175,18 @@ def measure_training_step(
         autocast_dtype: run forward and loss under autocast with this dtype.
         extra: called after the optimizer step inside the measurement, as
             ``extra(model_copy, tracker)``, e.g. to add a validation pass to the peak.
-        target_dtype: dtype of the target (default ``input_dtype``); an integer dtype makes
-            a 0/1 class-index target, as cross-entropy wants.
-        gradients_persist: keep zero-filled gradients between steps (``zero_grad(set_to_none=
-            False)``, PyTorch's default before 2.0, which the papers' code used), so they
-            exist during the forward pass; otherwise they are freed after each step.
+        target_dtype: dtype of the target (default ``input_dtype``); an integer dtype: class indices.
+        gradients_persist: keep zero-filled gradients between steps (PyTorch < 2.0's default, which
+            the papers' code used), so they exist during the forward; else they are freed.
         loss_needs_input: also pass the input to the loss, last (a VAE's reconstruction term).
     """
     shape = _checked_shape(input_shape, mode)
     device = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
     targets = None if target_shape is None else tuple(target_shape)
-    loss = loss_fn or sum_of_outputs
     target_type = target_dtype or input_dtype
-    step = _TrainingStep(shape, device, loss, input_dtype, targets, target_type, autocast_dtype, loss_needs_input)
+    step = _TrainingStep(
+        shape, device, loss_fn or sum_of_outputs, input_dtype, targets, target_type, autocast_dtype, loss_needs_input
+    )
     with torch.random.fork_rng(devices=[]), _tensor_world(mode) as fake_mode:
         net = _private_copy(model, device, fake_mode).train()
         opt = (optimizer or adam())([p for p in net.parameters() if p.requires_grad])
@@ -192,6 +203,7 @@ def measure_training_step(
         allocator_peak_bytes=allocator_peak,
         device=str(device),
         phase_peaks=dict(tracker.phase_peaks),
+        modules={phase: _owners(tracker, labels, phase) for phase in tracker.phase_peaks},
     )
 
 
@@ -201,6 +213,15 @@ def _breakdown(tracker: LiveTensorTracker, labels: dict[int, str]) -> dict[str, 
     for sid, nbytes in tracker.live_at_peak().items():
         breakdown[labels.get(sid, "activations")] += nbytes
     return breakdown
+
+
+def _owners(tracker: LiveTensorTracker, labels: dict[int, str], phase: str) -> dict[str, int]:
+    """Bytes per owner at the peak of ``phase``: the category if labelled, else the creating module."""
+    owners: dict[str, int] = {}
+    for sid, nbytes in tracker.live_at_peak(phase).items():
+        owner = labels.get(sid) or tracker.owner(sid) or "activations"
+        owners[owner] = owners.get(owner, 0) + nbytes
+    return dict(sorted(owners.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _checked_shape(input_shape: Iterable[int], mode: str) -> tuple[int, ...]:
@@ -274,14 +295,15 @@ def _tracked_step(
     Returns the tracker, the category of every storage that is not an activation, and on CUDA
     the allocator's peak.
     """
-    tracker = LiveTensorTracker()
+    attribution = ModuleAttribution()
+    tracker = LiveTensorTracker(lambda: attribution.current(SCOPES.get(tracker.phase, tracker.phase)))
     if step.device.type == "cuda":
         torch.cuda.synchronize(step.device)
         torch.cuda.reset_peak_memory_stats(step.device)
     for tensor in _existing_tensors(net, opt):
         tracker.add(tensor)
     inputs: list[torch.Tensor] = []
-    with tracker:
+    with attribution.hooked(net), tracker:
         step.run(net, opt, tracker, inputs)
         if extra is not None:
             tracker.phase = "extra"

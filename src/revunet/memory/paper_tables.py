@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional
 
 from revunet.memory.accounting import CATEGORIES, MIB, MemoryReport, measure_training_step
+from revunet.memory.explanations import MODULE_COLUMNS, explain, first_feature_map, module_rows
 from revunet.memory.tracker import LiveTensorTracker
 from revunet.models import build_model, model_spec
 from revunet.papers import paper_memory_mib, paper_results, paper_row
@@ -255,14 +256,26 @@ def _mib(value: float) -> float:
 
 def memory_table(name: str, mode: str = "fake") -> pd.DataFrame:
     """Measure every row of paper table ``name``; one DataFrame row per paper row."""
+    return measure_table(name, mode)[0]
+
+
+def measure_table(name: str, mode: str = "fake") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The table (one row per paper row) and its attribution (``row, module, phase, mib``).
+
+    The attribution lists, for every phase of every row, the bytes live at that phase's peak
+    per owner (module paths collapsed to two components, see :mod:`revunet.memory.attribution`);
+    the rows of the peak phase add up to ``measured_mb``.
+    """
     if name not in TABLES:
         raise KeyError(f"unknown memory table {name!r}; known: {', '.join(TABLES)}")
     table = TABLES[name]
     protocol = table.protocol
     paper = paper_results()[name]
     records = []
+    attributed: list[dict[str, Any]] = []
     for row in table.rows:
         report = measure_row(table, row, mode)
+        attributed += module_rows(row.row, report)
         paper_mib = paper_memory_mib(name, row.row)
         record: dict[str, Any] = {
             "table": name,
@@ -298,42 +311,8 @@ def memory_table(name: str, mode: str = "fake") -> pd.DataFrame:
             record["fits_budget"] = bool(report.peak_bytes / MIB <= protocol.budget_mib)
         record["within_10pct"] = bool(abs(record["ratio"] - 1) <= 0.10)
         record["protocol"] = "; ".join(protocol.notes)
-        record["explanation"] = explain(record, row, protocol)
+        record["explanation"] = explain(record, first_feature_map(row.model, row.params, row.patch), report)
         records.append(record)
     frame = pd.DataFrame(records)
     frame["kwargs"] = frame["kwargs"].map(lambda p: ", ".join(f"{k}={v}" for k, v in p.items()) or "defaults")
-    return frame
-
-
-def _largest_feature_map_mib(row: MemoryRow) -> tuple[int, float]:
-    """Width and size of the model's first-level feature map: the natural unit of activation memory."""
-    with torch.device("meta"):
-        model = build_model(row.model, **row.params)
-    first = next(m for m in model.modules() if isinstance(m, nn.Conv3d))
-    voxels = row.patch[0] * row.patch[1] * row.patch[2]
-    return first.out_channels, first.out_channels * voxels * 4 / MIB
-
-
-def explain(record: dict[str, Any], row: MemoryRow, protocol: MemoryProtocol) -> str:
-    """A sentence on where the measured peak goes and, outside ±10 %, what the gap amounts to."""
-    width, unit = _largest_feature_map_mib(row)
-    activations = record["activations_mb"]
-    fixed = record["parameters_mb"] + record["gradients_mb"] + record["optimizer_state_mb"]
-    text = (
-        f"peak during {record['peak_phase']}: activations {activations:.0f} MiB "
-        f"({activations / unit:.1f} maps of {width} channels at {record['input_shape']}, {unit:.0f} MiB each), "
-        f"parameters+gradients+Adam {fixed:.0f} MiB, inputs {record['inputs_mb']:.0f} MiB"
-    )
-    if not record["within_10pct"]:
-        gap = record["paper_mb"] - record["measured_mb"]
-        text += (
-            f"; the paper reports {abs(gap):.0f} MiB {'more' if gap > 0 else 'less'} ({abs(gap) / unit:.1f} such maps)"
-        )
-        if "legacy_group_norm_mb" in record:
-            text += f"; with PyTorch 1.1's GroupNorm it measures {record['legacy_group_norm_mb']:.0f} MiB"
-        if gap > 0:
-            text += (
-                "; allocations that exact tensor accounting cannot see (cuDNN workspaces, the caching "
-                "allocator's rounding and fragmentation of the authors' setup) are not modelled"
-            )
-    return text
+    return frame, pd.DataFrame(attributed, columns=list(MODULE_COLUMNS))

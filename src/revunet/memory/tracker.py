@@ -8,6 +8,7 @@ their release.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,9 +30,12 @@ class LiveTensorTracker(TorchDispatchMode):
     Besides the exact byte count, a second count rounds every storage up to the
     CUDA caching allocator's 512-byte blocks, the figure comparable to
     ``torch.cuda.max_memory_allocated()``.
+
+    ``locate`` (optional) names the owner of each new storage when it is created (see
+    :mod:`revunet.memory.attribution`); :meth:`owner` returns it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, locate: Callable[[], str] | None = None) -> None:
         super().__init__()
         self._key = f"_revunet_storage_id_{id(self)}"
         self._live: dict[int, int] = {}  # storage id -> bytes, live storages only
@@ -45,6 +49,9 @@ class LiveTensorTracker(TorchDispatchMode):
         self.phase_peaks: dict[str, int] = {}  # the highest total reached during each phase
         self._events: list[int] = []  # +id on allocation, -id on release (ids start at 1)
         self._events_at_peak = 0
+        self._events_at_phase_peak: dict[str, int] = {}
+        self._locate = locate
+        self._owners: dict[int, str] = {}  # storage id -> owner named by ``locate`` at creation
 
     def storage_id(self, tensor: torch.Tensor) -> int | None:
         """The tracker's id of ``tensor``'s storage, or ``None`` if not tracked."""
@@ -58,6 +65,8 @@ class LiveTensorTracker(TorchDispatchMode):
         if sid is None:
             sid = len(self._sizes) + 1
             setattr(storage, self._key, sid)
+            if self._locate is not None:
+                self._owners[sid] = self._locate()
             weakref.finalize(storage, self._release, sid)
             self._events.append(sid)
             self._change(sid, nbytes)
@@ -73,6 +82,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.peak_rounded = max(self.peak_rounded, self.current_rounded)
         if self.current > self.phase_peaks.get(self.phase, 0):
             self.phase_peaks[self.phase] = self.current
+            self._events_at_phase_peak[self.phase] = len(self._events)
         if self.current > self.peak:
             self.peak = self.current
             self.peak_phase = self.phase
@@ -85,10 +95,15 @@ class LiveTensorTracker(TorchDispatchMode):
             self.current_rounded -= _cuda_block(nbytes)
             self._events.append(-sid)
 
-    def live_at_peak(self) -> dict[int, int]:
-        """Storage id -> bytes of every storage live at the (exact) peak."""
+    def owner(self, sid: int) -> str | None:
+        """The owner ``locate`` named when storage ``sid`` was created (None: added before, or no ``locate``)."""
+        return self._owners.get(sid)
+
+    def live_at_peak(self, phase: str | None = None) -> dict[int, int]:
+        """Storage id -> bytes of every storage live at the (exact) peak, or at the peak of ``phase``."""
+        end = self._events_at_peak if phase is None else self._events_at_phase_peak[phase]
         live: dict[int, None] = {}
-        for event in self._events[: self._events_at_peak]:
+        for event in self._events[:end]:
             if event > 0:
                 live[event] = None
             else:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional
 
 from revunet.models.blocks import SegmentationHead, channel_list, check_spatial_size, coupling_blocks
-from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae
+from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae, run_vae
 from revunet.reversible import Inverted, LearnableSqueeze3d, ReversibleSequence
 
 INVRES_FULL_CHANNELS = (36, 72, 144, 288)
@@ -101,7 +101,11 @@ class FullyInvertibleUNet(nn.Module):
         self.encoder = nn.ModuleList(ReversibleSequence(b, memory_saving=memory_saving) for b in encoder)
         self.decoder = nn.ModuleList(ReversibleSequence(b, memory_saving=memory_saving) for b in decoder)
         self.head = SegmentationHead(widths[0], out_channels, output)
-        self.vae = VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups) if vae_input_size else None
+        self.vae = (
+            VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups, memory_saving)
+            if vae_input_size
+            else None
+        )
 
     def _lift(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad the modalities to the first width, half of them in each coupling half."""
@@ -138,8 +142,9 @@ class FullyInvertibleUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | SegmentationWithVAE:
         check_spatial_size(type(self).__name__, x, self.size_multiple, self.in_channels)
         skips, bottleneck = self.encode(x)
+        vae = run_vae(self.vae, x, bottleneck)  # before the decoder: see run_vae
         h = bottleneck
         for level in range(len(self.decoder) - 1, 0, -1):
             h = torch.cat((skips[level - 1], self.decoder[level](h)), dim=1)
         logits = self.head(self.decoder[0](h))
-        return attach_vae(self.vae, x, bottleneck, logits)
+        return attach_vae(self.vae, logits, vae)

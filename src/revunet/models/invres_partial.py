@@ -6,7 +6,10 @@ regularisation branch. It gives no widths or depths. Our choices, and why:
 
 - the skeleton of :class:`~revunet.models.partially_reversible.PartiallyReversibleUNet` with
   instance normalisation and LeakyReLU (the paper's 3-D U-Net uses both);
-- skips concatenated and fused by a 1x1x1 convolution, as in the 3-D U-Net it extends;
+- skips concatenated and fused by a 1x1x1 convolution, as in the 3-D U-Net it extends
+  (computed without materialising the concatenation, see
+  ``PartiallyReversibleUNet._upsampled_part``);
+- the VAE branch checkpointed in the memory-saving model (see :class:`~revunet.models.vae.VAEBranch`);
 - four levels like Çiçek's U-Net and one coupling block per encoder and decoder level;
 - widths (36, 72, 144, 288): the segmentation network then has 3.14 M parameters, within
   ±10 % of :mod:`revunet.models.unet3d` (3.15 M) and :mod:`revunet.models.invres_full` (3.19 M).

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional
 
 from revunet.models.blocks import NORMS, SegmentationHead, channel_list, check_spatial_size, coupling_blocks, make_norm
-from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae
+from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae, run_vae
 from revunet.reversible import ReversibleSequence
 
 SKIPS = ("add", "concat")
@@ -93,10 +93,31 @@ class PartiallyReversibleUNet(nn.Module):
         head_norm_layer = make_norm(norm, widths[0], groups) if head_norm else None
         self.head = SegmentationHead(widths[0], out_channels, output, head_norm_layer)
         self.vae = (
-            VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups)
+            VAEBranch(widths, vae_input_size, in_channels, latent_dim, norm, groups, memory_saving)
             if vae_input_size is not None
             else None
         )
+
+    def _upsampled_part(self, level: int, h: torch.Tensor) -> torch.Tensor:
+        """With ``concat``, the fusion's upsampled part, applied before the interpolation.
+
+        ``fuse(cat(upsample(up(h)), skip))`` is computed without the concatenation: the fusion's
+        weight is split into its upsampled and skip parts, and the upsampled part is applied
+        at the coarser resolution (a 1x1x1 convolution and a trilinear interpolation commute:
+        one mixes channels per voxel, the other voxels per channel, and the interpolation keeps
+        constants). The same function of the same parameters, but nothing at the finer
+        resolution is stored for backward except the skip, which the encoder holds anyway
+        (the concatenation and the interpolated map were three of the level's widths).
+        """
+        if self.fuse is None:
+            return h
+        return functional.conv3d(h, self.fuse[level].weight[:, : h.shape[1]])
+
+    def _join(self, level: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The upsampled map plus the skip (``add``) or the skip's part of the fusion (``concat``)."""
+        if self.fuse is None:
+            return h + skip
+        return h + functional.conv3d(skip, self.fuse[level].weight[:, h.shape[1] :], self.fuse[level].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | SegmentationWithVAE:
         check_spatial_size(type(self).__name__, x, self.size_multiple, self.in_channels)
@@ -106,12 +127,11 @@ class PartiallyReversibleUNet(nn.Module):
         for down, sequence in zip(self.down, self.encoder[1:]):
             skips.append(h)
             h = sequence(down(functional.max_pool3d(h, 2)))
-        bottleneck = h
+        vae = run_vae(self.vae, image, h)  # before the decoder: see run_vae
         for level in range(len(self.decoder) - 1, 0, -1):
-            h = self.decoder[level](h)
-            h = functional.interpolate(self.up[level - 1](h), scale_factor=2, mode="trilinear", align_corners=False)
-            skip = skips.pop()
-            h = h + skip if self.fuse is None else self.fuse[level - 1](torch.cat((h, skip), dim=1))
-            del skip  # in inference nothing else holds the skip: free it before the next level
+            h = self._upsampled_part(level - 1, self.up[level - 1](self.decoder[level](h)))
+            h = functional.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False)
+            # the skip is popped into the call: in inference nothing else holds it afterwards
+            h = self._join(level - 1, h, skips.pop())
         logits = self.head(self.decoder[0](h))
-        return attach_vae(self.vae, image, bottleneck, logits)
+        return attach_vae(self.vae, logits, vae)

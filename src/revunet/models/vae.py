@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional
+from torch.utils.checkpoint import checkpoint
 
 from revunet.models.blocks import make_norm
 
@@ -75,6 +76,10 @@ class VAEBranch(nn.Module):
         input_size: spatial size of the training patches (e.g. (128, 128, 128)).
         image_channels: channels of the input image (the reconstruction's channels).
         latent_dim: size of z (Myronenko: 128).
+        memory_saving: checkpoint each up stage (and the final 1x1x1 convolution with the last):
+            only the stages' inputs are stored and one stage at a time is recomputed in backward.
+            Its full-resolution maps dominate a reversible U-Net's peak otherwise (``revunet
+            memory --table invres_brats``'s attribution); the gradients are the same.
     """
 
     def __init__(
@@ -85,8 +90,10 @@ class VAEBranch(nn.Module):
         latent_dim: int = 128,
         norm: str = "group",
         groups: int = 8,
+        memory_saving: bool = False,
     ) -> None:
         super().__init__()
+        self.memory_saving = memory_saving
         self.input_size = tuple(int(s) for s in input_size)
         levels = len(channels)
         multiple = 2**levels  # the U-Net halves levels-1 times, the branch once more
@@ -122,24 +129,43 @@ class VAEBranch(nn.Module):
         mu, logvar = statistics.chunk(2, dim=1)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         x = functional.leaky_relu(self.from_latent(z), 0.01).view(-1, REDUCED_CHANNELS, *self.grid)
-        x = self.expand(x)
-        for stage in self.up:
-            x = stage(x)
-        return self.to_image(x), mu, logvar
+        stages: list[nn.Module] = [self.expand, *self.up]
+        for stage in stages[:-1]:
+            x = self._run(stage, x)
+        return self._run(nn.Sequential(stages[-1], self.to_image), x), mu, logvar
+
+    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_saving and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
 
 
-def attach_vae(
-    vae: VAEBranch | None, image: torch.Tensor, bottleneck: torch.Tensor, logits: torch.Tensor
-) -> torch.Tensor | SegmentationWithVAE:
-    """The model's return value: bare logits without a branch, else logits with the branch's outputs."""
+VAEOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+
+def run_vae(vae: VAEBranch | None, image: torch.Tensor, bottleneck: torch.Tensor) -> VAEOutputs:
+    """The branch's (reconstruction, μ, log σ²), or None without a branch or on another size in eval mode.
+
+    Models call it right after their encoder, before the decoder: autograd then runs the
+    decoder's backward first (later nodes first), so the branch's checkpointed stages are
+    recomputed after the decoder's stored activations are freed.
+    """
     if vae is None:
-        return logits
+        return None
     if not vae.matches(image):
         if vae.training:
             raise ValueError(
                 f"the VAE branch was built for patches of size {vae.input_size}; got an input of size "
                 f"{tuple(image.shape[2:])} in training mode (set vae_input_size to the training patch size)"
             )
+        return None
+    return vae(bottleneck)
+
+
+def attach_vae(vae: VAEBranch | None, logits: torch.Tensor, outputs: VAEOutputs) -> torch.Tensor | SegmentationWithVAE:
+    """The model's return value: bare logits without a branch, else logits with the branch's outputs."""
+    if vae is None:
+        return logits
+    if outputs is None:
         return SegmentationWithVAE(logits)
-    reconstruction, mu, logvar = vae(bottleneck)
-    return SegmentationWithVAE(logits, reconstruction, mu, logvar)
+    return SegmentationWithVAE(logits, *outputs)

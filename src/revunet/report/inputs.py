@@ -35,6 +35,7 @@ from revunet.papers import paper_row_labels
 LOG_COLUMNS = ("epoch", "train_loss", "val_mean_dice", "ema_dice")
 SUMMARY_KEYS = ("epochs_completed", "best_epoch", "best_val_mean_dice")
 MEMORY_COLUMNS = ("row", "input_shape", "paper_mb", "measured_mb", "ratio")
+MODULE_COLUMNS = ("row", "module", "phase", "mib")
 COMPLEXITY_COLUMNS = ("depth", "method", "activations_mb", "growth_exponent", "claimed", "claimed_exponent")
 CAPACITY_COLUMNS = (
     "key",
@@ -179,6 +180,14 @@ def memory_table(memory: Path | None, table: str) -> pd.DataFrame | None:
     if memory is None:
         return None
     return read_csv_checked(memory / f"{table}.csv", MEMORY_COLUMNS, f"`revunet memory --table {table}` output")
+
+
+def memory_modules(memory: Path | None, table: str) -> pd.DataFrame | None:
+    """``MEMORY_DIR/<table>_modules.csv``: the live bytes at each phase's peak by owning module."""
+    if memory is None:
+        return None
+    what = f"the attribution `revunet memory --table {table}` writes"
+    return read_csv_checked(memory / f"{table}_modules.csv", MODULE_COLUMNS, what)
 
 
 def complexity_table(path: Path | None) -> pd.DataFrame | None:

@@ -16,6 +16,8 @@ captions (:data:`CAPTIONS`, also written to ``index.csv`` with columns ``file, c
 - ``memory_vs_paper``: paper vs measured peak memory of each row, one panel per paper table;
 - ``memory_vs_depth``: Brügger et al.'s encoder depths 1-4 (paper, measured, non-reversible twin)
   and the activation memory of a coupling chain against its length (``revunet complexity``);
+- ``memory_modules_<table>``: per paper memory table, each row's peak as stacked bars by owning module
+  (``<table>_modules.csv``);
 - ``example_segmentation_<dataset>``: an axial slice of each modality of the first held-out case
   with reference (solid) and predicted (dashed) contours, one figure per dataset.
 """
@@ -31,9 +33,10 @@ from typing import Any
 import pandas as pd
 
 from revunet.atomic import write_text_atomic
-from revunet.catalog import EXAMPLE_FIGURE
+from revunet.catalog import EXAMPLE_FIGURE, MEMORY_TABLES, MODULES_FIGURE
 from revunet.experiments.recipe import Experiment
 from revunet.report.figures.examples import EXAMPLE_CAPTION, example_figure
+from revunet.report.figures.modules import MODULES_CAPTION, memory_modules
 from revunet.report.figures.plots import (
     memory_tables,
     memory_vs_depth,
@@ -50,6 +53,7 @@ from revunet.report.inputs import (
     complexity_table,
     experiment_order,
 )
+from revunet.report.inputs import memory_modules as modules_table
 
 CAPTIONS = {
     "training_curves": "Training curves, one panel per experiment: training loss (left axis) and validation mean "
@@ -65,6 +69,7 @@ CAPTIONS = {
     "encoder level, paper vs measured vs the non-reversible twin. Right: activation memory of a chain of L couplings "
     "stored naively, with checkpointing and reversibly (`revunet complexity`), log-log.",
     EXAMPLE_FIGURE: EXAMPLE_CAPTION,
+    **{f"{MODULES_FIGURE}_{table}": MODULES_CAPTION for table in MEMORY_TABLES},
 }
 
 
@@ -137,3 +142,5 @@ def _fixed_figures(
     yield "memory_vs_paper", memory_vs_paper(tables)
     complexity = complexity_table(inputs.complexity or (inputs.memory / "complexity.csv" if inputs.memory else None))
     yield "memory_vs_depth", memory_vs_depth(tables.get("bruegger2019"), complexity)
+    for table in MEMORY_TABLES:
+        yield f"{MODULES_FIGURE}_{table}", memory_modules(table, tables.get(table), modules_table(inputs.memory, table))

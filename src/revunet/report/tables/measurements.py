@@ -113,6 +113,12 @@ def capacity_report_table(context: ReportContext) -> ReportTable:
         "Largest cubic input (ratio of voxels), encoder depth and channel multiplier whose training step fits the "
         "budget, reversible model vs its non-reversible twin (`revunet capacity`, fake tensors, batch 1, Adam); "
         "claimed ratios from Pendse et al.'s abstract. A capped search means the true ratio may be larger. "
+        "What bounds the reversible models (the memory tables' `_modules` attribution): their peak is in backward, "
+        "at the top level, full-resolution maps (the top decoder coupling's recomputation with its gradients, the "
+        "stored top encoder output feeding the skip, the gradient at the head's input, the top upsampling and skip "
+        "sums), which grow with the voxels and the width as the twin's stored activations do; depth adds only "
+        "parameters, gradients and Adam state. 3x the volume would need those maps to be a third of the twin's "
+        "activations at equal size, 2x the channels the same at half the cost per channel. "
         "No training data is involved."
     )
     title = "Pendse et al.'s capacity claim vs measured ratios"
