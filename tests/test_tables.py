@@ -318,6 +318,34 @@ def test_bruegger_table_has_paper_numbers_exactly_and_our_means(results):
     assert columns.index("reproduced_dice_ET") == columns.index("paper_dice_ET") + 1
 
 
+def test_brats_tables_add_lesion_wise_columns_beyond_the_papers(results):
+    metrics_path = results["evaluation"] / "bruegger_baseline" / "metrics.csv"
+    metrics = pd.read_csv(metrics_path)
+    metrics["lesion_score_dice"] = np.linspace(0.2, 0.9, len(metrics))
+    metrics["lesion_score_hd95"] = np.linspace(3.0, 374.0, len(metrics))
+    metrics.to_csv(metrics_path, index=False)
+    tables = tables_by_name(inputs_of(results))
+    frame = tables["bruegger2019"].data.set_index("row")
+    for region in ("ET", "WT", "TC"):
+        rows = metrics.region == region
+        assert frame.loc["Baseline", f"reproduced_lesion_score_dice_{region}"] == pytest.approx(
+            round(metrics.loc[rows, "lesion_score_dice"].mean() * 100, 2)
+        )
+        assert frame.loc["Baseline", f"reproduced_lesion_score_hd95_{region}"] == pytest.approx(
+            round(metrics.loc[rows, "lesion_score_hd95"].mean(), 2)
+        )
+    # The papers' whole-volume columns come first; the lesion-wise ones follow, headed as ours only.
+    columns = list(tables["bruegger2019"].data.columns)
+    assert columns.index("reproduced_lesion_score_dice_ET") > columns.index("reproduced_hd95_TC")
+    assert not any(c.startswith("paper_lesion") for c in columns)
+    markdown = tables["bruegger2019"].markdown()
+    assert "lesion-wise Dice ET ours (beyond the papers)" in markdown
+    assert "beyond the papers" in tables["bruegger2019"].caption
+    # An evaluation without lesion-wise columns (older metrics.csv) leaves them empty; iSeg has none.
+    assert tables["invres_brats"].data["reproduced_lesion_score_dice_ET"].isna().all()
+    assert not any("lesion" in c for c in tables["invres_iseg"].data.columns)
+
+
 def test_markdown_marks_gaps_not_run_and_states_data_scale_and_memory_source(results):
     tables = tables_by_name(inputs_of(results))
     markdown = tables["bruegger2019"].markdown()
