@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from revunet.evaluation.lesions import LESION_METRIC_NAMES, LESION_PENALTY_MM, lesion_scores, match_lesions
+from revunet.evaluation.metrics import region_scores
 
 SHAPE = (16, 12, 12)
 ISO = (1.0, 1.0, 1.0)
@@ -118,3 +119,14 @@ def test_bad_inputs_name_what_is_wrong():
         lesion_scores(np.zeros((3, 3, 3), bool), np.zeros((3, 3, 4), bool), ISO)
     with pytest.raises(ValueError, match="3 positive"):
         lesion_scores(volume(), volume(), (1.0, 0.0, 1.0))
+
+
+def test_whole_region_hd95_is_reused_only_for_a_single_matched_pair():
+    """One lesion each side: the pair is the whole region, so its HD95 is the region's (here 2 mm, see above)."""
+    shifted, spacing = np.s_[3:6, 2:5, 2:5], (2.0, 1.0, 1.0)
+    computed = lesion_scores(volume(shifted), volume(CUBE), spacing)
+    assert computed["lesion_hd95"] == pytest.approx(region_scores(volume(shifted), volume(CUBE), spacing)["hd95"])
+    assert lesion_scores(volume(shifted), volume(CUBE), spacing, region_hd95=computed["lesion_hd95"]) == computed
+    # With a second predicted lesion the region's HD95 is not the pair's, and the value passed is ignored.
+    two = lesion_scores(volume(shifted, SMALL), volume(CUBE), spacing, region_hd95=99.0)
+    assert two["lesion_hd95"] == pytest.approx(2.0)

@@ -74,7 +74,8 @@ def case_scores(
     for region in expected:
         scores[region] = region_scores(predicted[region], expected[region], spacing)
         if task in LESION_TASKS:
-            scores[region] |= lesion_scores(predicted[region], expected[region], spacing)
+            hd95 = scores[region]["hd95"]
+            scores[region] |= lesion_scores(predicted[region], expected[region], spacing, region_hd95=hd95)
     return scores
 
 
