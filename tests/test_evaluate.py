@@ -304,3 +304,29 @@ def test_summarise_by_hand():
     assert summary.loc[("mean", "dice"), ["mean", "median"]].tolist() == pytest.approx([0.6, 0.6])
     assert summary.loc[("mean", "hd95"), "mean"] == pytest.approx((EMPTY_DISTANCE_MM + 2.0 + 6.0) / 4)
     assert list(dict.fromkeys(summary.index.get_level_values("region"))) == ["WT", "ET", "mean"]
+
+
+@pytest.mark.slow
+def test_postprocess_relabels_a_small_false_et_and_keeps_a_large_one(brats, tmp_path, capsys):
+    ids = read_case_table(brats)["case_id"].tolist()
+    references = {case_id: disk_label(brats, case_id) for case_id in ids}
+    exact = references[ids[0]][0]
+    assert (exact == 4).sum() * SPACING_MM**3 >= 100  # a large ET: kept by a 100 mm³ threshold
+    no_et = references[ids[2]][0]
+    assert not (no_et == 4).any()
+    false_et = no_et.copy()
+    false_et[tuple(np.argwhere(no_et == 2)[0])] = 4  # one voxel (27 mm³) of ET inside the edema
+    affines = {c: a for c, (_, a) in references.items()}
+    folder = write_predictions(tmp_path / "run", {ids[0]: exact, ids[2]: false_et}, affines)
+
+    plain, _ = evaluate(brats, folder, tmp_path / "plain")
+    fixed, _ = evaluate(brats, folder, tmp_path / "post", "--postprocess", "--et-min-mm3", "100")
+    plain, fixed = plain.set_index(["case_id", "region"]), fixed.set_index(["case_id", "region"])
+    assert (plain.loc[(ids[2], "ET"), "dice"], plain.loc[(ids[2], "ET"), "lesion_fp"]) == (0.0, 1.0)
+    assert (fixed.loc[(ids[2], "ET"), "dice"], fixed.loc[(ids[2], "ET"), "hd95"]) == (1.0, 0.0)
+    assert fixed.loc[(ids[2], "ET"), "lesion_score_dice"] == 1.0
+    assert fixed.loc[(ids[2], "TC"), "dice"] < 1.0  # the voxel is now necrosis: a false TC voxel
+    assert (fixed.loc[ids[0], "dice"] == 1.0).all()  # the large ET is left alone
+    assert "after post-processing (ET→NCR below 100 mm³)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="need --postprocess"):
+        evaluate(brats, folder, tmp_path / "x", "--et-min-mm3", "100")

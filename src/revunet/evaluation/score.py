@@ -27,6 +27,9 @@ Outputs (CSV, written atomically, the summary last so that its presence means bo
   sample standard deviation (ddof 1), 0 when there is a single case. A metric with no values for
   a region (the lesion-wise ones of iSeg) has no summary rows.
 
+``revunet evaluate --postprocess`` scores the predictions after the BraTS post-processing of
+:mod:`revunet.evaluation.postprocess` (the workflow writes those tables beside the plain ones).
+
 A prediction on a different grid, with label values the layout does not define, or for a case the
 case table does not hold, is an :class:`EvaluationError` naming the case and the file.
 """
@@ -47,6 +50,7 @@ from revunet.data.io import AFFINE_TOLERANCE_MM, CaseError, load_case
 from revunet.data.labels import disk_to_canonical
 from revunet.evaluation.lesions import LESION_METRIC_NAMES, lesion_scores
 from revunet.evaluation.metrics import METRIC_NAMES, region_scores
+from revunet.evaluation.postprocess import PostProcessing, postprocess
 from revunet.evaluation.predict import PREDICTIONS_FILE
 from revunet.tasks import get_task
 
@@ -154,9 +158,17 @@ def select_cases(predictions: pd.DataFrame, split: Any | None, part: str) -> lis
 
 
 def evaluate_predictions(
-    cases: pd.DataFrame, predictions: pd.DataFrame, case_ids: Sequence[str], experiment: str
+    cases: pd.DataFrame,
+    predictions: pd.DataFrame,
+    case_ids: Sequence[str],
+    experiment: str,
+    postprocessing: PostProcessing | None = None,
 ) -> pd.DataFrame:
-    """The long metrics table for ``case_ids``: every listed case is checked before any is scored."""
+    """The long metrics table for ``case_ids``: every listed case is checked before any is scored.
+
+    With ``postprocessing`` each prediction is post-processed (:mod:`revunet.evaluation.postprocess`)
+    before it is scored.
+    """
     rows_by_id: dict[str, Mapping[str, Any]] = {str(row["case_id"]): row for _, row in cases.iterrows()}
     path_by_id = dict(zip(predictions["case_id"], predictions["path"], strict=True))
     unknown = sorted(set(predictions["case_id"]) - set(rows_by_id))
@@ -190,6 +202,8 @@ def evaluate_predictions(
                 f"case {case_id}: prediction file {path} has an affine that differs from the reference's by up to "
                 f"{difference:.4g} (tolerance {AFFINE_TOLERANCE_MM} mm); expected the original image grid"
             )
+        if postprocessing is not None:
+            prediction = postprocess(prediction, case.task, case.spacing, postprocessing)
         for region, scores in case_scores(prediction, case.label, case.task, case.spacing).items():
             rows.append({"experiment": experiment, "case_id": case_id, "region": region, **scores})
     return pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
