@@ -508,7 +508,10 @@ def test_nothing_run_yet_gives_complete_tables_of_paper_numbers(tmp_path):
         "pendse2020_dice",
         "complexity",
         "capacity",
+        "postprocessing",
     }
+    postprocessing = next(t for t in tables if t.name == "postprocessing")
+    assert postprocessing.data.empty and "Post-processing" in postprocessing.markdown()  # no experiment yet
     iseg = next(t for t in tables if t.name == "invres_iseg")
     assert iseg.data["paper_dice_CSF"].tolist() == [92.50, 95.07, 95.09]
     assert iseg.data["reproduced_dice_CSF"].isna().all()
@@ -554,3 +557,28 @@ def test_cli_writes_tables_and_reports_errors(results, tmp_path, capsys):
     (results["evaluation"] / "invres_iseg_full" / "metrics.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SystemExit, match="revunet tables: .*invres_iseg_full/metrics.csv"):
         main(argv)
+
+
+def test_postprocessing_table_has_rows_without_and_with_it(results):
+    plain = pd.read_csv(results["evaluation"] / "bruegger_baseline" / "metrics.csv")
+    processed = plain.copy()
+    processed["dice"] = processed["dice"] * 0.5
+    processed["lesion_score_hd95"] = 7.0
+    processed["postprocessing"] = "ET→NCR below 500 mm³"
+    (results["evaluation"] / "bruegger_baseline" / "postprocessed").mkdir()
+    processed.to_csv(results["evaluation"] / "bruegger_baseline" / "postprocessed" / "metrics.csv", index=False)
+    table = tables_by_name(inputs_of(results))["postprocessing"]
+    frame = table.data.set_index(["experiment", "postprocessing"])
+    brats = [e["name"] for e in EXPERIMENTS if e["task"] == "brats"]
+    assert sorted(set(table.data["experiment"])) == sorted(brats)  # every BraTS experiment, no iSeg one
+    assert (table.data.groupby("experiment").size() == 2).all()
+    for region in ("WT", "TC", "ET"):
+        rows = plain.region == region
+        expected = round(plain.loc[rows, "dice"].mean() * 100, 2)
+        assert frame.loc[("bruegger_baseline", "none"), f"dice_{region}"] == pytest.approx(expected)
+        halved = round(processed.loc[rows, "dice"].mean() * 100, 2)
+        assert frame.loc[("bruegger_baseline", "ET→NCR below 500 mm³"), f"dice_{region}"] == pytest.approx(halved)
+    assert frame.loc[("bruegger_baseline", "ET→NCR below 500 mm³"), "lesion_score_hd95_ET"] == 7.0
+    assert pd.isna(frame.loc[("bruegger_baseline", "none"), "lesion_score_hd95_ET"])  # no lesion columns
+    assert pd.isna(frame.loc[("pendse_baseline", "post-processed"), "dice_ET"])  # not evaluated after it
+    assert "Beyond the papers" in table.caption and "not run" in table.markdown()

@@ -44,6 +44,7 @@ REPORT_TABLES = (
     "pendse2020_dice",
     "complexity",
     "capacity",
+    "postprocessing",
 )
 # What `revunet figures` writes, besides one example_segmentation_<dataset> figure per dataset.
 REPORT_FIGURES = ("training_curves", "dice_distribution", "hd95_distribution", "memory_vs_paper", "memory_vs_depth")

@@ -21,7 +21,7 @@ Outputs (CSV, written atomically, the summary last so that its presence means bo
 - metrics, long format, one row per case x region: ``experiment, case_id, region, dice, hd95,
   hausdorff, sensitivity, specificity`` (distances in mm), then the lesion-wise ``lesion_tp,
   lesion_fp, lesion_fn, lesion_f1, lesion_dice, lesion_hd95, lesion_score_dice, lesion_score_hd95``
-  (empty for iSeg);
+  (empty for iSeg), and ``postprocessing`` (``none``, or the rules applied before scoring);
 - summary, one row per region x metric: ``experiment, region, metric, mean, std, median, n``, plus
   region ``mean``: per case the mean over its regions, summarised the same way. ``std`` is the
   sample standard deviation (ddof 1), 0 when there is a single case. A metric with no values for
@@ -56,7 +56,8 @@ from revunet.tasks import get_task
 
 # The papers' whole-volume columns: what every reader of metrics.csv may rely on.
 WHOLE_VOLUME_COLUMNS = ("experiment", "case_id", "region", *METRIC_NAMES)
-METRICS_COLUMNS = (*WHOLE_VOLUME_COLUMNS, *LESION_METRIC_NAMES)
+# `postprocessing`: "none", or the rules applied before scoring (PostProcessing.describe()).
+METRICS_COLUMNS = (*WHOLE_VOLUME_COLUMNS, *LESION_METRIC_NAMES, "postprocessing")
 ALL_METRICS = (*METRIC_NAMES, *LESION_METRIC_NAMES)
 # Tasks scored lesion-wise: BraTS's tumour regions (iSeg's tissue classes are one sheet each).
 LESION_TASKS = frozenset({"brats"})
@@ -181,6 +182,7 @@ def evaluate_predictions(
     if unlabelled:
         raise EvaluationError(f"case(s) {unlabelled[:5]} have no reference label in the case table; cannot score them")
 
+    how = postprocessing.describe() if postprocessing is not None else "none"
     rows = []
     for case_id in case_ids:
         row = rows_by_id[case_id]
@@ -205,7 +207,9 @@ def evaluate_predictions(
         if postprocessing is not None:
             prediction = postprocess(prediction, case.task, case.spacing, postprocessing)
         for region, scores in case_scores(prediction, case.label, case.task, case.spacing).items():
-            rows.append({"experiment": experiment, "case_id": case_id, "region": region, **scores})
+            rows.append(
+                {"experiment": experiment, "case_id": case_id, "region": region, **scores, "postprocessing": how}
+            )
     return pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
 
 
