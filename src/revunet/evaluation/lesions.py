@@ -34,6 +34,8 @@ Empty regions (BraTS 2023's rules; this function never returns NaN):
   turns its 0/0 into 1 and 0);
 - no match at all (one side empty, or no overlapping pair): F1 0, Dice 0, HD95 374, score Dice 0,
   score HD95 374 (the mean over no pairs is undefined; it gets the values of a miss).
+  panoptica's own defaults differ only in form: NaN when neither side has a lesion, and for no true
+  positive otherwise Dice 0 and an infinite distance, which BraTS turns into 374 mm.
 
 What differs from the 2023 scripts (Sage Bionetworks / BraTS-2023-Metrics): they merge reference
 lesions lying within 3 dilations of each other into one, ignore reference lesions of 50 voxels or
