@@ -300,3 +300,4 @@ def test_postprocessed_evaluation_covers_the_brats_experiments_with_the_configs_
     assert plan.postprocess_options() == "--postprocess --et-min-mm3 500 --min-component-mm3 0"
     changed = plan_workflow(config(postprocessing={"et_min_mm3": 200, "min_component_mm3": 1000.5}))
     assert changed.postprocess_options() == "--postprocess --et-min-mm3 200 --min-component-mm3 1000.5"
+    assert plan_workflow(config(postprocessing={"evaluate": False})).postprocessed_experiments() == []

@@ -133,6 +133,7 @@ class WorkflowPlan:
     # `revunet evaluate --postprocess` thresholds (mm³): config postprocessing.
     et_min_mm3: float = 500.0
     min_component_mm3: float = 0.0
+    evaluate_postprocessed: bool = True
 
     def launcher(self, name: str) -> str:
         """The command that runs ``revunet`` for experiment ``name``'s training job."""
@@ -154,7 +155,9 @@ class WorkflowPlan:
         return [name for name, plan in self.experiments.items() if dataset is None or plan.dataset == dataset]
 
     def postprocessed_experiments(self) -> list[str]:
-        """Selected BraTS experiments: those whose predictions are also scored after post-processing."""
+        """Selected BraTS experiments: those whose predictions are also scored after post-processing (if asked)."""
+        if not self.evaluate_postprocessed:
+            return []
         return [name for name, plan in self.experiments.items() if plan.experiment.task == "brats"]
 
     def postprocess_options(self) -> str:
@@ -188,6 +191,7 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         launch_distributed=launch.get("distributed", WorkflowPlan.launch_distributed),
         et_min_mm3=float(postprocessing.get("et_min_mm3", WorkflowPlan.et_min_mm3)),
         min_component_mm3=float(postprocessing.get("min_component_mm3", WorkflowPlan.min_component_mm3)),
+        evaluate_postprocessed=bool(postprocessing.get("evaluate", True)),
     )
 
 
