@@ -12,6 +12,7 @@ import pytest
 
 from revunet.cli import main
 from revunet.data.case_table import read_case_table
+from revunet.evaluation.lesions import LESION_METRIC_NAMES, LESION_PENALTY_MM
 from revunet.evaluation.metrics import EMPTY_DISTANCE_MM, METRIC_NAMES, region_scores
 from revunet.evaluation.score import METRICS_COLUMNS, SUMMARY_COLUMNS, summarise
 from revunet.tasks import TASKS
@@ -94,6 +95,20 @@ def test_brats_exact_missing_et_and_shifted(brats, tmp_path, capsys):
 
     for region in ("WT", "TC", "ET"):
         assert scores.loc[(ids[0], region), list(METRIC_NAMES)].tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+    # Lesion-wise, an exact prediction matches every reference lesion with Dice 1 and HD95 0.
+    exact_lesions = scores.loc[ids[0], list(LESION_METRIC_NAMES)]
+    assert (exact_lesions["lesion_fp"] == 0).all() and (exact_lesions["lesion_fn"] == 0).all()
+    assert (exact_lesions["lesion_tp"] >= 1).all() and (exact_lesions["lesion_score_dice"] == 1.0).all()
+    assert (exact_lesions["lesion_score_hd95"] == 0.0).all()
+    # A missed enhancing tumour: every ET lesion is a false negative, scored 0 and 374 mm.
+    assert scores.loc[
+        (ids[1], "ET"), ["lesion_tp", "lesion_fp", "lesion_score_dice", "lesion_score_hd95"]
+    ].tolist() == [
+        0.0,
+        0.0,
+        0.0,
+        LESION_PENALTY_MM,
+    ]
     for region in ("WT", "TC"):
         assert scores.loc[(ids[1], region), "dice"] == 1.0
     assert (references[ids[1]][0] == 4).any()  # the synthetic case has an enhancing tumour to miss
@@ -119,7 +134,7 @@ def test_brats_exact_missing_et_and_shifted(brats, tmp_path, capsys):
 
     assert tuple(summary.columns) == SUMMARY_COLUMNS
     assert summary[["region", "metric"]].values.tolist() == [
-        [r, m] for r in ("WT", "TC", "ET", "mean") for m in METRIC_NAMES
+        [r, m] for r in ("WT", "TC", "ET", "mean") for m in (*METRIC_NAMES, *LESION_METRIC_NAMES)
     ]
     assert (summary["n"] == 3).all()
     stats = summary.set_index(["region", "metric"])
@@ -184,6 +199,9 @@ def test_iseg_disk_values_and_classes(iseg, tmp_path):
     assert scores.loc[(ids[1], "CSF"), "hausdorff"] == EMPTY_DISTANCE_MM
     assert scores.loc[(ids[1], "GM"), "dice"] == scores.loc[(ids[1], "WM"), "dice"] == 1.0
     assert summary["region"].unique().tolist() == ["CSF", "GM", "WM", "mean"]
+    # iSeg's tissue classes are not scored lesion-wise: empty columns, no summary rows.
+    assert metrics[list(LESION_METRIC_NAMES)].isna().all().all()
+    assert set(summary["metric"]) == set(METRIC_NAMES)
 
     # Canonical classes 1/2/3 are not iSeg's on-disk values: refused, naming the file.
     canonical = {ids[0]: np.searchsorted([0, 10, 150, 250], references[ids[0]][0])}
@@ -286,3 +304,29 @@ def test_summarise_by_hand():
     assert summary.loc[("mean", "dice"), ["mean", "median"]].tolist() == pytest.approx([0.6, 0.6])
     assert summary.loc[("mean", "hd95"), "mean"] == pytest.approx((EMPTY_DISTANCE_MM + 2.0 + 6.0) / 4)
     assert list(dict.fromkeys(summary.index.get_level_values("region"))) == ["WT", "ET", "mean"]
+
+
+@pytest.mark.slow
+def test_postprocess_relabels_a_small_false_et_and_keeps_a_large_one(brats, tmp_path, capsys):
+    ids = read_case_table(brats)["case_id"].tolist()
+    references = {case_id: disk_label(brats, case_id) for case_id in ids}
+    exact = references[ids[0]][0]
+    assert (exact == 4).sum() * SPACING_MM**3 >= 100  # a large ET: kept by a 100 mm³ threshold
+    no_et = references[ids[2]][0]
+    assert not (no_et == 4).any()
+    false_et = no_et.copy()
+    false_et[tuple(np.argwhere(no_et == 2)[0])] = 4  # one voxel (27 mm³) of ET inside the edema
+    affines = {c: a for c, (_, a) in references.items()}
+    folder = write_predictions(tmp_path / "run", {ids[0]: exact, ids[2]: false_et}, affines)
+
+    plain, _ = evaluate(brats, folder, tmp_path / "plain")
+    fixed, _ = evaluate(brats, folder, tmp_path / "post", "--postprocess", "--et-min-mm3", "100")
+    plain, fixed = plain.set_index(["case_id", "region"]), fixed.set_index(["case_id", "region"])
+    assert (plain.loc[(ids[2], "ET"), "dice"], plain.loc[(ids[2], "ET"), "lesion_fp"]) == (0.0, 1.0)
+    assert (fixed.loc[(ids[2], "ET"), "dice"], fixed.loc[(ids[2], "ET"), "hd95"]) == (1.0, 0.0)
+    assert fixed.loc[(ids[2], "ET"), "lesion_score_dice"] == 1.0
+    assert fixed.loc[(ids[2], "TC"), "dice"] < 1.0  # the voxel is now necrosis: a false TC voxel
+    assert (fixed.loc[ids[0], "dice"] == 1.0).all()  # the large ET is left alone
+    assert "after post-processing (ET→NCR below 100 mm³)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="need --postprocess"):
+        evaluate(brats, folder, tmp_path / "x", "--et-min-mm3", "100")

@@ -291,3 +291,13 @@ def test_experiment_command_errors(argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=message):
         main(["experiment", *argv])
+
+
+def test_postprocessed_evaluation_covers_the_brats_experiments_with_the_configs_thresholds():
+    plan = plan_workflow(config())
+    brats = [name for name, entry in plan.experiments.items() if entry.experiment.task == "brats"]
+    assert plan.postprocessed_experiments() == brats and len(brats) < len(plan.experiments)
+    assert plan.postprocess_options() == "--postprocess --et-min-mm3 500 --min-component-mm3 0"
+    changed = plan_workflow(config(postprocessing={"et_min_mm3": 200, "min_component_mm3": 1000.5}))
+    assert changed.postprocess_options() == "--postprocess --et-min-mm3 200 --min-component-mm3 1000.5"
+    assert plan_workflow(config(postprocessing={"evaluate": False})).postprocessed_experiments() == []

@@ -318,6 +318,34 @@ def test_bruegger_table_has_paper_numbers_exactly_and_our_means(results):
     assert columns.index("reproduced_dice_ET") == columns.index("paper_dice_ET") + 1
 
 
+def test_brats_tables_add_lesion_wise_columns_beyond_the_papers(results):
+    metrics_path = results["evaluation"] / "bruegger_baseline" / "metrics.csv"
+    metrics = pd.read_csv(metrics_path)
+    metrics["lesion_score_dice"] = np.linspace(0.2, 0.9, len(metrics))
+    metrics["lesion_score_hd95"] = np.linspace(3.0, 374.0, len(metrics))
+    metrics.to_csv(metrics_path, index=False)
+    tables = tables_by_name(inputs_of(results))
+    frame = tables["bruegger2019"].data.set_index("row")
+    for region in ("ET", "WT", "TC"):
+        rows = metrics.region == region
+        assert frame.loc["Baseline", f"reproduced_lesion_score_dice_{region}"] == pytest.approx(
+            round(metrics.loc[rows, "lesion_score_dice"].mean() * 100, 2)
+        )
+        assert frame.loc["Baseline", f"reproduced_lesion_score_hd95_{region}"] == pytest.approx(
+            round(metrics.loc[rows, "lesion_score_hd95"].mean(), 2)
+        )
+    # The papers' whole-volume columns come first; the lesion-wise ones follow, headed as ours only.
+    columns = list(tables["bruegger2019"].data.columns)
+    assert columns.index("reproduced_lesion_score_dice_ET") > columns.index("reproduced_hd95_TC")
+    assert not any(c.startswith("paper_lesion") for c in columns)
+    markdown = tables["bruegger2019"].markdown()
+    assert "lesion-wise Dice ET ours (beyond the papers)" in markdown
+    assert "beyond the papers" in tables["bruegger2019"].caption
+    # An evaluation without lesion-wise columns (older metrics.csv) leaves them empty; iSeg has none.
+    assert tables["invres_brats"].data["reproduced_lesion_score_dice_ET"].isna().all()
+    assert not any("lesion" in c for c in tables["invres_iseg"].data.columns)
+
+
 def test_markdown_marks_gaps_not_run_and_states_data_scale_and_memory_source(results):
     tables = tables_by_name(inputs_of(results))
     markdown = tables["bruegger2019"].markdown()
@@ -480,7 +508,10 @@ def test_nothing_run_yet_gives_complete_tables_of_paper_numbers(tmp_path):
         "pendse2020_dice",
         "complexity",
         "capacity",
+        "postprocessing",
     }
+    postprocessing = next(t for t in tables if t.name == "postprocessing")
+    assert postprocessing.data.empty and "Post-processing" in postprocessing.markdown()  # no experiment yet
     iseg = next(t for t in tables if t.name == "invres_iseg")
     assert iseg.data["paper_dice_CSF"].tolist() == [92.50, 95.07, 95.09]
     assert iseg.data["reproduced_dice_CSF"].isna().all()
@@ -526,3 +557,28 @@ def test_cli_writes_tables_and_reports_errors(results, tmp_path, capsys):
     (results["evaluation"] / "invres_iseg_full" / "metrics.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SystemExit, match="revunet tables: .*invres_iseg_full/metrics.csv"):
         main(argv)
+
+
+def test_postprocessing_table_has_rows_without_and_with_it(results):
+    plain = pd.read_csv(results["evaluation"] / "bruegger_baseline" / "metrics.csv")
+    processed = plain.copy()
+    processed["dice"] = processed["dice"] * 0.5
+    processed["lesion_score_hd95"] = 7.0
+    processed["postprocessing"] = "ET→NCR below 500 mm³"
+    (results["evaluation"] / "bruegger_baseline" / "postprocessed").mkdir()
+    processed.to_csv(results["evaluation"] / "bruegger_baseline" / "postprocessed" / "metrics.csv", index=False)
+    table = tables_by_name(inputs_of(results))["postprocessing"]
+    frame = table.data.set_index(["experiment", "postprocessing"])
+    brats = [e["name"] for e in EXPERIMENTS if e["task"] == "brats"]
+    assert sorted(set(table.data["experiment"])) == sorted(brats)  # every BraTS experiment, no iSeg one
+    assert (table.data.groupby("experiment").size() == 2).all()
+    for region in ("WT", "TC", "ET"):
+        rows = plain.region == region
+        expected = round(plain.loc[rows, "dice"].mean() * 100, 2)
+        assert frame.loc[("bruegger_baseline", "none"), f"dice_{region}"] == pytest.approx(expected)
+        halved = round(processed.loc[rows, "dice"].mean() * 100, 2)
+        assert frame.loc[("bruegger_baseline", "ET→NCR below 500 mm³"), f"dice_{region}"] == pytest.approx(halved)
+    assert frame.loc[("bruegger_baseline", "ET→NCR below 500 mm³"), "lesion_score_hd95_ET"] == 7.0
+    assert pd.isna(frame.loc[("bruegger_baseline", "none"), "lesion_score_hd95_ET"])  # no lesion columns
+    assert pd.isna(frame.loc[("pendse_baseline", "post-processed"), "dice_ET"])  # not evaluated after it
+    assert "Beyond the papers" in table.caption and "not run" in table.markdown()

@@ -54,6 +54,7 @@ REPORT_TABLES = (
     "pendse2020_dice",
     "complexity",
     "capacity",
+    "postprocessing",
 )
 # One memory_modules_<table> figure per memory table (each row's peak by owning module).
 MODULES_FIGURE = "memory_modules"

@@ -69,6 +69,12 @@ PATHS = {
     "predictions": under("predictions", "{exp}", "predictions.csv"),
     "metrics": under("evaluations", "{exp}", "metrics.csv"),
     "summary_metrics": under("evaluations", "{exp}", "summary.csv"),
+    "metrics_postprocessed": under(
+        "evaluations", "{exp}", "postprocessed", "metrics.csv"
+    ),
+    "summary_postprocessed": under(
+        "evaluations", "{exp}", "postprocessed", "summary.csv"
+    ),
     "memory_table": under("memory", "{table}.csv"),
     "memory_modules": under("memory", "{table}_modules.csv"),
     "capacity": under("memory", "capacity.csv"),
@@ -192,6 +198,9 @@ def report_inputs():
         "experiments": experiment_outputs("spec"),
         "training": experiment_outputs("summary") + experiment_outputs("log"),
         "evaluations": experiment_outputs("metrics"),
+        "postprocessed": expand(
+            PATHS["metrics_postprocessed"], exp=PLAN.postprocessed_experiments()
+        ),
         "memory": memory_outputs(),
         "cases": [PATHS["cases"].format(dataset=dataset) for dataset in PLAN.datasets],
     }

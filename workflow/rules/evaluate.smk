@@ -40,3 +40,24 @@ rule evaluate:
     shell:
         "revunet evaluate --cases {input.cases} --predictions {params.predictions} --split {input.split}"
         " --part held_out --experiment {wildcards.exp} --out {output.metrics} --summary {output.summary} > {log} 2>&1"
+
+
+# The BraTS predictions again, after post-processing (config postprocessing): scores with and without it.
+rule evaluate_postprocessed:
+    input:
+        unpack(evaluate_inputs),
+        predictions=rules.infer.output[0],
+    output:
+        metrics=PATHS["metrics_postprocessed"],
+        summary=PATHS["summary_postprocessed"],
+    log:
+        log_file("evaluate_postprocessed", "{exp}"),
+    conda:
+        CONDA_ENV
+    params:
+        predictions=lambda wildcards, input: os.path.dirname(input.predictions),
+        options=PLAN.postprocess_options(),
+    shell:
+        "revunet evaluate --cases {input.cases} --predictions {params.predictions} --split {input.split}"
+        " --part held_out --experiment {wildcards.exp} {params.options} --out {output.metrics}"
+        " --summary {output.summary} > {log} 2>&1"

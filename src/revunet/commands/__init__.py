@@ -21,6 +21,7 @@ WORKFLOW_ORDER = (
     "train",
     "infer",
     "evaluate",
+    "export",
     "memory",
     "capacity",
     "tables",

@@ -54,7 +54,7 @@ METRIC_NAMES = ("dice", "hd95", "hausdorff", "sensitivity", "specificity")
 _CONNECTIVITY = 1
 
 
-def _as_mask(array: np.ndarray, name: str) -> np.ndarray:
+def as_mask(array: np.ndarray, name: str) -> np.ndarray:
     """``array`` as a boolean 3-D mask; a non-boolean array is accepted only if it holds 0 and 1 alone."""
     array = np.asarray(array)
     if array.ndim != 3:
@@ -70,7 +70,7 @@ def _as_mask(array: np.ndarray, name: str) -> np.ndarray:
     return array.astype(bool)
 
 
-def _as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+def as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
@@ -105,9 +105,14 @@ def surface_distances(
     if crop:
         box = joint_crop(prediction, reference)
         prediction, reference = prediction[box], reference[box]
-    hd95 = medpy_binary.hd95(prediction, reference, voxelspacing=spacing, connectivity=_CONNECTIVITY)
+    hd95 = pooled_hd95(prediction, reference, spacing)
     hausdorff = medpy_binary.hd(prediction, reference, voxelspacing=spacing, connectivity=_CONNECTIVITY)
     return float(hd95), float(hausdorff)
+
+
+def pooled_hd95(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """HD95 in mm between two non-empty masks: medpy's pooled 95th percentile over 6-connected surfaces, uncropped."""
+    return float(medpy_binary.hd95(prediction, reference, voxelspacing=spacing, connectivity=_CONNECTIVITY))
 
 
 def _ratio(numerator: int, denominator: int, when_undefined: float) -> float:
@@ -123,11 +128,11 @@ def region_scores(
     accepted); ``spacing`` is the voxel size in mm along each axis. ``crop=False`` runs the
     surface distances on the full volumes (same result, slower; kept for testing that).
     """
-    prediction = _as_mask(prediction, "prediction")
-    reference = _as_mask(reference, "reference")
+    prediction = as_mask(prediction, "prediction")
+    reference = as_mask(reference, "reference")
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction and reference masks differ in shape: {prediction.shape} vs {reference.shape}")
-    voxel_mm = _as_spacing(spacing)
+    voxel_mm = as_spacing(spacing)
 
     tp = int(np.count_nonzero(prediction & reference))
     predicted = int(np.count_nonzero(prediction))

@@ -11,13 +11,24 @@ spacing (mm, from its header):
 - BraTS: the nested regions WT, TC, ET (:meth:`revunet.tasks.Task.region_masks`);
 - iSeg: the classes CSF, GM, WM (canonical labels 1, 2, 3).
 
+BraTS regions are also scored lesion-wise (:func:`revunet.evaluation.lesions.lesion_scores`,
+BraTS's ranking since 2023). iSeg's tissue classes are not: each is one large connected sheet of
+tissue in every infant brain, so "lesions" would be one true positive plus stray voxels, and its
+challenge never scored them that way; their lesion columns are left empty.
+
 Outputs (CSV, written atomically, the summary last so that its presence means both are complete):
 
 - metrics, long format, one row per case x region: ``experiment, case_id, region, dice, hd95,
-  hausdorff, sensitivity, specificity`` (distances in mm);
+  hausdorff, sensitivity, specificity`` (distances in mm), then the lesion-wise ``lesion_tp,
+  lesion_fp, lesion_fn, lesion_f1, lesion_dice, lesion_hd95, lesion_score_dice, lesion_score_hd95``
+  (empty for iSeg), and ``postprocessing`` (``none``, or the rules applied before scoring);
 - summary, one row per region x metric: ``experiment, region, metric, mean, std, median, n``, plus
   region ``mean``: per case the mean over its regions, summarised the same way. ``std`` is the
-  sample standard deviation (ddof 1), 0 when there is a single case.
+  sample standard deviation (ddof 1), 0 when there is a single case. A metric with no values for
+  a region (the lesion-wise ones of iSeg) has no summary rows.
+
+``revunet evaluate --postprocess`` scores the predictions after the BraTS post-processing of
+:mod:`revunet.evaluation.postprocess` (the workflow writes those tables beside the plain ones).
 
 A prediction on a different grid, with label values the layout does not define, or for a case the
 case table does not hold, is an :class:`EvaluationError` naming the case and the file.
@@ -37,11 +48,19 @@ import pandas as pd
 from revunet.atomic import write_text_atomic
 from revunet.data.io import AFFINE_TOLERANCE_MM, CaseError, load_case
 from revunet.data.labels import disk_to_canonical
+from revunet.evaluation.lesions import LESION_METRIC_NAMES, lesion_scores
 from revunet.evaluation.metrics import METRIC_NAMES, region_scores
+from revunet.evaluation.postprocess import PostProcessing, postprocess
 from revunet.evaluation.predict import PREDICTIONS_FILE
 from revunet.tasks import get_task
 
-METRICS_COLUMNS = ("experiment", "case_id", "region", *METRIC_NAMES)
+# The papers' whole-volume columns: what every reader of metrics.csv may rely on.
+WHOLE_VOLUME_COLUMNS = ("experiment", "case_id", "region", *METRIC_NAMES)
+# `postprocessing`: "none", or the rules applied before scoring (PostProcessing.describe()).
+METRICS_COLUMNS = (*WHOLE_VOLUME_COLUMNS, *LESION_METRIC_NAMES, "postprocessing")
+ALL_METRICS = (*METRIC_NAMES, *LESION_METRIC_NAMES)
+# Tasks scored lesion-wise: BraTS's tumour regions (iSeg's tissue classes are one sheet each).
+LESION_TASKS = frozenset({"brats"})
 SUMMARY_COLUMNS = ("experiment", "region", "metric", "mean", "std", "median", "n")
 MEAN_REGION = "mean"
 
@@ -53,10 +72,16 @@ class EvaluationError(ValueError):
 def case_scores(
     prediction: np.ndarray, reference: np.ndarray, task: str, spacing: Sequence[float]
 ) -> dict[str, dict[str, float]]:
-    """region -> metric -> value for one case, from canonical label maps of one shape."""
+    """region -> metric -> value for one case, from canonical label maps of one shape (lesion-wise too for BraTS)."""
     regions = get_task(task).region_masks
     predicted, expected = regions(prediction), regions(reference)
-    return {region: region_scores(predicted[region], expected[region], spacing) for region in expected}
+    scores = {}
+    for region in expected:
+        scores[region] = region_scores(predicted[region], expected[region], spacing)
+        if task in LESION_TASKS:
+            hd95 = scores[region]["hd95"]
+            scores[region] |= lesion_scores(predicted[region], expected[region], spacing, region_hd95=hd95)
+    return scores
 
 
 # --------------------------------------------------------------------------- reading predictions
@@ -134,9 +159,17 @@ def select_cases(predictions: pd.DataFrame, split: Any | None, part: str) -> lis
 
 
 def evaluate_predictions(
-    cases: pd.DataFrame, predictions: pd.DataFrame, case_ids: Sequence[str], experiment: str
+    cases: pd.DataFrame,
+    predictions: pd.DataFrame,
+    case_ids: Sequence[str],
+    experiment: str,
+    postprocessing: PostProcessing | None = None,
 ) -> pd.DataFrame:
-    """The long metrics table for ``case_ids``: every listed case is checked before any is scored."""
+    """The long metrics table for ``case_ids``: every listed case is checked before any is scored.
+
+    With ``postprocessing`` each prediction is post-processed (:mod:`revunet.evaluation.postprocess`)
+    before it is scored.
+    """
     rows_by_id: dict[str, Mapping[str, Any]] = {str(row["case_id"]): row for _, row in cases.iterrows()}
     path_by_id = dict(zip(predictions["case_id"], predictions["path"], strict=True))
     unknown = sorted(set(predictions["case_id"]) - set(rows_by_id))
@@ -149,6 +182,7 @@ def evaluate_predictions(
     if unlabelled:
         raise EvaluationError(f"case(s) {unlabelled[:5]} have no reference label in the case table; cannot score them")
 
+    how = postprocessing.describe() if postprocessing is not None else "none"
     rows = []
     for case_id in case_ids:
         row = rows_by_id[case_id]
@@ -170,8 +204,12 @@ def evaluate_predictions(
                 f"case {case_id}: prediction file {path} has an affine that differs from the reference's by up to "
                 f"{difference:.4g} (tolerance {AFFINE_TOLERANCE_MM} mm); expected the original image grid"
             )
+        if postprocessing is not None:
+            prediction = postprocess(prediction, case.task, case.spacing, postprocessing)
         for region, scores in case_scores(prediction, case.label, case.task, case.spacing).items():
-            rows.append({"experiment": experiment, "case_id": case_id, "region": region, **scores})
+            rows.append(
+                {"experiment": experiment, "case_id": case_id, "region": region, **scores, "postprocessing": how}
+            )
     return pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
 
 
@@ -181,12 +219,15 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
         raise EvaluationError("no cases to summarise")
     experiment = str(metrics["experiment"].iloc[0])
     regions = list(dict.fromkeys(metrics["region"]))
-    per_case_mean = metrics.groupby("case_id", sort=False)[list(METRIC_NAMES)].mean()
+    present = [metric for metric in ALL_METRICS if metric in metrics.columns]
+    per_case_mean = metrics.groupby("case_id", sort=False)[present].mean()
     rows = []
     for region in [*regions, MEAN_REGION]:
         values = per_case_mean if region == MEAN_REGION else metrics.loc[metrics["region"] == region]
-        for metric in METRIC_NAMES:
+        for metric in present:
             column = values[metric].to_numpy(dtype=np.float64)
+            if np.isnan(column).all():
+                continue
             rows.append(
                 {
                     "experiment": experiment,
@@ -213,17 +254,25 @@ def write_evaluation(
 
 
 def summary_text(summary: pd.DataFrame) -> str:
-    """A short fixed-width table of the summary: per region Dice, HD95 (mm), sensitivity and specificity."""
-    heads = ("Dice mean ± std", "HD95 mean ± std", "HD95 median", "sens", "spec")
-    lines = [f"{'region':<8}{'n':>4}  {heads[0]:>17}  {heads[1]:>17}  {heads[2]:>11}  {heads[3]:>6}  {heads[4]:>6}"]
+    """A short fixed-width table of the summary: per region Dice, HD95 (mm), sensitivity, specificity, and
+    (where scored) the BraTS 2023 lesion-wise Dice and HD95 scores."""
+    heads = ("Dice mean ± std", "HD95 mean ± std", "HD95 median", "sens", "spec", "LW Dice", "LW HD95")
+    lines = [
+        f"{'region':<8}{'n':>4}  {heads[0]:>17}  {heads[1]:>17}  {heads[2]:>11}  {heads[3]:>6}  {heads[4]:>6}"
+        f"  {heads[5]:>7}  {heads[6]:>7}"
+    ]
     table = summary.set_index(["region", "metric"])
     for region in dict.fromkeys(summary["region"]):
         dice, hd95 = table.loc[(region, "dice")], table.loc[(region, "hd95")]
         sensitivity = table.loc[(region, "sensitivity"), "mean"]
         specificity = table.loc[(region, "specificity"), "mean"]
+        lesion = [
+            f"{table.loc[(region, metric), 'mean']:>7.{digits}f}" if (region, metric) in table.index else f"{'–':>7}"
+            for metric, digits in (("lesion_score_dice", 4), ("lesion_score_hd95", 2))
+        ]
         lines.append(
             f"{region:<8}{int(dice['n']):>4}  {dice['mean']:>8.4f} ± {dice['std']:<6.4f}  "
             f"{hd95['mean']:>8.2f} ± {hd95['std']:<6.2f}  {hd95['median']:>11.2f}  "
-            f"{sensitivity:>6.4f}  {specificity:>6.4f}"
+            f"{sensitivity:>6.4f}  {specificity:>6.4f}  {lesion[0]}  {lesion[1]}"
         )
     return "\n".join(lines)

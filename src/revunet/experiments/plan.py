@@ -139,6 +139,10 @@ class WorkflowPlan:
     train_time_limit: str = "auto"
     launch_single: str = "revunet"
     launch_distributed: str = "torchrun --standalone --nproc_per_node={gpus} -m revunet.cli"
+    # `revunet evaluate --postprocess` thresholds (mm³): config postprocessing.
+    et_min_mm3: float = 500.0
+    min_component_mm3: float = 0.0
+    evaluate_postprocessed: bool = True
 
     def launcher(self, name: str) -> str:
         """The command that runs ``revunet`` for experiment ``name``'s training job."""
@@ -158,6 +162,16 @@ class WorkflowPlan:
         """Selected experiments, in config order (optionally only those of ``dataset``)."""
         return [name for name, plan in self.experiments.items() if dataset is None or plan.dataset == dataset]
 
+    def postprocessed_experiments(self) -> list[str]:
+        """Selected BraTS experiments: those whose predictions are also scored after post-processing (if asked)."""
+        if not self.evaluate_postprocessed:
+            return []
+        return [name for name, plan in self.experiments.items() if plan.experiment.task == "brats"]
+
+    def postprocess_options(self) -> str:
+        """The `revunet evaluate` options of the post-processed evaluation."""
+        return f"--postprocess --et-min-mm3 {self.et_min_mm3:g} --min-component-mm3 {self.min_component_mm3:g}"
+
     def splits_in_use(self) -> list[tuple[str, str]]:
         """(dataset, split) pairs the selected experiments train on."""
         return sorted({(plan.dataset, plan.split) for plan in self.experiments.values()})
@@ -170,6 +184,7 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
     preset_block = _mapping(presets.get(preset, {}), f"presets.{preset}")
     datasets, experiments = _plan_experiments(config, preset, preset_block)
     launch = _mapping(config.get("launch", {}), "launch")
+    postprocessing = _mapping(config.get("postprocessing", {}), "postprocessing")
     return WorkflowPlan(
         preset=preset,
         device=_choice(config.get("device", "auto"), ("auto", "cpu", "cuda"), "device"),
@@ -182,6 +197,9 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         train_time_limit=_time_limit(config.get("train_time_limit", "auto")),
         launch_single=launch.get("single", WorkflowPlan.launch_single),
         launch_distributed=launch.get("distributed", WorkflowPlan.launch_distributed),
+        et_min_mm3=float(postprocessing.get("et_min_mm3", WorkflowPlan.et_min_mm3)),
+        min_component_mm3=float(postprocessing.get("min_component_mm3", WorkflowPlan.min_component_mm3)),
+        evaluate_postprocessed=bool(postprocessing.get("evaluate", True)),
     )
 
 

@@ -154,10 +154,10 @@ def case_metrics(evaluations: Path | None, name: str) -> pd.DataFrame | None:
     """``EVAL_DIR/<name>/metrics.csv`` (per case x region), None if that experiment was not evaluated."""
     if evaluations is None:
         return None
-    from revunet.evaluation.score import METRICS_COLUMNS  # lazy: the scorer imports torch and medpy
+    from revunet.evaluation.score import WHOLE_VOLUME_COLUMNS  # lazy: the scorer imports torch and medpy
 
     return read_csv_checked(
-        evaluations / name / "metrics.csv", METRICS_COLUMNS, "the per-case metrics of `revunet evaluate`"
+        evaluations / name / "metrics.csv", WHOLE_VOLUME_COLUMNS, "the per-case metrics of `revunet evaluate`"
     )
 
 

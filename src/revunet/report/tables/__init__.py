@@ -22,6 +22,7 @@ from revunet.report.inputs import ReportContext, ReportInputs
 from revunet.report.markdown import ReportTable
 from revunet.report.tables.measurements import capacity_report_table, complexity_report_table
 from revunet.report.tables.pendse import pendse_dice_table, pendse_memory_table
+from revunet.report.tables.postprocessing import postprocessing_table
 from revunet.report.tables.regions import REGION_TABLES, region_table
 
 _BUILDERS: dict[str, Callable[[ReportContext], ReportTable]] = {
@@ -30,6 +31,7 @@ _BUILDERS: dict[str, Callable[[ReportContext], ReportTable]] = {
     "pendse2020_dice": pendse_dice_table,
     "complexity": complexity_report_table,
     "capacity": capacity_report_table,
+    "postprocessing": postprocessing_table,
 }
 # One builder per name of revunet.catalog.REPORT_TABLES, in that order.
 TABLE_BUILDERS: dict[str, Callable[[ReportContext], ReportTable]] = {name: _BUILDERS[name] for name in REPORT_TABLES}

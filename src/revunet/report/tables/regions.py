@@ -1,12 +1,15 @@
 """The region tables: Brügger et al.'s Table 1 and the invertible-residual Tables 2-3.
 
 Each sets memory, Dice and a surface distance per region side by side, paper vs reproduced; what
-differs between them (title, distance metric, an extra memory column) is data in
-:data:`REGION_TABLES`.
+differs between them (title, distance metric, an extra memory column, lesion-wise columns) is data
+in :data:`REGION_TABLES`. The BraTS tables add our BraTS 2023 lesion-wise Dice and HD95 scores
+(:mod:`revunet.evaluation.lesions`) after the papers' whole-volume columns, headed "beyond the
+papers": the papers report whole-volume scores only.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,6 +35,11 @@ class Metric(NamedTuple):
 DICE = Metric("dice", "dice", "Dice", 100.0, ".2f")
 HD95 = Metric("hd95", "hd95", "HD95", 1.0, ".2f")
 HAUSDORFF = Metric("hausdorff", "hausdorff", "Hausdorff", 1.0, ".2f")
+LESION_METRICS = (
+    Metric("lesion_score_dice", "lesion_score_dice", "lesion-wise Dice", 100.0, ".2f"),
+    Metric("lesion_score_hd95", "lesion_score_hd95", "lesion-wise HD95", 1.0, ".2f"),
+)
+BEYOND_PAPERS = "beyond the papers"
 LEGACY_COLUMN = "legacy_group_norm_memory_mib"
 
 
@@ -43,6 +51,11 @@ class RegionTable:
     distance: Metric
     distance_note: str
     legacy_group_norm: bool = False  # Brügger et al.'s rows measured with PyTorch 1.1's GroupNorm too
+    lesion_wise: bool = False  # BraTS regions: add our lesion-wise scores (not in the paper)
+
+    @property
+    def lesion_metrics(self) -> tuple[Metric, ...]:
+        return LESION_METRICS if self.lesion_wise else ()
 
     @property
     def metrics(self) -> tuple[Metric, Metric]:
@@ -53,13 +66,20 @@ _HD95_NOTE = "HD95 is the 95th percentile of the pooled symmetric surface distan
 _HAUSDORFF_NOTE = "Hausdorff is the maximum symmetric surface distance (the paper's Eq. 8)"
 REGION_TABLES = {
     "bruegger2019": RegionTable(
-        "Brügger et al. 2019, Table 1: memory, Dice (%) and HD95 (mm)", HD95, _HD95_NOTE, legacy_group_norm=True
+        "Brügger et al. 2019, Table 1: memory, Dice (%) and HD95 (mm)",
+        HD95,
+        _HD95_NOTE,
+        legacy_group_norm=True,
+        lesion_wise=True,
     ),
     "invres_iseg": RegionTable(
         "Invertible-residual U-Nets, Table 2 (iSeg): memory, Dice (%) and Hausdorff (mm)", HAUSDORFF, _HAUSDORFF_NOTE
     ),
     "invres_brats": RegionTable(
-        "Invertible-residual U-Nets, Table 3 (BraTS): memory, Dice (%) and Hausdorff (mm)", HAUSDORFF, _HAUSDORFF_NOTE
+        "Invertible-residual U-Nets, Table 3 (BraTS): memory, Dice (%) and Hausdorff (mm)",
+        HAUSDORFF,
+        _HAUSDORFF_NOTE,
+        lesion_wise=True,
     ),
 }
 
@@ -76,14 +96,20 @@ def region_table(context: ReportContext, table: str) -> ReportTable:
         _region_record(context, layout, entry, linked.get(entry["row"]), memory, unit, regions)
         for entry in paper["rows"]
     ]
-    frame = _ordered(pd.DataFrame(records), regions, layout.metrics)
+    frame = _ordered(pd.DataFrame(records), regions, layout.metrics, layout.lesion_metrics)
     frame["n_cases"] = frame["n_cases"].astype("Int64")
-    formats, headers = _region_columns(unit, regions, layout.metrics)
+    formats, headers = _region_columns(unit, regions, layout.metrics, layout.lesion_metrics)
     units = "paper MB are MiB (the authors' code divides by 1024 twice)" if unit == "MiB" else "paper GB read as GiB"
     extra = (
         f"Reproduced Dice and distances are means over the held-out cases; {layout.distance_note}; {units}. The twin "
         "has the same parameters stored by plain autograd (no memory saving)."
     )
+    if layout.lesion_wise:
+        extra += (
+            " Lesion-wise columns (beyond the papers, which score whole volumes): BraTS 2023's lesion-wise Dice (%) "
+            "and HD95 (mm), 26-connected lesions matched one to one, each miss or false positive counted as "
+            "Dice 0 and 374 mm."
+        )
     caption = table_caption(context, table, linked.values(), MEMORY_NOTE.format(table=table), extra)
     missing = {"experiment": "–", "data": "–", f"twin_memory_{unit.lower()}": "–"}
     return ReportTable(table, layout.title + ", paper vs reproduced", caption, frame, formats, headers, missing)
@@ -118,13 +144,20 @@ def _region_record(
                 mean = region_mean(metrics, region, metric.column, context.metrics_path(experiment))
                 value = round(mean * metric.scale, 2)
             record[f"reproduced_{metric.column}_{region}"] = value
+    for metric in layout.lesion_metrics:
+        for region in regions:
+            value = None
+            if metrics is not None and metric.column in metrics.columns:
+                mean = region_mean(metrics, region, metric.column, context.metrics_path(experiment))
+                value = None if math.isnan(mean) else round(mean * metric.scale, 2)
+            record[f"reproduced_{metric.column}_{region}"] = value
     record["n_cases"] = int(metrics["case_id"].nunique()) if metrics is not None else None
     record["data"] = context.data_of(experiment) if experiment else ""
     return record
 
 
 def _region_columns(
-    unit: str, regions: list[str], metrics: tuple[Metric, ...]
+    unit: str, regions: list[str], metrics: tuple[Metric, ...], lesion_metrics: tuple[Metric, ...]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The Markdown format spec and header of every column of a region table."""
     suffix = unit.lower()
@@ -147,11 +180,17 @@ def _region_columns(
             for side, word in (("paper", "paper"), ("reproduced", "ours")):
                 formats[f"{side}_{metric.column}_{region}"] = metric.spec
                 headers[f"{side}_{metric.column}_{region}"] = f"{metric.name} {region} {word}"
+    for metric in lesion_metrics:
+        for region in regions:
+            formats[f"reproduced_{metric.column}_{region}"] = metric.spec
+            headers[f"reproduced_{metric.column}_{region}"] = f"{metric.name} {region} ours ({BEYOND_PAPERS})"
     return formats, headers
 
 
-def _ordered(frame: pd.DataFrame, regions: list[str], metrics: tuple[Metric, ...]) -> pd.DataFrame:
-    """Paper and reproduced columns of each metric and region side by side."""
+def _ordered(
+    frame: pd.DataFrame, regions: list[str], metrics: tuple[Metric, ...], lesion_metrics: tuple[Metric, ...]
+) -> pd.DataFrame:
+    """Paper and reproduced columns of each metric and region side by side, then our lesion-wise columns."""
     front = [c for c in frame.columns if "memory" in c or c in ("row", "experiment")]
     metric_columns = [
         f"{side}_{metric.column}_{region}"
@@ -159,4 +198,5 @@ def _ordered(frame: pd.DataFrame, regions: list[str], metrics: tuple[Metric, ...
         for region in regions
         for side in ("paper", "reproduced")
     ]
-    return frame[front + metric_columns + ["n_cases", "data"]]
+    lesion_columns = [f"reproduced_{metric.column}_{region}" for metric in lesion_metrics for region in regions]
+    return frame[front + metric_columns + lesion_columns + ["n_cases", "data"]]
