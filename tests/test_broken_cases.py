@@ -15,7 +15,9 @@ import pytest
 
 from revunet.cli import main
 from revunet.data.layouts import BrokenCasesError, LayoutError, find_cases
-from revunet.experiments.plan import ConfigError, _exclude_cases, _plan_dataset
+from revunet.experiments.datasets import exclude_cases as _exclude_cases
+from revunet.experiments.datasets import plan_dataset as _plan_dataset
+from revunet.experiments.plan import ConfigError
 
 SHAPE = (12, 14, 10)
 MODALITIES = ("t1", "t1ce", "t2", "flair")

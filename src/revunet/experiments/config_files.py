@@ -222,3 +222,19 @@ def _short(value: Any) -> str:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def expect_mapping(value: Any, where: str) -> Mapping[str, Any]:
+    """``value`` as a mapping (None: empty); anything else is a ConfigError naming ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config: {where} must be a mapping, got {value!r}")
+    return value
+
+
+def expect_choice(value: Any, choices: tuple[str, ...], where: str) -> str:
+    """``value`` if it is one of ``choices``; else a ConfigError naming ``where``."""
+    if value not in choices:
+        raise ConfigError(f"config: {where} must be one of {list(choices)}, got {value!r}")
+    return value

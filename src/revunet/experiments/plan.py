@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from revunet.catalog import MEMORY_TABLES, SYNTHETIC_FOLDERS
+from revunet.catalog import MEMORY_TABLES
 from revunet.experiments.config_files import ConfigError, deep_merge
+from revunet.experiments.config_files import expect_choice as _choice
+from revunet.experiments.config_files import expect_mapping as _mapping
+from revunet.experiments.datasets import DatasetPlan, plan_dataset
 from revunet.experiments.recipe import Experiment
 
 PRESETS = ("demo", "paper")
-SOURCES = ("synthetic", "local", "decathlon")
 WORKFLOW_KEYS = ("recipe", "dataset", "split", "resources")
 # model_params.vae_input_size may say this instead of a size: the size the model trains on.
 TRAINING_INPUT = "training_input"
@@ -43,65 +44,6 @@ class Resources:
     gpus: int = 1
     mem_mb: int = 4000
     runtime: int = 60
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """A named train / held-out split of one dataset (see ``revunet split``)."""
-
-    name: str
-    fraction: float | None = None
-    counts: tuple[int, int] | None = None
-    seed: int = 0
-    held_out_name: str = "validation"
-
-    def arguments(self) -> str:
-        """The ``revunet split`` options that draw this split."""
-        scheme = f"--fraction {self.fraction:g}" if self.fraction is not None else "--counts {},{}".format(*self.counts)
-        return f"{scheme} --seed {self.seed} --held-out-name {self.held_out_name}"
-
-
-@dataclass(frozen=True)
-class DatasetPlan:
-    """One dataset at the chosen preset: where its cases come from and how they are prepared."""
-
-    name: str
-    task: str
-    source: str
-    path: str | None = None
-    layout: str = "auto"
-    subjects: int | None = None
-    spacing: float = 3.0
-    seed: int = 0
-    shape: tuple[int, int, int] | None = None
-    splits: dict[str, SplitPlan] = field(default_factory=dict)
-    # Cases left out of the case table, hence of preprocessing and splits (ids from the raw folder).
-    exclude_cases: tuple[str, ...] = ()
-    preset: str = "demo"
-
-    @property
-    def synthetic_folder(self) -> str:
-        """Name of the folder `revunet synth --task <task>` writes."""
-        return SYNTHETIC_FOLDERS[self.task]
-
-    def synth_arguments(self) -> str:
-        """The ``revunet synth`` options (apart from ``--out``)."""
-        subjects = f" --subjects {self.subjects}" if self.subjects is not None else ""
-        return f"--task {self.task}{subjects} --spacing {self.spacing:g} --seed {self.seed}"
-
-    @property
-    def exclude_key(self) -> str:
-        """The config key that leaves cases out, named in messages about unknown or broken cases."""
-        return f"datasets.{self.name}.{self.preset}.exclude_cases"
-
-    def cases_arguments(self) -> str:
-        """The ``revunet cases`` options that leave out ``exclude_cases`` and name their key."""
-        exclude = " --exclude " + " ".join(shlex.quote(c) for c in self.exclude_cases) if self.exclude_cases else ""
-        return f"--exclude-key {self.exclude_key}{exclude}"
-
-    def shape_argument(self) -> str:
-        """``--shape`` of ``revunet preprocess``: ``X,Y,Z`` or ``none`` (bounding box only)."""
-        return "none" if self.shape is None else ",".join(str(s) for s in self.shape)
 
 
 @dataclass(frozen=True)
@@ -222,7 +164,7 @@ def _plan_experiments(
             name, experiments_config[name], recipes, experiment_defaults, train_defaults, preset, datasets_config
         )
         if plan.dataset not in datasets:
-            datasets[plan.dataset] = _plan_dataset(
+            datasets[plan.dataset] = plan_dataset(
                 plan.dataset, datasets_config[plan.dataset], preset, config.get("data_root")
             )
         experiments[name] = _fit_to_dataset(plan, datasets[plan.dataset], preset)
@@ -365,78 +307,6 @@ def _fields(block: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in block.items() if key not in WORKFLOW_KEYS and key not in PRESETS}
 
 
-def _plan_dataset(name: str, entry: Mapping[str, Any], preset: str, data_root: str | None) -> DatasetPlan:
-    where = f"datasets.{name}.{preset}"
-    settings = _mapping(entry[preset], where)
-    task = _choice(entry.get("task"), tuple(SYNTHETIC_FOLDERS), f"datasets.{name}.task")
-    source = _choice(settings.get("source"), SOURCES, f"{where}.source")
-    path = settings.get("path")
-    if source == "local":
-        if not path:
-            raise ConfigError(f"config: {where}.path: a local dataset needs the path of its folder")
-        path = _resolve(path, data_root, f"{where}.path")
-    elif source == "decathlon":
-        if path:
-            raise ConfigError(
-                f"config: {where}.path: a Decathlon download goes to results/data/{name}/raw; "
-                "to use a copy you already have, set source: local and its path"
-            )
-        if task != "brats":
-            raise ConfigError(f"config: {where}.source: the Decathlon download is BraTS data, but the task is {task!r}")
-    splits_config = _mapping(settings.get("splits", {}), f"{where}.splits")
-    if not splits_config:
-        raise ConfigError(f"config: {where}.splits: define at least one split")
-    splits = {split: _split(split, value, f"{where}.splits.{split}") for split, value in splits_config.items()}
-    shape = settings.get("shape")
-    return DatasetPlan(
-        name=name,
-        task=task,
-        source=source,
-        path=path,
-        layout=settings.get("layout", "auto"),
-        subjects=settings.get("subjects"),
-        spacing=float(settings.get("spacing", 3.0)),
-        seed=int(settings.get("seed", 0)),
-        shape=None if shape is None else tuple(int(s) for s in shape),
-        splits=splits,
-        exclude_cases=_exclude_cases(settings.get("exclude_cases"), f"{where}.exclude_cases"),
-        preset=preset,
-    )
-
-
-def _exclude_cases(value: Any, where: str) -> tuple[str, ...]:
-    """Case ids to leave out; checked against the raw folder when the case table is built."""
-    if value is not None and not (isinstance(value, list) and all(isinstance(c, str) and c.strip() for c in value)):
-        raise ConfigError(f"config: {where}: expected a list of case ids like [BraTS20_Training_355], got {value!r}")
-    return tuple(dict.fromkeys(value or ()))
-
-
-def _split(name: str, value: Any, where: str) -> SplitPlan:
-    value = _mapping(value, where)
-    if ("fraction" in value) == ("counts" in value):
-        raise ConfigError(f"config: {where}: give exactly one of 'fraction' or 'counts'")
-    counts = value.get("counts")
-    return SplitPlan(
-        name=name,
-        fraction=value.get("fraction"),
-        counts=None if counts is None else (int(counts[0]), int(counts[1])),
-        seed=int(value.get("seed", 0)),
-        held_out_name=_choice(
-            value.get("held_out_name", "validation"), ("validation", "test"), f"{where}.held_out_name"
-        ),
-    )
-
-
-def _resolve(path: str, data_root: str | None, where: str) -> str:
-    if os.path.isabs(os.path.expanduser(path)):
-        return os.path.expanduser(path)
-    if not data_root:
-        raise ConfigError(
-            f"config: {where}: {path!r} is relative, so data_root must say where it lies (--config data_root=...)"
-        )
-    return os.path.join(os.path.expanduser(data_root), path)
-
-
 def _resources(values: Mapping[str, Any], where: str) -> Resources:
     unknown = sorted(set(values) - set(DEFAULT_RESOURCES))
     if unknown:
@@ -445,17 +315,3 @@ def _resources(values: Mapping[str, Any], where: str) -> Resources:
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "gpus" else 1):
             raise ConfigError(f"config: {where}: resource {key!r} must be a positive integer, got {value!r}")
     return Resources(**values)
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"config: {where} must be a mapping, got {value!r}")
-    return value
-
-
-def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
-    if value not in choices:
-        raise ConfigError(f"config: {where} must be one of {list(choices)}, got {value!r}")
-    return value
