@@ -6,6 +6,9 @@ One mechanism for fake, cpu and cuda tensors, in three parts:
   paths (``encoder.0.blocks.0.f``); an allocation while a module runs belongs to the innermost
   one. The recomputation inside a memory-saving sequence's backward calls F and G as modules,
   so it is attributed to them like their forward;
+* custom autograd functions escape the torch-function mode: the post-hook of the module that
+  applied one tags its node, and a node applied in a module's own forward (the invertible U-Net
+  of Fully-InvRes) is tagged with that module's path by the pre-hook of the module it feeds;
 * a torch-function mode writes the current owner into the ``metadata`` of every autograd node
   an operation creates (custom autograd functions are tagged by the post-hook of the module
   that applied them). During backward, an allocation outside any module forward belongs to
@@ -85,6 +88,7 @@ class ModuleAttribution:
 
     def _enter(self, path: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
+            self.tag(args)  # an input from a custom node applied outside any module: the caller's
             self.stack.append(path)
 
         return hook
