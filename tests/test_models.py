@@ -194,12 +194,13 @@ def _per_level_sequences(model: nn.Module) -> nn.Module:
     return old
 
 
-@pytest.mark.parametrize("vae", [None, (16, 16, 16)])
-def test_fully_invertible_unet_gradients_equal_the_twin_in_float64(vae):
+@pytest.mark.parametrize("vae, dropout", [(None, 0.0), ((16, 16, 16), 0.2)])
+def test_fully_invertible_unet_gradients_equal_the_twin_in_float64(vae, dropout):
     """One memory-saving node for the whole U-Net (the bottleneck's gradient from the VAE
-    joining its backward) gives the twin's gradients for the input and every parameter."""
+    joining its backward, dropout masks replayed) gives the twin's gradients for the input
+    and every parameter."""
     torch.manual_seed(0)
-    model = build_model("invres_full", channels=(8, 16, 32), vae_input_size=vae).double()
+    model = build_model("invres_full", channels=(8, 16, 32), vae_input_size=vae, dropout=dropout).double()
     twin = copy.deepcopy(model)
     twin.memory_saving = False
     x = torch.randn(2, 4, 16, 16, 16, dtype=torch.float64)
