@@ -185,6 +185,63 @@ def test_fully_invertible_encoder_rebuilds_its_input():
     torch.testing.assert_close(rebuilt, x, rtol=0, atol=1e-4)
 
 
+def _per_level_sequences(model: nn.Module) -> nn.Module:
+    """The previous Fully-InvRes: each level a memory-saving sequence, joined by plain autograd."""
+    old = copy.deepcopy(model)
+    old.memory_saving = False
+    for sequence in (*old.encoder, *old.decoder):
+        sequence.memory_saving = True
+    return old
+
+
+@pytest.mark.parametrize("vae, dropout", [(None, 0.0), ((16, 16, 16), 0.2)])
+def test_fully_invertible_unet_gradients_equal_the_twin_in_float64(vae, dropout):
+    """One memory-saving node for the whole U-Net (the bottleneck's gradient from the VAE
+    joining its backward, dropout masks replayed) gives the twin's gradients for the input
+    and every parameter."""
+    torch.manual_seed(0)
+    model = build_model("invres_full", channels=(8, 16, 32), vae_input_size=vae, dropout=dropout).double()
+    twin = copy.deepcopy(model)
+    twin.memory_saving = False
+    x = torch.randn(2, 4, 16, 16, 16, dtype=torch.float64)
+    grads = []
+    for net in (model, twin):
+        image = x.clone().requires_grad_(True)
+        grads.append([*_gradients(net, image), image.grad])
+    for name, ours, reference in zip([*dict(model.named_parameters()), "input"], *grads, strict=True):
+        assert ours is not None and reference is not None, name
+        torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_fully_invertible_unet_is_inverted_from_its_output():
+    torch.manual_seed(0)
+    model = build_model("invres_full", channels=(8, 16, 32), vae_input_size=None).double().eval()
+    x = torch.randn(1, 4, 16, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        features, bottleneck = model.features(x)
+        assert features.shape == (1, 8, 16, 16, 16) and bottleneck.shape == (1, 32, 4, 4, 4)
+        torch.testing.assert_close(model.invert(features), x, rtol=0, atol=1e-9)
+
+
+def test_fully_invertible_unet_as_one_node_needs_less_memory_than_per_level_sequences():
+    with torch.device("meta"):
+        model = build_model("invres_full", channels=(8, 16, 32), vae_input_size=None)
+    twin = copy.deepcopy(model)
+    twin.memory_saving = False
+    shape = (1, 4, 32, 32, 32)
+    peaks = [
+        measure_training_step(net, shape, mode="fake").peak_bytes for net in (model, _per_level_sequences(model), twin)
+    ]
+    assert peaks == sorted(peaks) and len(set(peaks)) == 3, peaks
+
+
+def test_fully_invertible_unet_output_modified_in_place_is_an_error():
+    model = build_model("invres_full", channels=(8, 16, 32), vae_input_size=None)
+    features, _ = model.features(torch.randn(1, 4, 16, 16, 16))
+    with pytest.raises(RuntimeError, match="output of a memory-saving invertible U-Net was modified"):
+        torch.relu_(features).sum().backward()
+
+
 def test_fully_invertible_channels_must_allow_the_split():
     with pytest.raises(ValueError, match="multiple of 8"):
         build_model("invres_full", channels=(8, 20, 40), vae_input_size=None)

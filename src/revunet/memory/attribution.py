@@ -7,8 +7,10 @@ One mechanism for fake, cpu and cuda tensors, in three parts:
   one. The recomputation inside a memory-saving sequence's backward calls F and G as modules,
   so it is attributed to them like their forward;
 * a torch-function mode writes the current owner into the ``metadata`` of every autograd node
-  an operation creates (custom autograd functions are tagged by the post-hook of the module
-  that applied them). During backward, an allocation outside any module forward belongs to
+  an operation creates (custom autograd functions, which escape the mode, are tagged by the
+  post-hook of the module that applied them, or, applied in a module's own forward as
+  Fully-InvRes's invertible U-Net is, with that module's path by the pre-hook of the module
+  their output feeds). During backward, an allocation outside any module forward belongs to
   the owner of the node the engine is running (``torch._C._current_autograd_node``): the
   gradients of a module's activations are charged to that module;
 * otherwise the training step's scope names the owner: ``inputs`` (the batch), ``loss``
@@ -85,6 +87,7 @@ class ModuleAttribution:
 
     def _enter(self, path: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
+            self.tag(args)  # an input from a custom node applied outside any module: the caller's
             self.stack.append(path)
 
         return hook

@@ -23,7 +23,7 @@ PHASE_NAMES = {"extra": "validation"}  # the protocol's extra pass is the valida
 
 # What an owner is, by its first path component, for the sentences of the explanation column.
 ROLES = {
-    ROOT: "the network's own forward: skip tensors, pooling, concatenations, interpolation",
+    ROOT: "the network's own forward: skip tensors, pooling, concatenations, interpolation, a memory-saving node it applies",
     "vae": "VAE branch",
     "encoder": "encoder level",
     "decoder": "decoder level",

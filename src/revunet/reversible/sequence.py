@@ -97,65 +97,109 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, sequence: ReversibleSequence, *params: nn.Parameter) -> torch.Tensor:
         ctx.sequence = sequence
-        ctx.autocast = AutocastState.capture(x.device.type)
-        ctx.param_index = {id(p): i for i, p in enumerate(params)}
-        ctx.bindings = _parameter_bindings(sequence, ctx.param_index)
-        ctx.versions = [(p, p._version) for p in params]
-        records = []
-        y = x
-        for block in sequence._invertible_blocks():
-            y, record = block.forward_recording(y, sequence.preserve_rng_state)
-            records.append(record)
-        ctx.records = records
-        if y.untyped_storage() is x.untyped_storage():
-            y = y.clone()  # never hand out the input itself as the output
-        # The output is kept as a detached alias rather than through save_for_backward,
-        # so that backward can drop it as soon as the last block's input is rebuilt
-        # (it is usually referenced nowhere else by then). The alias shares the
-        # output's version counter, so in-place changes are still caught.
-        ctx.output = y.detach()
-        ctx.output_version = y._version
-        return y
+        remember_context(ctx, x, [sequence], params)
+        y, ctx.records = forward_recording(sequence, x)
+        return keep_output(ctx, x, y)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        y = ctx.output
-        if y is None:
-            raise RuntimeError(
-                "backward through a memory-saving ReversibleSequence ran a second time, but the "
-                "first backward released its output (call backward with retain_graph=True to run it again)"
-            )
-        if y._version != ctx.output_version:
-            raise RuntimeError(
-                "the output of a memory-saving ReversibleSequence was modified in place after the "
-                "forward (e.g. an inplace activation); its blocks cannot be reconstructed from it. "
-                "Use an out-of-place operation after the sequence."
-            )
-        if not _graph_kept():
-            ctx.output = None
-        _check_unmodified(ctx.bindings, ctx.versions)
-        param_grads: list[torch.Tensor | None] = [None] * len(ctx.param_index)
-        # The saved output may be shared with later layers and the incoming gradient
-        # with other branches: never overwrite those. Tensors a block returns that
-        # are neither are ours, and the next block may reuse them in place.
-        # Weak references: holding the storages would keep the released output alive,
-        # and bare ids could be reused by new storages once it is freed.
-        foreign = [weakref.ref(y.untyped_storage()), weakref.ref(grad_y.untyped_storage())]
-        owned = False
+        y = take_output(ctx, "ReversibleSequence")
+        walk = BackwardWalk(ctx.param_index, y, grad_y)
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
-            for block, record in zip(reversed(ctx.sequence._invertible_blocks()), reversed(ctx.records)):
-                y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=owned)
-                mine = (y.untyped_storage(), grad_y.untyped_storage())
-                owned = mine[0] is not mine[1] and not any(ref() is s for ref in foreign for s in mine)
-                del mine
-                for param, grad in block_grads:
-                    if grad is None:
-                        continue
-                    slot = ctx.param_index[id(param)]
-                    param_grads[slot] = grad if param_grads[slot] is None else param_grads[slot] + grad
+            y, grad_y = walk.through(ctx.sequence, ctx.records, y, grad_y)
         grad_x = grad_y if ctx.needs_input_grad[0] else None
-        return (grad_x, None, *param_grads)
+        return (grad_x, None, *walk.param_grads)
+
+
+def remember_context(ctx: Any, x: torch.Tensor, modules: list[nn.Module], params: tuple[nn.Parameter, ...]) -> None:
+    """What a memory-saving node's backward needs besides the records: autocast state, parameters."""
+    ctx.autocast = AutocastState.capture(x.device.type)
+    ctx.param_index = {id(p): i for i, p in enumerate(params)}
+    ctx.bindings = [b for module in modules for b in _parameter_bindings(module, ctx.param_index)]
+    ctx.versions = [(p, p._version) for p in params]
+
+
+def keep_output(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Keep the node's output ``y`` (the one tensor its backward starts from) and return it."""
+    if y.untyped_storage() is x.untyped_storage():
+        y = y.clone()  # never hand out the input itself as the output
+    # The output is kept as a detached alias rather than through save_for_backward,
+    # so that backward can drop it as soon as the last block's input is rebuilt
+    # (it is usually referenced nowhere else by then). The alias shares the
+    # output's version counter, so in-place changes are still caught.
+    ctx.output = y.detach()
+    ctx.output_version = y._version
+    return y
+
+
+def take_output(ctx: Any, owner: str) -> torch.Tensor:
+    """The kept output, checked, and released from ``ctx`` unless the graph is retained."""
+    y: torch.Tensor | None = ctx.output
+    if y is None:
+        raise RuntimeError(
+            f"backward through a memory-saving {owner} ran a second time, but the "
+            "first backward released its output (call backward with retain_graph=True to run it again)"
+        )
+    if y._version != ctx.output_version:
+        raise RuntimeError(
+            f"the output of a memory-saving {owner} was modified in place after the "
+            "forward (e.g. an inplace activation); its blocks cannot be reconstructed from it. "
+            "Use an out-of-place operation after it."
+        )
+    if not _graph_kept():
+        ctx.output = None
+    _check_unmodified(ctx.bindings, ctx.versions)
+    return y
+
+
+def forward_recording(sequence: ReversibleSequence, x: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+    """Run the blocks without a graph: the output and each block's record for :class:`BackwardWalk`."""
+    records = []
+    for block in sequence._invertible_blocks():
+        x, record = block.forward_recording(x, sequence.preserve_rng_state)
+        records.append(record)
+    return x, records
+
+
+class BackwardWalk:
+    """Back-propagation through sequences, one block at a time, from outputs rebuilt on the way.
+
+    Gathers the parameters' gradients (in the slots of ``param_index``) and knows which tensors
+    are its own: the saved output may be shared with later layers and the incoming gradients
+    with other branches, and are never overwritten. Tensors a block returns that are neither
+    are ours, and the next block may reuse them in place. Weak references: holding the storages
+    would keep a released output alive, and bare ids could be reused by new storages once it is freed.
+    """
+
+    def __init__(self, param_index: dict[int, int], *foreign: torch.Tensor) -> None:
+        self.param_index = param_index
+        self.param_grads: list[torch.Tensor | None] = [None] * len(param_index)
+        self.foreign = [weakref.ref(t.untyped_storage()) for t in foreign]
+        self.owned = False
+
+    def adopt(self, *tensors: torch.Tensor) -> None:
+        """Tensors the caller made itself (e.g. concatenations) and hands over: ours to overwrite."""
+        self.owned = self._ours(*tensors)
+
+    def _ours(self, y: torch.Tensor, grad_y: torch.Tensor) -> bool:
+        mine = (y.untyped_storage(), grad_y.untyped_storage())
+        return mine[0] is not mine[1] and not any(ref() is s for ref in self.foreign for s in mine)
+
+    def through(
+        self, sequence: ReversibleSequence, records: list[Any], y: torch.Tensor, grad_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input of ``sequence`` rebuilt from its output ``y``, and the gradient reaching it."""
+        for block, record in zip(reversed(sequence._invertible_blocks()), reversed(records)):
+            y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=self.owned)
+            self.owned = self._ours(y, grad_y)
+            for param, grad in block_grads:
+                if grad is None:
+                    continue
+                slot = self.param_index[id(param)]
+                previous = self.param_grads[slot]
+                self.param_grads[slot] = grad if previous is None else previous + grad
+        return y, grad_y
 
 
 Binding = tuple[nn.Module, str, torch.Tensor]
