@@ -104,11 +104,11 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        y = take_output(ctx, "ReversibleSequence")
-        walk = BackwardWalk(ctx.param_index, y, grad_y)
+        walk = BackwardWalk(ctx.param_index, take_output(ctx, "ReversibleSequence"), grad_y)
+        del grad_y  # the walk holds the only references: each output is freed once its input is rebuilt
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
-            y, grad_y = walk.through(ctx.sequence, ctx.records, y, grad_y)
-        grad_x = grad_y if ctx.needs_input_grad[0] else None
+            walk.through(ctx.sequence, ctx.records)
+        grad_x = walk.take()[1] if ctx.needs_input_grad[0] else None
         return (grad_x, None, *walk.param_grads)
 
 
@@ -165,41 +165,53 @@ def forward_recording(sequence: ReversibleSequence, x: torch.Tensor) -> tuple[to
 class BackwardWalk:
     """Back-propagation through sequences, one block at a time, from outputs rebuilt on the way.
 
-    Gathers the parameters' gradients (in the slots of ``param_index``) and knows which tensors
-    are its own: the saved output may be shared with later layers and the incoming gradients
-    with other branches, and are never overwritten. Tensors a block returns that are neither
-    are ours, and the next block may reuse them in place. Weak references: holding the storages
-    would keep a released output alive, and bare ids could be reused by new storages once it is freed.
+    The walk holds its position, the map ``y`` and its gradient, itself: callers hand tensors
+    over (:meth:`resume`) and take them back (:meth:`take`) without keeping references of their
+    own, so that each output is freed as soon as the block before it is rebuilt. It gathers the
+    parameters' gradients (in the slots of ``param_index``) and knows which tensors are its own:
+    the saved output may be shared with later layers and the incoming gradients with other
+    branches, and are never overwritten. Tensors a block returns that are neither are ours, and
+    the next block may reuse them in place. Weak references: holding the storages would keep a
+    released output alive, and bare ids could be reused by new storages once it is freed.
     """
 
-    def __init__(self, param_index: dict[int, int], *foreign: torch.Tensor) -> None:
+    def __init__(self, param_index: dict[int, int], y: torch.Tensor, grad_y: torch.Tensor, *foreign: torch.Tensor):
         self.param_index = param_index
         self.param_grads: list[torch.Tensor | None] = [None] * len(param_index)
-        self.foreign = [weakref.ref(t.untyped_storage()) for t in foreign]
+        self.foreign = [weakref.ref(t.untyped_storage()) for t in (y, grad_y, *foreign)]
         self.owned = False
+        self.y: torch.Tensor | None = y
+        self.grad: torch.Tensor | None = grad_y
 
-    def adopt(self, *tensors: torch.Tensor) -> None:
-        """Tensors the caller made itself (e.g. concatenations) and hands over: ours to overwrite."""
-        self.owned = self._ours(*tensors)
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current map and its gradient, handed to the caller (the walk forgets them)."""
+        y, grad = self.y, self.grad
+        assert y is not None and grad is not None, "the walk's position was already taken"
+        self.y = self.grad = None
+        return y, grad
+
+    def resume(self, y: torch.Tensor, grad: torch.Tensor, adopt: bool = False) -> None:
+        """Continue from ``y`` and its gradient; ``adopt``: tensors the caller made (ours to overwrite)."""
+        self.y, self.grad = y, grad
+        if adopt:
+            self.owned = self._ours(y, grad)
 
     def _ours(self, y: torch.Tensor, grad_y: torch.Tensor) -> bool:
         mine = (y.untyped_storage(), grad_y.untyped_storage())
         return mine[0] is not mine[1] and not any(ref() is s for ref in self.foreign for s in mine)
 
-    def through(
-        self, sequence: ReversibleSequence, records: list[Any], y: torch.Tensor, grad_y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input of ``sequence`` rebuilt from its output ``y``, and the gradient reaching it."""
+    def through(self, sequence: ReversibleSequence, records: list[Any]) -> None:
+        """Walk back through ``sequence``: the position becomes its input, rebuilt, and the gradient reaching it."""
         for block, record in zip(reversed(sequence._invertible_blocks()), reversed(records)):
-            y, grad_y, block_grads = block.backward_from_output(y, grad_y, record, inplace=self.owned)
-            self.owned = self._ours(y, grad_y)
+            assert self.y is not None and self.grad is not None, "the walk's position was taken"
+            self.y, self.grad, block_grads = block.backward_from_output(self.y, self.grad, record, inplace=self.owned)
+            self.owned = self._ours(self.y, self.grad)
             for param, grad in block_grads:
                 if grad is None:
                     continue
                 slot = self.param_index[id(param)]
                 previous = self.param_grads[slot]
                 self.param_grads[slot] = grad if previous is None else previous + grad
-        return y, grad_y
 
 
 Binding = tuple[nn.Module, str, torch.Tensor]

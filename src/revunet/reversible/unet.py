@@ -146,23 +146,26 @@ class _InvertibleUNetFunction(torch.autograd.Function):
         path: UNetPath = ctx.path
         grad_y = torch.zeros_like(y) if grad_y is None else grad_y
         walk = BackwardWalk(ctx.param_index, y, grad_y, *([] if grad_bottleneck is None else [grad_bottleneck]))
+        del y, grad_y  # the walk holds the only references (see BackwardWalk)
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
-            h, grad = walk.through(path.decoder[0], ctx.decoder_records[0], y, grad_y)
-            del y, grad_y
+            walk.through(path.decoder[0], ctx.decoder_records[0])
             skips = []  # (skip, its gradient), rebuilt by inverting the decoder
             for level in range(1, len(path.decoder)):
-                (skip, h), (grad_skip, grad) = path.split(level - 1, h), path.split(level - 1, grad)
+                (skip, h), (grad_skip, grad) = (path.split(level - 1, t) for t in walk.take())
                 skips.append((skip, grad_skip))
-                h, grad = walk.through(path.decoder[level], ctx.decoder_records[level], h, grad)
+                walk.resume(h, grad)
+                del skip, h, grad_skip, grad
+                walk.through(path.decoder[level], ctx.decoder_records[level])
             if grad_bottleneck is not None:
-                grad = grad.add_(grad_bottleneck) if walk.owned else grad + grad_bottleneck
-                walk.adopt(h, grad)
+                h, grad = walk.take()
+                walk.resume(h, grad.add_(grad_bottleneck) if walk.owned else grad + grad_bottleneck, adopt=True)
+                del h, grad
             for level in range(len(path.encoder) - 1, -1, -1):
-                h, grad = walk.through(path.encoder[level], ctx.encoder_records[level], h, grad)
+                walk.through(path.encoder[level], ctx.encoder_records[level])
                 if level:
                     skip, grad_skip = skips.pop()
-                    h, grad = torch.cat((skip, h), dim=1), torch.cat((grad_skip, grad), dim=1)
-                    del skip, grad_skip
-                    walk.adopt(h, grad)
-        grad_x = grad if ctx.needs_input_grad[0] else None
+                    h, grad = walk.take()
+                    walk.resume(torch.cat((skip, h), dim=1), torch.cat((grad_skip, grad), dim=1), adopt=True)
+                    del skip, grad_skip, h, grad
+        grad_x = walk.take()[1] if ctx.needs_input_grad[0] else None
         return (grad_x, None, *walk.param_grads)
