@@ -93,8 +93,7 @@ class StopWatch:
 
     def __init__(self, budget_seconds: float | None, processes: Processes) -> None:
         self.processes = processes
-        self.started = time.monotonic()
-        self.deadline = None if budget_seconds is None else self.started + budget_seconds
+        self.deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         self.safety = 0.0 if budget_seconds is None else min(SAFETY_SECONDS, SAFETY_SHARE * budget_seconds)
         self.signal_name: str | None = None
         self.longest = {"step": 0.0, "validation": 0.0, "checkpoint": 0.0}

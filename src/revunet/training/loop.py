@@ -346,15 +346,18 @@ def _starting_state(
     experiment: Experiment, preprocessed: Path, split_path: Path, out: Path, processes: Processes, restart: bool
 ) -> TrainingState:
     """Rank 0 decides (:func:`revunet.training.resumption.decide`) and says why; every rank gets the state."""
-    message, resume, inputs = "", False, None
+    message, state, inputs = "", None, None
     if processes.is_main:
         out.mkdir(parents=True, exist_ok=True)
         decision = decide(out, experiment, preprocessed, split_path, restart)
-        message, resume, inputs = decision.message, decision.state is not None, decision.inputs
-    message, resume = processes.share((message, resume))
+        message, state, inputs = decision.message, decision.state, decision.inputs
+    message, resume = processes.share((message, state is not None))
     if message:
         _say(processes, message, False)
-    state = TrainingState.load(out / "last.pt") if resume else TrainingState.fresh(experiment)
+    if resume and not processes.is_main:  # the other ranks read the checkpoint rank 0 chose
+        state = TrainingState.load(out / "last.pt")
+    if state is None:
+        state = TrainingState.fresh(experiment)
     state.inputs = inputs  # rank 0 stores the inputs' current fingerprint with every checkpoint
     return state
 

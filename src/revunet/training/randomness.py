@@ -79,13 +79,18 @@ class ShardedOrder(Sampler[int]):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    @property
+    def per_rank(self) -> int:
+        """Samples each rank gets in a whole epoch (whatever ``start`` skips)."""
+        return self.size // self.world_size
+
     def order(self) -> list[int]:
         permutation = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        usable = self.size // self.world_size * self.world_size
+        usable = self.per_rank * self.world_size
         return permutation[self.rank : usable : self.world_size].tolist()[self.start :]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order())
 
     def __len__(self) -> int:
-        return max(0, self.size // self.world_size - self.start)
+        return max(0, self.per_rank - self.start)

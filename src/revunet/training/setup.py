@@ -60,7 +60,7 @@ class Run:
     progress: bool
 
     def steps_per_epoch(self) -> int:
-        batches = math.ceil(self.sampler.size // self.sampler.world_size / self.experiment.batch_size)
+        batches = math.ceil(self.sampler.per_rank / self.experiment.batch_size)
         steps = math.ceil(batches / self.experiment.accumulation)
         cap = self.experiment.max_steps_per_epoch
         return steps if cap is None else min(steps, cap)
