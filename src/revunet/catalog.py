@@ -39,6 +39,13 @@ SPLIT_PARTS = ("held_out", "train", "all")
 
 # The folders `revunet synth` writes under a dataset's raw folder, one per task.
 SYNTHETIC_FOLDERS: dict[str, str] = {"brats": "MICCAI_BraTS2020_TrainingData", "iseg": "iSeg-2019-Training"}
+# The on-disk layouts `revunet synth --layout` can write (names of revunet.data.layouts):
+# layout -> (task, folder). Each task's default layout is the one of SYNTHETIC_FOLDERS.
+SYNTHETIC_LAYOUTS: dict[str, tuple[str, str]] = {
+    "brats2020": ("brats", "MICCAI_BraTS2020_TrainingData"),
+    "brats2018": ("brats", "MICCAI_BraTS_2018_Data_Training"),
+    "iseg": ("iseg", "iSeg-2019-Training"),
+}
 DECATHLON_FOLDER = "Task01_BrainTumour"
 
 # --------------------------------------------------------------------------- memory and report
