@@ -40,8 +40,10 @@ SchedulerType=sched/backfill
 GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-# Finished jobs stay visible to squeue for 5 minutes: the workflow polls job states with squeue.
-MinJobAge=300
+# Finished jobs stay visible to squeue for an hour: the workflow polls job states with squeue,
+# and run.sh checks every job of the run (9 minutes or more) at its end. With 300 s the first
+# jobs had aged out before that check (CI of stop 20).
+MinJobAge=3600
 ReturnToService=2
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
