@@ -53,6 +53,7 @@ from revunet.data.preprocess import PreprocessedCase, load_preprocessed, meta_pa
 from revunet.data.splits import read_split
 from revunet.devices import DeviceError, resolve_device
 from revunet.experiments.recipe import FROM_EXPERIMENT, Experiment
+from revunet.models.compiled import compile_blocks
 from revunet.models.sizing import head_outputs, pad_to_multiple, size_multiple
 from revunet.models.vae import SegmentationWithVAE
 from revunet.tasks import get_task
@@ -371,13 +372,15 @@ def infer_cases(
         raise InferenceError(str(error)) from None
     rows = _case_rows(cases, preprocessed, split, part)
     model, experiment, _ = model_from_checkpoint(checkpoint, map_location=target)
+    compiled = compile_blocks(model) if experiment.compile else []
     tasks = {row["task"] for _, row in rows}
     if tasks != {experiment.task}:
         raise InferenceError(
             f"{checkpoint} was trained for task {experiment.task!r} but the cases are {sorted(tasks)} ({cases})"
         )
     settings = _settings(model, experiment, target, flips, window, overlap)
-    log(f"{experiment.name}: {len(rows)} {part} case(s) on {target}, {_describe(settings)}")
+    blocks = f", {len(compiled)} compiled block(s)" if compiled else ""
+    log(f"{experiment.name}: {len(rows)} {part} case(s) on {target}, {_describe(settings)}{blocks}")
 
     # The list marks a finished run: drop an old one before the first file is replaced.
     (out / PREDICTIONS_FILE).unlink(missing_ok=True)

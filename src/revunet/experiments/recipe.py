@@ -68,6 +68,8 @@ class Experiment:
     Inference: ``sliding_window`` None predicts the full volume, else the window size;
     ``window_overlap`` in voxels; ``test_time_flips`` averages over axis flips.
     Provenance: ``paper``/``table``/``row`` link the experiment to the paper's table row.
+    Speed: ``compile`` runs the model's blocks through ``torch.compile`` in training and inference,
+    the reversible core staying eager (:mod:`revunet.models.compiled`); checkpoints are the same.
     """
 
     name: str
@@ -94,6 +96,7 @@ class Experiment:
     ema_alpha: float = 0.95
     patience: int | None = None
     amp: bool = False
+    compile: bool = False
     num_workers: int = 0
     seed: int = 0
     sliding_window: tuple[int, int, int] | None = None

@@ -7,8 +7,13 @@ recorded random-number states. Traced whole, that machinery would be replaced by
 backward AOTAutograd plans from saved activations, which is what the reversible parts exist to
 avoid storing. So the core stays eager and every maximal submodule without reversible machinery
 is compiled: the couplings' F and G (run under ``no_grad`` in the forward and with grad in the
-backward's recomputation: dynamo keeps one graph per grad mode), stems, level transitions, heads
-and the VAE branch. A model with no reversible part is compiled whole.
+backward's recomputation: dynamo keeps one graph per grad mode), stems, level transitions
+and heads. A model with no reversible part is compiled whole.
+
+The VAE branch stays eager: inductor (torch 2.13) fails to lower the backward of its strided
+bottleneck convolution (``ValueRangeError: Invalid ranges [0:-1]`` in ``convolution_backward``,
+whole or one stage at a time). It runs once per step on the bottleneck and its upsampling
+stages, a small part of the step's time.
 
 Mechanism: each chosen module gets ``_compiled_call_impl``, the callable ``nn.Module.__call__``
 runs instead of ``_call_impl`` when it is set, pointing to ``torch.compile`` of a small function
@@ -29,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revunet.models.vae import VAEBranch
 from revunet.reversible import InvertibleModule, ReversibleSequence
 
 # Every compiled module shares the code of ``_compiled_call`` (and each grad mode and input
@@ -39,6 +45,7 @@ ACCUMULATED_RECOMPILE_LIMIT = 8192
 
 REVERSIBLE = (ReversibleSequence, InvertibleModule)
 CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+EAGER = (VAEBranch,)  # never compiled (see the module docstring)
 
 
 def configure_compiler() -> None:
@@ -57,21 +64,25 @@ def configure_compiler() -> None:
     torch._inductor.config.fallback_random = True
 
 
-def _has_reversible_part(module: nn.Module) -> bool:
-    return any(isinstance(sub, REVERSIBLE) for sub in module.modules())
+def _must_open(module: nn.Module) -> bool:
+    """Whether ``module`` itself must stay eager while its children may be compiled."""
+    return isinstance(module, CONTAINERS) or any(isinstance(sub, REVERSIBLE) for sub in module.modules())
 
 
 def compilable_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """The maximal submodules (by path, ``""`` for the model itself) that hold no reversible machinery.
 
     Containers (``ModuleList``/``ModuleDict``, which are never called) and modules that hold a
-    reversible part are opened; every other module is a block. Modules without parameters
-    inside an opened module (e.g. a parameter-free squeeze) are left as they are.
+    reversible part are opened, the VAE branch is skipped; every other module is a block.
+    Modules without parameters inside an opened module (e.g. a parameter-free squeeze) are left
+    as they are.
     """
     blocks: dict[str, nn.Module] = {}
 
     def visit(path: str, module: nn.Module) -> None:
-        if isinstance(module, CONTAINERS) or _has_reversible_part(module):
+        if isinstance(module, EAGER):
+            return
+        if _must_open(module):
             for name, child in module.named_children():
                 visit(f"{path}.{name}" if path else name, child)
         elif any(True for _ in module.parameters()):

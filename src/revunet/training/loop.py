@@ -34,10 +34,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from revunet.experiments.recipe import Experiment, write_experiment
+from revunet.models.compiled import compiled_blocks
 from revunet.models.registry import parameter_count
 from revunet.tasks import get_task
 from revunet.training.distributed import Processes, process_group
@@ -380,6 +382,12 @@ def _resumed(run: Run, state: TrainingState) -> None:
     _say(processes, f"{run.out}: resuming {where}{stops}", False)
 
 
+def _compiled_note(model: nn.Module) -> str:
+    """``", N compiled blocks"`` for a model compiled by ``compile: true`` (:mod:`revunet.models.compiled`)."""
+    blocks = compiled_blocks(model)
+    return f", {len(blocks)} compiled block(s)" if blocks else ""
+
+
 def _train(
     experiment: Experiment,
     preprocessed: Path,
@@ -411,7 +419,7 @@ def _train(
             processes,
             f"{experiment.name}: {experiment.model}, {state.parameters:,} parameters, {len(run.train_set)} "
             f"training samples, {held_out} held-out volumes, {run.steps_per_epoch()} steps per epoch, "
-            f"device {device}, {processes.world_size} process(es)",
+            f"device {device}, {processes.world_size} process(es){_compiled_note(run.model)}",
             False,
         )
     fit(run, state, watch)

@@ -28,6 +28,7 @@ from revunet.data.dataset import PatchDataset
 from revunet.data.splits import read_split
 from revunet.experiments.recipe import Experiment
 from revunet.models.build import build_experiment_model
+from revunet.models.compiled import compile_blocks
 from revunet.models.sizing import head_outputs, pad_to, padded_shape, size_multiple
 from revunet.tasks import get_task
 from revunet.training.distributed import Processes
@@ -181,11 +182,16 @@ def make_loader(
 
 
 def _seeded_model(experiment: Experiment, device: torch.device) -> nn.Module:
+    """The experiment's untrained model on ``device``; its blocks compiled when the experiment says so
+    (on the device, before DDP wraps it: :mod:`revunet.models.compiled`)."""
     seed_everything(experiment.seed)
     try:
-        return build_experiment_model(experiment).to(device)
+        model = build_experiment_model(experiment).to(device)
     except (KeyError, TypeError, ValueError) as error:
         raise TrainError(f"experiment {experiment.name!r}: {error}") from None
+    if experiment.compile:
+        compile_blocks(model)
+    return model
 
 
 def build_run(
