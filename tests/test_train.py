@@ -36,6 +36,7 @@ from revunet.training.errors import TrainError
 from revunet.training.loop import train
 from revunet.training.losses import SegmentationLoss
 from revunet.training.randomness import ShardedOrder, seed_everything
+from revunet.training.run_log import step_timing
 from revunet.training.state import load_checkpoint, model_from_checkpoint
 
 SHAPE = (16, 16, 16)
@@ -132,6 +133,12 @@ def states_equal(a: dict, b: dict) -> bool:
 # --------------------------------------------------------------------------- units
 
 
+def test_step_timing_leaves_the_warm_up_step_out_of_the_typical_step() -> None:
+    assert step_timing([30.0, 2.0, 4.0, 3.0]) == {"first_step_seconds": 30.0, "step_seconds": 3.0}
+    assert step_timing([5.0]) == {"first_step_seconds": 5.0, "step_seconds": 5.0}
+    assert step_timing([]) == {"first_step_seconds": None, "step_seconds": None}
+
+
 def test_early_stopping_stops_patience_epochs_after_the_best_ema() -> None:
     rule = EarlyStopping(alpha=0.5, patience=2)
     dice = [0.2, 0.6, 0.5, 0.3, 0.3, 0.9]
@@ -189,6 +196,8 @@ def test_log_columns_schedule_and_summary(finished) -> None:
         "ema_dice",
         "lr",
         "epoch_seconds",
+        "first_step_seconds",
+        "step_seconds",
         "peak_memory_mib",
         "time",
     ]
@@ -201,6 +210,11 @@ def test_log_columns_schedule_and_summary(finished) -> None:
         regions = [float(r[f"val_dice_{k}"]) for k in ("WT", "TC", "ET")]
         assert float(r["val_mean_dice"]) == pytest.approx(np.mean(regions))
         assert float(r["peak_memory_mib"]) > 10
+        # 3 steps: the median of steps 2-3 is at most their sum; the epoch holds all three and validation
+        assert (
+            0 < float(r["step_seconds"])
+            and float(r["first_step_seconds"]) + 2 * float(r["step_seconds"]) <= float(r["epoch_seconds"]) * 1.01
+        )
     assert float(rows[0]["ema_dice"]) == float(rows[0]["val_mean_dice"])
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["experiment"] == "tiny" and summary["epochs_completed"] == 3
@@ -354,7 +368,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(data, tmp_path) -
     assert got["epoch"] == expected["epoch"] == 4
     assert states_equal(got["model_state"], expected["model_state"])
     assert states_equal(got["best"]["model_state"], expected["best"]["model_state"])
-    strip = ("epoch_seconds", "peak_memory_mib", "time")
+    strip = ("epoch_seconds", "first_step_seconds", "step_seconds", "peak_memory_mib", "time")
     assert [{k: v for k, v in r.items() if k not in strip} for r in got["log_rows"]] == [
         {k: v for k, v in r.items() if k not in strip} for r in expected["log_rows"]
     ]

@@ -47,7 +47,7 @@ from revunet.training.errors import NonFiniteLoss
 from revunet.training.interruption import StopWatch, TrainingInterrupted, time_budget
 from revunet.training.randomness import deterministic
 from revunet.training.resumption import decide
-from revunet.training.run_log import peak_memory_mib
+from revunet.training.run_log import peak_memory_mib, step_timing
 from revunet.training.setup import Run, build_run
 from revunet.training.state import EpochProgress, TrainingState, save_checkpoint, write_outputs
 from revunet.training.validation import maybe_validate
@@ -83,6 +83,7 @@ class EpochResult:
     loss: float
     terms: dict[str, float]  # unweighted loss terms
     grad_norm: float  # mean finite gradient norm before clipping
+    step_seconds: list[float]  # wall time of each optimiser step
 
 
 def _backward(run: Run, group: list[dict[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
@@ -163,6 +164,7 @@ def train_epoch(run: Run, progress: EpochProgress, watch: StopWatch) -> EpochRes
             remaining -= _train_step(run, batches, remaining, progress)
             seconds = time.perf_counter() - started
             progress.seconds += seconds
+            progress.step_seconds.append(seconds)
             watch.measured("step", seconds)
             bar.update()
     bar.close()
@@ -171,7 +173,7 @@ def train_epoch(run: Run, progress: EpochProgress, watch: StopWatch) -> EpochRes
     # steps the gradient scaler skipped (inf/NaN gradients in float16) have no norm to average
     finite = [norm for norm in progress.grad_norms if math.isfinite(norm)]
     grad_norm = sum(finite) / len(finite) if finite else math.nan
-    return EpochResult(steps, means[0], dict(zip(progress.names, means[1:])), grad_norm)
+    return EpochResult(steps, means[0], dict(zip(progress.names, means[1:])), grad_norm, list(progress.step_seconds))
 
 
 # --------------------------------------------------------------------------- the epochs
@@ -206,6 +208,7 @@ def log_row(
         "ema_dice": None if scores is None else state.stopper.ema,
         "lr": lr,
         "epoch_seconds": seconds,
+        **step_timing(result.step_seconds),
         "peak_memory_mib": peak_memory_mib(run.device),
         "time": _now(),
     }

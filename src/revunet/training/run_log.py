@@ -5,6 +5,8 @@ the run produced (``dice, cross_entropy, reconstruction, kl``: each term's *unwe
 over the epoch's optimiser steps; ``train_loss`` is the weighted total), ``grad_norm`` (the
 mean global L2 norm of the gradient before clipping, over the steps whose gradients were finite), ``val_dice_<REGION>`` per region/class, ``val_mean_dice``, ``ema_dice`` (empty on epochs without validation), then
 ``lr`` (the scheduled rate of the epoch; a warm-up scales it down over the first steps), ``epoch_seconds`` (training + validation),
+``first_step_seconds`` and ``step_seconds`` (the epoch's first optimiser step, which pays for
+warm-up and compilation, and the median of the others: the figure the smoke run reports),
 ``peak_memory_mib`` and ``time`` (ISO wall clock at the end of the epoch).
 
 ``peak_memory_mib``: on CUDA ``torch.cuda.max_memory_allocated()`` since the process started
@@ -20,6 +22,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +49,8 @@ def log_columns(regions: Sequence[str], terms: Sequence[str]) -> list[str]:
         "ema_dice",
         "lr",
         "epoch_seconds",
+        "first_step_seconds",
+        "step_seconds",
         "peak_memory_mib",
         "time",
     ]
@@ -87,3 +92,12 @@ def peak_memory_mib(device: torch.device) -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return usage / 2**20 if sys.platform == "darwin" else usage / 2**10
+
+
+def step_timing(step_seconds: list[float]) -> dict[str, float | None]:
+    """log.csv's ``first_step_seconds`` and ``step_seconds``: the first step of an epoch pays for
+    warm-up (allocator, cuDNN autotuning, ``torch.compile``), so the typical step is the median
+    of the others (the first itself in a one-step epoch)."""
+    if not step_seconds:
+        return {"first_step_seconds": None, "step_seconds": None}
+    return {"first_step_seconds": step_seconds[0], "step_seconds": statistics.median(step_seconds[1:] or step_seconds)}

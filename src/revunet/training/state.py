@@ -105,6 +105,7 @@ class EpochProgress:
     names: list[str] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)  # each step's wall time (log.csv's timing)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +115,7 @@ class EpochProgress:
             "names": list(self.names),
             "grad_norms": list(self.grad_norms),
             "seconds": self.seconds,
+            "step_seconds": list(self.step_seconds),
         }
 
     @classmethod
