@@ -135,6 +135,18 @@ def test_cases_command_excludes_records_and_names_unknown_ids(tmp_path, capsys):
     assert f"2. or add it to {KEY} in your config, e.g. exclude_cases: [{case_id(2)}]." in err
 
 
+def test_cases_first_keeps_the_first_cases_in_id_order_after_the_excluded(tmp_path, capsys):
+    root = dataset(tmp_path / "b20", 4)
+    out = tmp_path / "cases.csv"
+    assert main(["cases", str(root), "--out", str(out), "--exclude", case_id(1), "--first", "2"]) == 0
+    assert pd.read_csv(out)["case_id"].tolist() == [case_id(2), case_id(3)]
+    assert main(["cases", str(root), "--out", str(out), "--first", "9"]) == 0
+    assert len(pd.read_csv(out)) == 4
+    with pytest.raises(SystemExit):
+        main(["cases", str(root), "--out", str(out), "--first", "0"])
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+
+
 def test_plan_reads_exclude_cases_per_preset():
     entry = {"task": "brats", "paper": {"source": "local", "path": "/data/b20", "splits": {"main": {"fraction": 0.8}}}}
     plan = _plan_dataset("brats", entry, "paper", None)

@@ -11,7 +11,7 @@ from revunet.catalog import (
     MEMORY_TABLES,
     REPORT_FIGURES,
     REPORT_TABLES,
-    SYNTHETIC_FOLDERS,
+    SYNTHETIC_LAYOUTS,
 )
 from revunet.experiments.plan import ConfigError, plan_workflow
 
@@ -23,7 +23,8 @@ except ConfigError as error:
 PYTHON = sys.executable
 # Every rule's environment with `--sdm conda` (the path is relative to the rule files).
 CONDA_ENV = "../../envs/revunet.yaml"
-RESULTS = "results"
+# results/, or results/smoke/ for a smoke run (config smoke: true)
+RESULTS = PLAN.results
 # Every result folder; REPORT_READS names those `revunet tables` and `revunet figures` read.
 FOLDERS = {
     "data": f"{RESULTS}/data",
@@ -97,7 +98,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     split="[A-Za-z0-9_-]+",
     exp="[A-Za-z0-9_-]+",
-    folder="|".join(sorted(SYNTHETIC_FOLDERS.values())),
+    folder="|".join(sorted({folder for _, folder in SYNTHETIC_LAYOUTS.values()})),
     table="|".join(MEMORY_TABLES),
 
 

@@ -12,6 +12,12 @@ import sys
 LAYOUT_HELP = "auto, brats2018, brats2020, brats2021, brats2023, msd, iseg"
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def _cases(args: argparse.Namespace) -> int:
     from revunet.data.case_table import broken_cases_message, write_case_table, write_excluded
     from revunet.data.io import load_case
@@ -23,6 +29,8 @@ def _cases(args: argparse.Namespace) -> int:
         table = find_cases(args.path, layout=args.layout, exclude=exclude, exclude_key=source)
     except (LayoutError, OSError) as error:
         raise SystemExit(f"revunet cases: {error}") from None
+    if args.first is not None:
+        table = table.sort_values("case_id", kind="stable").head(args.first).reset_index(drop=True)
     out = write_case_table(table, args.out)
     if args.excluded_list:
         write_excluded(exclude, source, args.excluded_list)
@@ -80,6 +88,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--excluded-list",
         metavar="CSV",
         help="also record the left-out cases here (case_id, excluded_by), written even when there are none",
+    )
+    cases.add_argument(
+        "--first",
+        type=_positive_int,
+        metavar="N",
+        help="keep only the first N cases in id order (the smoke run on real data: a handful of cases)",
     )
     cases.add_argument(
         "--check",

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from revunet.catalog import SYNTHETIC_FOLDERS
+from revunet.catalog import SYNTHETIC_FOLDERS, SYNTHETIC_LAYOUTS
 from revunet.experiments.config_files import ConfigError, expect_choice, expect_mapping
 
 SOURCES = ("synthetic", "local", "decathlon")
@@ -50,16 +50,23 @@ class DatasetPlan:
     # Cases left out of the case table, hence of preprocessing and splits (ids from the raw folder).
     exclude_cases: tuple[str, ...] = ()
     preset: str = "demo"
+    # The on-disk layout synthetic data is written in (None: the task's default; the smoke run sets it).
+    synthetic_layout: str | None = None
+    # Only the first cases of the folder, in id order (None: all; the smoke run on real data sets it).
+    max_cases: int | None = None
 
     @property
     def synthetic_folder(self) -> str:
-        """Name of the folder `revunet synth --task <task>` writes."""
-        return SYNTHETIC_FOLDERS[self.task]
+        """Name of the folder `revunet synth` writes."""
+        if self.synthetic_layout is None:
+            return SYNTHETIC_FOLDERS[self.task]
+        return SYNTHETIC_LAYOUTS[self.synthetic_layout][1]
 
     def synth_arguments(self) -> str:
         """The ``revunet synth`` options (apart from ``--out``)."""
         subjects = f" --subjects {self.subjects}" if self.subjects is not None else ""
-        return f"--task {self.task}{subjects} --spacing {self.spacing:g} --seed {self.seed}"
+        layout = f" --layout {self.synthetic_layout}" if self.synthetic_layout is not None else ""
+        return f"--task {self.task}{layout}{subjects} --spacing {self.spacing:g} --seed {self.seed}"
 
     @property
     def exclude_key(self) -> str:
@@ -67,9 +74,10 @@ class DatasetPlan:
         return f"datasets.{self.name}.{self.preset}.exclude_cases"
 
     def cases_arguments(self) -> str:
-        """The ``revunet cases`` options that leave out ``exclude_cases`` and name their key."""
+        """The ``revunet cases`` options that leave out ``exclude_cases`` (naming their key) and keep ``max_cases``."""
         exclude = " --exclude " + " ".join(shlex.quote(c) for c in self.exclude_cases) if self.exclude_cases else ""
-        return f"--exclude-key {self.exclude_key}{exclude}"
+        first = f" --first {self.max_cases}" if self.max_cases is not None else ""
+        return f"--exclude-key {self.exclude_key}{exclude}{first}"
 
     def shape_argument(self) -> str:
         """``--shape`` of ``revunet preprocess``: ``X,Y,Z`` or ``none`` (bounding box only)."""

@@ -28,6 +28,7 @@ from revunet.experiments.config_files import expect_choice as _choice
 from revunet.experiments.config_files import expect_mapping as _mapping
 from revunet.experiments.datasets import DatasetPlan, plan_dataset
 from revunet.experiments.recipe import Experiment
+from revunet.experiments.smoke import SMOKE_RESULTS, SmokeSettings, smoke_dataset, smoke_experiment
 
 PRESETS = ("demo", "paper")
 WORKFLOW_KEYS = ("recipe", "dataset", "split", "resources")
@@ -85,13 +86,27 @@ class WorkflowPlan:
     et_min_mm3: float = 500.0
     min_component_mm3: float = 0.0
     evaluate_postprocessed: bool = True
+    # The smoke run's settings (config smoke: true), None for a real run.
+    smoke: SmokeSettings | None = None
+
+    @property
+    def results(self) -> str:
+        """The folder every output goes to: a smoke run's never mix with a real run's."""
+        return SMOKE_RESULTS if self.smoke is not None else "results"
 
     def launcher(self, name: str) -> str:
-        """The command that runs ``revunet`` for experiment ``name``'s training job."""
+        """The command that runs ``revunet`` for experiment ``name``'s training job.
+
+        In a smoke run, a multi-GPU job starts as many processes as it has GPUs, or
+        ``smoke_run.processes`` (gloo on CPU) where there is none (``revunet processes``)."""
         gpus = self.experiments[name].resources.gpus
-        if gpus > 1:
-            return self.launch_distributed.format(gpus=gpus)
-        return self.launch_single
+        if gpus <= 1:
+            return self.launch_single
+        if self.smoke is not None:
+            return self.launch_distributed.format(
+                gpus=f"$(revunet processes --gpus {gpus} --without-gpu {self.smoke.processes})"
+            )
+        return self.launch_distributed.format(gpus=gpus)
 
     def train_options(self) -> str:
         """Options of `revunet train` that depend on the config. No ``--restart``: a rerun job
@@ -124,7 +139,10 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
     preset = _choice(config.get("preset", "demo"), PRESETS, "preset")
     presets = _mapping(config.get("presets", {}), "presets")
     preset_block = _mapping(presets.get(preset, {}), f"presets.{preset}")
-    datasets, experiments = _plan_experiments(config, preset, preset_block)
+    smoke = (
+        SmokeSettings.from_config(_mapping(config.get("smoke_run", {}), "smoke_run")) if config.get("smoke") else None
+    )
+    datasets, experiments = _plan_experiments(config, preset, preset_block, smoke)
     launch = _mapping(config.get("launch", {}), "launch")
     postprocessing = _mapping(config.get("postprocessing", {}), "postprocessing")
     return WorkflowPlan(
@@ -132,7 +150,7 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         device=_choice(config.get("device", "auto"), ("auto", "cpu", "cuda"), "device"),
         datasets=datasets,
         experiments=experiments,
-        infer_resources=_preset_resources(preset_block, preset, "infer"),
+        infer_resources=_infer_resources(preset_block, preset, smoke),
         memory_tables=_memory_tables(config.get("memory_tables", MEMORY_TABLES)),
         capacity_arguments=_arguments(preset_block, "capacity"),
         complexity_arguments=_arguments(preset_block, "complexity"),
@@ -142,13 +160,15 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         et_min_mm3=float(postprocessing.get("et_min_mm3", WorkflowPlan.et_min_mm3)),
         min_component_mm3=float(postprocessing.get("min_component_mm3", WorkflowPlan.min_component_mm3)),
         evaluate_postprocessed=bool(postprocessing.get("evaluate", True)),
+        smoke=smoke,
     )
 
 
 def _plan_experiments(
-    config: Mapping[str, Any], preset: str, preset_block: Mapping[str, Any]
+    config: Mapping[str, Any], preset: str, preset_block: Mapping[str, Any], smoke: SmokeSettings | None
 ) -> tuple[dict[str, DatasetPlan], dict[str, ExperimentPlan]]:
-    """The selected experiments at ``preset`` and the datasets they use, checked against each other."""
+    """The selected experiments at ``preset`` and the datasets they use, checked against each other
+    (cut to a smoke run when ``smoke`` is given: :mod:`revunet.experiments.smoke`)."""
     datasets_config = _mapping(config.get("datasets", {}), "datasets")
     recipes = _mapping(config.get("recipes", {}), "recipes")
     experiments_config = _mapping(config.get("experiments", {}), "experiments")
@@ -164,11 +184,26 @@ def _plan_experiments(
             name, experiments_config[name], recipes, experiment_defaults, train_defaults, preset, datasets_config
         )
         if plan.dataset not in datasets:
-            datasets[plan.dataset] = plan_dataset(
-                plan.dataset, datasets_config[plan.dataset], preset, config.get("data_root")
+            datasets[plan.dataset] = _plan_dataset(
+                plan.dataset, datasets_config, preset, config.get("data_root"), smoke
             )
-        experiments[name] = _fit_to_dataset(plan, datasets[plan.dataset], preset)
+        plan = _fit_to_dataset(plan, datasets[plan.dataset], preset)
+        experiments[name] = plan if smoke is None else _smoke_plan(plan, smoke)
     return datasets, experiments
+
+
+def _plan_dataset(
+    name: str, datasets_config: Mapping[str, Any], preset: str, data_root: str | None, smoke: SmokeSettings | None
+) -> DatasetPlan:
+    if smoke is None:
+        return plan_dataset(name, datasets_config[name], preset, data_root)
+    return smoke_dataset(name, datasets_config[name], preset, data_root, smoke)
+
+
+def _smoke_plan(plan: ExperimentPlan, smoke: SmokeSettings) -> ExperimentPlan:
+    """``plan`` as a smoke job: a few steps, the smoke run's resources with the experiment's GPU count."""
+    resources = _resources({**DEFAULT_RESOURCES, **smoke.train, "gpus": plan.resources.gpus}, "smoke_run.train")
+    return dataclasses.replace(plan, experiment=smoke_experiment(plan.experiment, smoke), resources=resources)
 
 
 def _selected(config: Mapping[str, Any], experiments_config: Mapping[str, Any]) -> list[str]:
@@ -209,6 +244,12 @@ def _preset_resources(preset_block: Mapping[str, Any], preset: str, job: str) ->
     """What each ``job`` (train or infer) asks for at ``preset``: the defaults, updated by the preset."""
     where = f"presets.{preset}.{job}"
     return _resources({**DEFAULT_RESOURCES, **_mapping(preset_block.get(job, {}), where)}, where)
+
+
+def _infer_resources(preset_block: Mapping[str, Any], preset: str, smoke: SmokeSettings | None) -> Resources:
+    if smoke is None:
+        return _preset_resources(preset_block, preset, "infer")
+    return _resources({**DEFAULT_RESOURCES, **smoke.infer}, "smoke_run.infer")
 
 
 def _arguments(preset_block: Mapping[str, Any], key: str) -> str:

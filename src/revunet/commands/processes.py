@@ -1,0 +1,44 @@
+"""`revunet processes`: how many processes a data-parallel job starts on the machine it runs on.
+
+The smoke run's launcher for a multi-GPU experiment (``torchrun --nproc_per_node=$(revunet
+processes ...)``): one process per GPU, up to the experiment's GPU count, where CUDA is there;
+elsewhere a fixed number of CPU processes, which join the process group over gloo, so the
+distributed path (sharded data, DDP, rank 0 writing) runs on a laptop too. Decided on the node
+that runs the job, not where Snakemake plans it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def process_count(gpus: int, without_gpu: int) -> int:
+    """``min(gpus, visible CUDA devices)`` where there is one, else ``without_gpu``."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return min(gpus, visible) if visible else without_gpu
+
+
+def _processes(args: argparse.Namespace) -> int:
+    print(process_count(args.gpus, args.without_gpu))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``revunet processes`` to the command-line parser."""
+    processes = commands.add_parser(
+        "processes",
+        help="print the process count of a data-parallel job on this machine (GPUs, or a CPU fallback)",
+        description="Print how many processes torchrun should start here: one per visible GPU up to "
+        "--gpus, or --without-gpu CPU processes (gloo) where CUDA is not available.",
+    )
+    processes.add_argument("--gpus", type=_count, required=True, help="the experiment's GPU count")
+    processes.add_argument("--without-gpu", type=_count, required=True, help="processes where there is no GPU")
+    processes.set_defaults(run=_processes)
