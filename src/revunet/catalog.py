@@ -63,6 +63,8 @@ REPORT_TABLES = (
     "capacity",
     "postprocessing",
 )
+# The smoke run's own table (revunet tables --smoke), besides REPORT_TABLES.
+SMOKE_TABLE = "smoke"
 # One memory_modules_<table> figure per memory table (each row's peak by owning module).
 MODULES_FIGURE = "memory_modules"
 # What `revunet figures` writes, besides one example_segmentation_<dataset> figure per dataset.

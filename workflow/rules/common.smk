@@ -11,6 +11,7 @@ from revunet.catalog import (
     MEMORY_TABLES,
     REPORT_FIGURES,
     REPORT_TABLES,
+    SMOKE_TABLE,
     SYNTHETIC_LAYOUTS,
 )
 from revunet.experiments.plan import ConfigError, plan_workflow
@@ -29,6 +30,9 @@ RESULTS = PLAN.results
 FOLDERS = {
     "data": f"{RESULTS}/data",
     "experiments": f"{RESULTS}/experiments",
+    # the smoke run's compile: true twins (experiments and training runs)
+    "experiments_compiled": f"{RESULTS}/experiments_compiled",
+    "training_compiled": f"{RESULTS}/train_compiled",
     "training": f"{RESULTS}/train",
     "predictions": f"{RESULTS}/predictions",
     "evaluations": f"{RESULTS}/evaluation",
@@ -64,6 +68,8 @@ PATHS = {
     "preprocess_store": under("data", "{dataset}", "preprocess_store"),
     "split": under("data", "{dataset}", "splits", "{split}.json"),
     "spec": under("experiments", "{exp}.json"),
+    "spec_compiled": under("experiments_compiled", "{exp}.json"),
+    "log_compiled": under("training_compiled", "{exp}", "log.csv"),
     "best": under("training", "{exp}", "best.pt"),
     "log": under("training", "{exp}", "log.csv"),
     "summary": under("training", "{exp}", "summary.json"),
@@ -169,8 +175,13 @@ def memory_outputs():
     return tables + [PATHS["capacity"], PATHS["complexity"]]
 
 
+def table_names():
+    """The tables `revunet tables` writes: a smoke run's own table first."""
+    return [SMOKE_TABLE, *REPORT_TABLES] if PLAN.smoke else list(REPORT_TABLES)
+
+
 def table_outputs(extension):
-    return expand(PATHS["table"], name=REPORT_TABLES, extension=extension)
+    return expand(PATHS["table"], name=table_names(), extension=extension)
 
 
 def figure_names():
@@ -204,9 +215,17 @@ def report_inputs():
         ),
         "memory": memory_outputs(),
         "cases": [PATHS["cases"].format(dataset=dataset) for dataset in PLAN.datasets],
+        "compiled": expand(PATHS["log_compiled"], exp=PLAN.compiled_experiments()),
     }
 
 
 def result_folders():
     """The folders `revunet tables` and `revunet figures` read."""
     return {name: FOLDERS[name] for name in REPORT_READS}
+
+
+def smoke_table_options():
+    """`revunet tables` options of a smoke run: the mark, the compiled twins' runs."""
+    if not PLAN.smoke:
+        return ""
+    return f"--smoke --compiled-training {FOLDERS['training_compiled']}"

@@ -12,7 +12,7 @@ rule tables:
                 category="Tables",
                 labels={"table": name},
             )
-            for name, path in zip(REPORT_TABLES, table_outputs("csv"))
+            for name, path in zip(table_names(), table_outputs("csv"))
         ],
         *table_outputs("md"),
         index=PATHS["tables_index"],
@@ -24,10 +24,11 @@ rule tables:
         folders=result_folders(),
         out=lambda wildcards, output: os.path.dirname(output.index),
         preset=PLAN.preset,
+        smoke=smoke_table_options(),
     shell:
         "revunet tables --experiments {params.folders[experiments]} --evaluations {params.folders[evaluations]}"
         " --training {params.folders[training]} --memory {params.folders[memory]}"
-        " --cases-dir {params.folders[data]} --preset {params.preset} --out {params.out} > {log} 2>&1"
+        " --cases-dir {params.folders[data]} --preset {params.preset} {params.smoke} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
@@ -53,11 +54,12 @@ rule figures:
     params:
         folders=result_folders(),
         out=lambda wildcards, output: os.path.dirname(output.index),
+        smoke=PLAN.report_options(),
     shell:
         "revunet figures --experiments {params.folders[experiments]} --training {params.folders[training]}"
         " --evaluations {params.folders[evaluations]} --memory {params.folders[memory]}"
         " --predictions {params.folders[predictions]} --cases-dir {params.folders[data]}"
-        " --out {params.out} > {log} 2>&1"
+        " {params.smoke} --out {params.out} > {log} 2>&1"
 
 
 rule run_config:

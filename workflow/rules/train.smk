@@ -40,3 +40,26 @@ rule train:
     shell:
         "{params.launcher} train --experiment {input.experiment} --preprocessed {input.preprocessed}"
         " --split {input.split} --out {params.out} {params.options} > {log} 2>&1"
+
+
+# A smoke run's compile: true twin of each experiment (smoke_run.compiled): the same job
+# with the blocks compiled, for seconds per step compiled beside eager.
+use rule experiment as experiment_compiled with:
+    output:
+        PATHS["spec_compiled"],
+    log:
+        log_file("experiment_compiled", "{exp}"),
+    params:
+        spec=lambda wildcards: experiment_plan(wildcards).compiled_spec(),
+
+
+use rule train as train_compiled with:
+    input:
+        unpack(train_inputs),
+        experiment=rules.experiment_compiled.output[0],
+    output:
+        best=under("training_compiled", "{exp}", "best.pt"),
+        log=PATHS["log_compiled"],
+        summary=under("training_compiled", "{exp}", "summary.json"),
+    log:
+        log_file("train_compiled", "{exp}"),

@@ -27,6 +27,7 @@ def _figures(args: argparse.Namespace) -> int:
             data_root=_optional_path(args.cases_dir),
             experiments=_optional_path(args.experiments),
             examples=parse_examples(args.example or []),
+            smoke=args.smoke,
         )
         index = write_figures(inputs, args.out)
     except ReportInputError as error:
@@ -61,5 +62,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="experiment whose first held-out prediction is shown for DATASET (repeatable; default: the "
         "experiment with the best held-out mean Dice among those with predictions on that dataset)",
     )
+    parser.add_argument("--smoke", action="store_true", help="the inputs come from a smoke run: mark every figure")
     parser.add_argument("--out", required=True, help="folder to write the figures into")
     parser.set_defaults(run=_figures)

@@ -26,8 +26,21 @@ def _tables(args: argparse.Namespace) -> int:
         data_root=_optional_dir(args.cases_dir),
         data_descriptions=parse_data_descriptions(args.data_description or []),
         preset=args.preset,
+        smoke=args.smoke,
+        compiled_training=_optional_dir(args.compiled_training),
+        predicted_memory=_optional_dir(args.predicted_memory),
     )
-    for name in ("evaluations", "memory", "training", "experiments", "cases_dir"):
+    if not args.smoke and (args.compiled_training or args.predicted_memory):
+        raise SystemExit("revunet tables: --compiled-training and --predicted-memory belong to a smoke run (--smoke)")
+    for name in (
+        "evaluations",
+        "memory",
+        "training",
+        "experiments",
+        "cases_dir",
+        "compiled_training",
+        "predicted_memory",
+    ):
         value = getattr(args, name)
         if value and Path(value).exists() and not Path(value).is_dir():
             raise SystemExit(f"revunet tables: --{name.replace('_', '-')} {value} is not a folder")
@@ -72,5 +85,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "task (repeatable); overrides what --cases-dir finds",
     )
     parser.add_argument("--preset", choices=("demo", "paper"), help="scale preset the experiments were run at")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the inputs come from a smoke run: mark every table as one and add smoke.csv/.md (steps, memory)",
+    )
+    parser.add_argument("--compiled-training", help="smoke run: folder with EXP/log.csv of the compile: true twins")
+    parser.add_argument(
+        "--predicted-memory", help="smoke run: folder with EXP.json of `revunet memory --experiment` (predicted peaks)"
+    )
     parser.add_argument("--out", required=True, help="folder to write the tables into")
     parser.set_defaults(run=_tables)

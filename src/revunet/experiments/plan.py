@@ -28,7 +28,7 @@ from revunet.experiments.config_files import expect_choice as _choice
 from revunet.experiments.config_files import expect_mapping as _mapping
 from revunet.experiments.datasets import DatasetPlan, plan_dataset
 from revunet.experiments.recipe import Experiment
-from revunet.experiments.smoke import SMOKE_RESULTS, SmokeSettings, smoke_dataset, smoke_experiment
+from revunet.experiments.smoke import SMOKE_RESULTS, SmokeSettings, compiled_twin, smoke_dataset, smoke_experiment
 
 PRESETS = ("demo", "paper")
 WORKFLOW_KEYS = ("recipe", "dataset", "split", "resources")
@@ -63,6 +63,10 @@ class ExperimentPlan:
     def spec(self) -> str:
         """The experiment as canonical JSON (what `revunet experiment --spec` takes)."""
         return json.dumps(self.experiment.to_dict(), sort_keys=True)
+
+    def compiled_spec(self) -> str:
+        """The smoke run's ``compile: true`` twin of the experiment, as canonical JSON."""
+        return json.dumps(compiled_twin(self.experiment).to_dict(), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,14 @@ class WorkflowPlan:
         over otherwise (:mod:`revunet.training.resumption`); ``--time-limit auto`` stops it
         cleanly before the end of the SLURM job it runs in (``train_time_limit``)."""
         return f"--device {self.device} --no-progress --time-limit {self.train_time_limit}"
+
+    def compiled_experiments(self) -> list[str]:
+        """Experiments trained again with ``compile: true`` (a smoke run with ``smoke_run.compiled``)."""
+        return self.experiment_names() if self.smoke is not None and self.smoke.compiled else []
+
+    def report_options(self) -> str:
+        """The options `revunet tables` and `revunet figures` share: ``--smoke`` in a smoke run."""
+        return "--smoke" if self.smoke is not None else ""
 
     def experiment_names(self, dataset: str | None = None) -> list[str]:
         """Selected experiments, in config order (optionally only those of ``dataset``)."""

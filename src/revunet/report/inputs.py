@@ -308,6 +308,11 @@ class ReportInputs:
     data_root: Path | None = None
     data_descriptions: Mapping[str, str] = field(default_factory=dict)
     preset: str | None = None
+    # A smoke run (revunet.report.tables.smoke): its tables are marked, and it has a table of its own
+    # from the compiled twins' training folder and the predicted peaks.
+    smoke: bool = False
+    compiled_training: Path | None = None
+    predicted_memory: Path | None = None
 
 
 class ReportContext:

@@ -54,6 +54,7 @@ from revunet.report.inputs import (
     experiment_order,
 )
 from revunet.report.inputs import memory_modules as modules_table
+from revunet.report.tables.smoke import SMOKE_NOTE
 
 CAPTIONS = {
     "training_curves": "Training curves, one panel per experiment: training loss (left axis) and validation mean "
@@ -85,6 +86,7 @@ class FigureInputs:
     data_root: Path | None = None
     experiments: Path | None = None
     examples: Mapping[str, str] = field(default_factory=dict)  # dataset -> experiment shown
+    smoke: bool = False  # a smoke run: every figure and caption marked (revunet.report.tables.smoke)
 
 
 def parse_examples(values: Sequence[str]) -> dict[str, str]:
@@ -117,15 +119,18 @@ def write_figures(inputs: FigureInputs, out: str | os.PathLike[str]) -> list[tup
             f"found {[d.name for d in context.datasets]}"
         )
     index: list[tuple[str, str]] = []
+    banner = SMOKE_NOTE if inputs.smoke else None
     for name, figure in _fixed_figures(inputs, context, experiments):
-        save_figure(figure, out, name)
+        save_figure(figure, out, name, banner)
         index.append((f"{name}.png", CAPTIONS[name]))
     for dataset in context.datasets:
         name = f"{EXAMPLE_FIGURE}_{dataset.name}"
         chosen = inputs.examples.get(dataset.name)
         figure, caption = example_figure(dataset, experiments, inputs.predictions, chosen, context)
-        save_figure(figure, out, name)
+        save_figure(figure, out, name, banner)
         index.append((f"{name}.png", caption))
+    if banner:
+        index = [(file, f"{banner} {caption}") for file, caption in index]
     write_text_atomic(out / "index.csv", pd.DataFrame(index, columns=["file", "caption"]).to_csv(index=False))
     return index
 

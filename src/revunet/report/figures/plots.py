@@ -30,8 +30,12 @@ TABLE_TITLES = {
 }
 
 
-def save_figure(figure: Any, out: Path, name: str) -> list[Path]:
-    """``out/name.png`` and ``out/name.pdf``, each rendered to memory first and written atomically."""
+def save_figure(figure: Any, out: Path, name: str, banner: str | None = None) -> list[Path]:
+    """``out/name.png`` and ``out/name.pdf``, each rendered to memory first and written atomically.
+
+    ``banner`` (a smoke run's mark) is written in red across the top of the figure."""
+    if banner:
+        figure.text(0.5, 0.998, banner, ha="center", va="top", color="red", fontsize=8, wrap=True)
     written = []
     for fmt in ("png", "pdf"):
         buffer = io.BytesIO()

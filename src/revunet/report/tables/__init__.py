@@ -24,6 +24,7 @@ from revunet.report.tables.measurements import capacity_report_table, complexity
 from revunet.report.tables.pendse import pendse_dice_table, pendse_memory_table
 from revunet.report.tables.postprocessing import postprocessing_table
 from revunet.report.tables.regions import REGION_TABLES, region_table
+from revunet.report.tables.smoke import mark_smoke, smoke_table
 
 _BUILDERS: dict[str, Callable[[ReportContext], ReportTable]] = {
     **{table: partial(region_table, table=table) for table in REGION_TABLES},
@@ -38,9 +39,12 @@ TABLE_BUILDERS: dict[str, Callable[[ReportContext], ReportTable]] = {name: _BUIL
 
 
 def build_tables(inputs: ReportInputs) -> list[ReportTable]:
-    """Every report table from ``inputs`` (read once)."""
+    """Every report table from ``inputs`` (read once); a smoke run's marked, and its own table first."""
     context = ReportContext(inputs)
-    return [build(context) for build in TABLE_BUILDERS.values()]
+    tables = [build(context) for build in TABLE_BUILDERS.values()]
+    if not inputs.smoke:
+        return tables
+    return [smoke_table(context), *(mark_smoke(table) for table in tables)]
 
 
 def write_tables(tables: Sequence[ReportTable], out: str | os.PathLike[str]) -> list[Path]:
