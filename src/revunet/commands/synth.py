@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from revunet.catalog import TASK_NAMES
+from revunet.catalog import SYNTHETIC_LAYOUTS, TASK_NAMES
 
 
 def _positive_int(text: str) -> int:
@@ -35,9 +35,13 @@ def _spacing(text: str) -> float:
 def _synth(args: argparse.Namespace) -> int:
     from revunet.data.synth.generate import write_dataset
 
+    if args.task is None and args.layout is None:
+        raise SystemExit("revunet synth: give --task or --layout")
     try:
-        summary = write_dataset(args.task, args.out, args.subjects, args.spacing, args.seed, force=args.force)
-    except FileExistsError as error:
+        summary = write_dataset(
+            args.task, args.out, args.subjects, args.spacing, args.seed, force=args.force, layout=args.layout
+        )
+    except (FileExistsError, ValueError) as error:
         raise SystemExit(f"revunet synth: {error}") from None
     print(summary.describe())
     return 0
@@ -49,10 +53,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "synth",
         help="write the synthetic BraTS-like or iSeg-like dataset (real anatomy, real on-disk layout)",
         description="Write synthetic subjects built on the MNI ICBM152 2009a template (shipped with nilearn) "
-        "in the real BraTS 2020 or iSeg 2019 layout. Seeded and deterministic; an identical dataset "
+        "in the real BraTS 2020, BraTS 2018 or iSeg 2019 layout. Seeded and deterministic; an identical dataset "
         "already in place is left alone, and a dataset folder appears only once complete.",
     )
-    synth.add_argument("--task", choices=TASK_NAMES, required=True)
+    synth.add_argument("--task", choices=TASK_NAMES, help="the task (implied by --layout)")
+    synth.add_argument(
+        "--layout",
+        choices=tuple(SYNTHETIC_LAYOUTS),
+        help="on-disk layout: brats2020 (default for brats), brats2018 (HGG/LGG, .nii), iseg",
+    )
     synth.add_argument("--out", required=True, help="folder to write the dataset folder into")
     synth.add_argument("--subjects", type=_positive_int, help="number of subjects (default 20 for brats, 10 for iseg)")
     synth.add_argument("--spacing", type=_spacing, help="isotropic voxel size in mm, 1 to 8 (default 3)")

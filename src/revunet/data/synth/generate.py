@@ -9,6 +9,9 @@ pipeline reads them with the same readers:
 
 * BraTS 2020: ``MICCAI_BraTS2020_TrainingData/BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii.gz``
   plus ``name_mapping.csv``; images int16, labels uint8 in {0, 1, 2, 4}; field of view 240x240x155 mm.
+* BraTS 2018 (``--layout brats2018``): the same subjects as
+  ``MICCAI_BraTS_2018_Data_Training/{HGG,LGG}/Brats18_SYN_NNN_1/Brats18_SYN_NNN_1_{flair,t1,t1ce,t2,seg}.nii``,
+  uncompressed as in that release, each case under its grade's folder (no name_mapping.csv).
 * iSeg 2019: ``iSeg-2019-Training/subject-N-{T1,T2,label}.hdr/.img`` (Analyze, X x Y x Z x 1);
   images int16, labels uint8 in {0, 10, 150, 250}; field of view 144x192x256 mm.
 
@@ -42,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from revunet.atomic import write_bytes_atomic, write_text_atomic
-from revunet.catalog import SYNTHETIC_FOLDERS
+from revunet.catalog import SYNTHETIC_FOLDERS, SYNTHETIC_LAYOUTS
 from revunet.data.labels import (
     BRATS_LABELS,
     ISEG_LABELS,
@@ -232,6 +235,11 @@ def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
+def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """An uncompressed .nii file's bytes (the BraTS 2018 release's files)."""
+    return gzip.decompress(_nifti_gz_bytes(array, affine))
+
+
 def _analyze_bytes(array: np.ndarray, spacing: float) -> tuple[bytes, bytes]:
     """(.hdr, .img) bytes of an Analyze 7.5 volume stored as X x Y x Z x 1, like the iSeg files."""
     header = _iseg_header(array.shape, spacing, array.dtype.type)
@@ -269,6 +277,29 @@ def _write_brats(root: Path, n_subjects: int, spacing: float, seed: int) -> list
     ]
 
 
+def brats2018_case_id(index: int) -> str:
+    """BraTS 2018-style case name of subject ``index`` (0-based): Brats18_SYN_001_1 for index 0."""
+    return f"Brats18_SYN_{index + 1:03d}_1"
+
+
+def _write_brats2018(root: Path, n_subjects: int, spacing: float, seed: int) -> list[str]:
+    """The BraTS 2020 writer's subjects in the 2018 release's layout: HGG/ and LGG/ (by the subject's
+    grade) holding ``Brats18_*`` case folders of uncompressed ``.nii`` files."""
+    files = []
+    for index in range(n_subjects):
+        case = brats2018_case_id(index)
+        subject = make_brats_subject(index, seed, spacing)
+        check_label_values(subject.label, BRATS_LABELS, f"synthetic {case}")
+        assert subject.plan is not None
+        folder = root / subject.plan.grade / case
+        folder.mkdir(parents=True)
+        volumes = {**subject.images, "seg": subject.label}
+        for role in ("flair", "t1", "t1ce", "t2", "seg"):
+            write_bytes_atomic(folder / f"{case}_{role}.nii", _nifti_bytes(volumes[role], subject.affine))
+            files.append(f"{subject.plan.grade}/{case}/{case}_{role}.nii")
+    return files
+
+
 def _write_iseg(root: Path, n_subjects: int, spacing: float, seed: int) -> list[str]:
     files = []
     for index in range(n_subjects):
@@ -285,7 +316,13 @@ def _write_iseg(root: Path, n_subjects: int, spacing: float, seed: int) -> list[
     return files
 
 
-_WRITERS = {"brats": (BRATS_ROOT, _write_brats, brats_grid), "iseg": (ISEG_ROOT, _write_iseg, iseg_grid)}
+# layout -> (writer, grid); each layout's task and folder are revunet.catalog.SYNTHETIC_LAYOUTS'.
+_WRITERS = {
+    "brats2020": (_write_brats, brats_grid),
+    "brats2018": (_write_brats2018, brats_grid),
+    "iseg": (_write_iseg, iseg_grid),
+}
+DEFAULT_LAYOUTS = {"brats": "brats2020", "iseg": "iseg"}
 
 
 @dataclass(frozen=True)
@@ -311,8 +348,9 @@ class SynthSummary:
         )
 
 
-def _settings(task: str, n_subjects: int, spacing: float, seed: int) -> dict[str, object]:
-    return {
+def _settings(task: str, layout: str, n_subjects: int, spacing: float, seed: int) -> dict[str, object]:
+    """The manifest's settings; ``layout`` only when not the task's default (older manifests stay valid)."""
+    settings: dict[str, object] = {
         "generator": "revunet.data.synth",
         "generator_version": GENERATOR_VERSION,
         "task": task,
@@ -320,6 +358,23 @@ def _settings(task: str, n_subjects: int, spacing: float, seed: int) -> dict[str
         "spacing_mm": spacing,
         "seed": seed,
     }
+    if layout != DEFAULT_LAYOUTS[task]:
+        settings["layout"] = layout
+    return settings
+
+
+def checked_layout(task: str | None, layout: str | None) -> tuple[str, str]:
+    """``(task, layout)`` from either or both; ValueError naming the choices when unknown or inconsistent."""
+    if layout is None:
+        if task not in DEFAULT_LAYOUTS:
+            raise ValueError(f"task must be one of {sorted(DEFAULT_LAYOUTS)}, got {task!r}")
+        return task, DEFAULT_LAYOUTS[task]
+    if layout not in SYNTHETIC_LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(SYNTHETIC_LAYOUTS)}, got {layout!r}")
+    layout_task = SYNTHETIC_LAYOUTS[layout][0]
+    if task is not None and task != layout_task:
+        raise ValueError(f"layout {layout!r} writes {layout_task} data, but the task is {task!r}")
+    return layout_task, layout
 
 
 def _sha256(path: Path) -> str:
@@ -346,8 +401,6 @@ def _is_complete(root: Path, settings: dict[str, object]) -> bool:
 
 def _checked_size(task: str, n_subjects: int | None, spacing: float | None) -> tuple[int, float]:
     """``(n_subjects, spacing)`` with the task's defaults filled in; ValueError when out of range."""
-    if task not in _WRITERS:
-        raise ValueError(f"task must be one of {sorted(_WRITERS)}, got {task!r}")
     n_subjects = DEFAULT_SUBJECTS[task] if n_subjects is None else int(n_subjects)
     spacing = DEFAULT_SPACING if spacing is None else float(spacing)
     if n_subjects < 1:
@@ -373,24 +426,30 @@ def _write_complete(folder: Path, files: list[str], settings: dict[str, object],
 
 
 def write_dataset(
-    task: str,
+    task: str | None,
     out_dir: str | os.PathLike[str],
     n_subjects: int | None = None,
     spacing: float | None = None,
     seed: int = 0,
     force: bool = False,
+    layout: str | None = None,
 ) -> SynthSummary:
     """Write the synthetic ``task`` dataset ("brats" or "iseg") under ``out_dir``, or find it there.
+
+    ``layout`` (a name of :data:`revunet.catalog.SYNTHETIC_LAYOUTS`; default the task's: BraTS
+    2020, iSeg 2019) chooses the on-disk layout and folder; ``task`` may then be None.
 
     An existing folder with the same settings and intact files is left alone (unless ``force``);
     one from other settings is replaced. A folder of the same name that this generator did not
     write (no manifest: real data?) is never touched: that raises FileExistsError.
     """
+    task, layout = checked_layout(task, layout)
     n_subjects, spacing = _checked_size(task, n_subjects, spacing)
-    root_name, writer, grid_of = _WRITERS[task]
+    writer, grid_of = _WRITERS[layout]
+    root_name = SYNTHETIC_LAYOUTS[layout][1]
     out = Path(out_dir)
     root = out / root_name
-    settings = _settings(task, n_subjects, spacing, int(seed))
+    settings = _settings(task, layout, n_subjects, spacing, int(seed))
     shape = grid_of(spacing).shape
 
     def summary(generated: bool, seconds: float) -> SynthSummary:
