@@ -18,23 +18,25 @@ from revunet.data.labels import ISEG_DISK_VALUES
 from revunet.data.synth.anatomy import TEMPLATE_NOTICE
 from revunet.data.synth.generate import (
     BRATS_ROOT,
-    DEFAULT_SPACING,
     DEFAULT_SUBJECTS,
     ISEG_ROOT,
     MANIFEST_NAME,
-    MAX_SPACING,
-    MIN_SPACING,
     NAME_MAPPING_COLUMNS,
     NOTICE_NAME,
-    brats_grid,
     generate_brats_like,
     generate_iseg_like,
+    write_dataset,
+)
+from revunet.data.synth.subjects import (
+    DEFAULT_SPACING,
+    MAX_SPACING,
+    MIN_SPACING,
+    brats_grid,
     iseg_grid,
     make_brats_subject,
     make_iseg_subject,
     synth_brats_subject,
     synth_iseg_subject,
-    write_dataset,
 )
 from revunet.data.synth.tumour import case_plan
 from revunet.tasks import TASKS

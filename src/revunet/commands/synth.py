@@ -21,7 +21,7 @@ def _positive_int(text: str) -> int:
 
 
 def _spacing(text: str) -> float:
-    from revunet.data.synth.generate import MAX_SPACING, MIN_SPACING
+    from revunet.data.synth.subjects import MAX_SPACING, MIN_SPACING
 
     try:
         value = float(text)
