@@ -323,7 +323,7 @@ def test_the_catalogs_names_are_the_registries_names():
     model = torch.nn.Linear(2, 1)
     for name in OPTIMIZERS:
         experiment = Experiment(name="e", task="brats", model="unet3d", optimizer=name)
-        assert isinstance(make_optimizer(experiment, model), torch.optim.Optimizer)
+        assert isinstance(make_optimizer(experiment, model.parameters()), torch.optim.Optimizer)
 
 
 # --------------------------------------------------------------------------- through snakemake -n

@@ -199,6 +199,7 @@ def test_log_columns_schedule_and_summary(finished) -> None:
         "first_step_seconds",
         "step_seconds",
         "peak_memory_mib",
+        "tensor_peak_mib",
         "time",
     ]
     rows = read_log(out / "log.csv")

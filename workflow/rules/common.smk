@@ -33,6 +33,8 @@ FOLDERS = {
     # the smoke run's compile: true twins (experiments and training runs)
     "experiments_compiled": f"{RESULTS}/experiments_compiled",
     "training_compiled": f"{RESULTS}/train_compiled",
+    # the smoke run's predicted training peaks (revunet memory --experiment)
+    "memory_predicted": f"{RESULTS}/memory/predicted",
     "training": f"{RESULTS}/train",
     "predictions": f"{RESULTS}/predictions",
     "evaluations": f"{RESULTS}/evaluation",
@@ -70,6 +72,7 @@ PATHS = {
     "spec": under("experiments", "{exp}.json"),
     "spec_compiled": under("experiments_compiled", "{exp}.json"),
     "log_compiled": under("training_compiled", "{exp}", "log.csv"),
+    "memory_predicted": under("memory_predicted", "{exp}.json"),
     "best": under("training", "{exp}", "best.pt"),
     "log": under("training", "{exp}", "log.csv"),
     "summary": under("training", "{exp}", "summary.json"),
@@ -216,6 +219,9 @@ def report_inputs():
         "memory": memory_outputs(),
         "cases": [PATHS["cases"].format(dataset=dataset) for dataset in PLAN.datasets],
         "compiled": expand(PATHS["log_compiled"], exp=PLAN.compiled_experiments()),
+        "predicted": expand(
+            PATHS["memory_predicted"], exp=PLAN.experiment_names() if PLAN.smoke else []
+        ),
     }
 
 
@@ -228,4 +234,7 @@ def smoke_table_options():
     """`revunet tables` options of a smoke run: the mark, the compiled twins' runs."""
     if not PLAN.smoke:
         return ""
-    return f"--smoke --compiled-training {FOLDERS['training_compiled']}"
+    return (
+        f"--smoke --compiled-training {FOLDERS['training_compiled']}"
+        f" --predicted-memory {FOLDERS['memory_predicted']}"
+    )

@@ -59,3 +59,20 @@ rule complexity:
         options=PLAN.complexity_arguments,
     shell:
         "revunet complexity {params.options} --out {output} > {log} 2>&1"
+
+
+# A smoke run's prediction of each experiment's training peak, for the smoke table beside
+# what its training job measured (measure_memory: true).
+rule memory_predicted:
+    input:
+        experiment=rules.experiment.output[0],
+    output:
+        PATHS["memory_predicted"],
+    log:
+        log_file("memory_predicted", "{exp}"),
+    conda:
+        CONDA_ENV
+    params:
+        options=lambda wildcards: PLAN.prediction_options(wildcards.exp),
+    shell:
+        "revunet memory --experiment {input.experiment} {params.options} --out {output} > {log} 2>&1"

@@ -28,6 +28,13 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _volume(text: str) -> tuple[int, ...]:
+    shape = _shape(f"1,1,{text}")[2:]
+    if len(shape) != 3:
+        raise argparse.ArgumentTypeError(f"--volume-shape must be three sizes like 160,192,160; got {text!r}")
+    return shape
+
+
 def _factory(spec: str) -> Callable[..., Any]:
     """Resolve ``package.module:callable`` to the callable that builds the model."""
     module_name, _, attribute = spec.partition(":")
@@ -73,12 +80,36 @@ def _modules_path(out: str) -> str:
     return f"{stem}_modules{dot}{extension}"
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    """``--experiment``: the predicted peak of the experiment's training step, as its job runs it."""
+    from revunet.atomic import write_text_atomic
+    from revunet.experiments.recipe import read_experiment
+    from revunet.memory.experiment_peak import predict_training_peak
+
+    if args.model or args.input_shape or args.table:
+        raise SystemExit("--experiment measures the experiment's own configuration; drop --model/--input-shape/--table")
+    if args.out and not args.out.endswith(".json"):
+        raise SystemExit(f"--out with --experiment must end in .json, got {args.out!r}")
+    try:
+        experiment = read_experiment(args.experiment)
+        report = predict_training_peak(experiment, args.volume_shape, mode=args.mode, device_type=args.for_device)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"revunet memory: {args.experiment}: {error}") from None
+    row = {"experiment": experiment.name, "for_device": args.for_device, "amp": experiment.amp, **report.as_dict()}
+    print(f"{experiment.name} at {row['input_shape']} ({args.mode}, for {args.for_device}): {report.summary()}")
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps(row, indent=2) + "\n")
+    return 0
+
+
 def _memory(args: argparse.Namespace) -> int:
     import torch
 
     from revunet.atomic import write_text_atomic
     from revunet.memory.accounting import measure_training_step
 
+    if args.experiment:
+        return _experiment(args)
     if args.table:
         return _paper_table(args)
     if not args.model or not args.input_shape:
@@ -133,6 +164,22 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--table",
         choices=MEMORY_TABLES,
         help="measure every row of a paper's memory table under its protocol (paper vs measured)",
+    )
+    memory.add_argument(
+        "--experiment",
+        metavar="SPEC",
+        help="predict the training step of this experiment file as its job runs it (model, batch, patch, loss, AMP)",
+    )
+    memory.add_argument(
+        "--volume-shape",
+        type=_volume,
+        help="with --experiment on whole volumes: the preprocessed volume shape, e.g. 160,192,160",
+    )
+    memory.add_argument(
+        "--for-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="with --experiment: the job's device, which decides AMP's dtype (bfloat16 on CPU, float16 on CUDA)",
     )
     memory.add_argument("--model", help="model factory as 'package.module:callable'")
     memory.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")

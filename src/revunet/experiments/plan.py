@@ -123,6 +123,15 @@ class WorkflowPlan:
         """Experiments trained again with ``compile: true`` (a smoke run with ``smoke_run.compiled``)."""
         return self.experiment_names() if self.smoke is not None and self.smoke.compiled else []
 
+    def prediction_options(self, name: str) -> str:
+        """`revunet memory --experiment` options for ``name``: its dataset's volume shape (whole-volume
+        training) and the device its job trains on (AMP's dtype; auto counts as cpu: bfloat16 and float16
+        take the same bytes)."""
+        plan = self.experiments[name]
+        shape = self.datasets[plan.dataset].shape
+        volume = f"--volume-shape {','.join(map(str, shape))} " if shape is not None else ""
+        return f"{volume}--for-device {'cuda' if self.device == 'cuda' else 'cpu'}"
+
     def report_options(self) -> str:
         """The options `revunet tables` and `revunet figures` share: ``--smoke`` in a smoke run."""
         return "--smoke" if self.smoke is not None else ""

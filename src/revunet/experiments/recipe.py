@@ -70,6 +70,8 @@ class Experiment:
     Provenance: ``paper``/``table``/``row`` link the experiment to the paper's table row.
     Speed: ``compile`` runs the model's blocks through ``torch.compile`` in training and inference,
     the reversible core staying eager (:mod:`revunet.models.compiled`); checkpoints are the same.
+    Memory: ``measure_memory`` records the training steps' peak memory in log.csv and summary.json
+    (:mod:`revunet.memory.experiment_peak`; the smoke run sets it).
     """
 
     name: str
@@ -97,6 +99,7 @@ class Experiment:
     patience: int | None = None
     amp: bool = False
     compile: bool = False
+    measure_memory: bool = False
     num_workers: int = 0
     seed: int = 0
     sliding_window: tuple[int, int, int] | None = None

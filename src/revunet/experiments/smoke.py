@@ -73,12 +73,13 @@ def smoke_experiment(experiment: Experiment, settings: SmokeSettings) -> Experim
         validate_every=1,
         patience=None,
         num_workers=min(experiment.num_workers, settings.num_workers),
+        measure_memory=True,
     )
 
 
 def compiled_twin(experiment: Experiment) -> Experiment:
     """The smoke experiment again with ``compile: true``: seconds per step compiled beside eager."""
-    return experiment.replace(compile=True)
+    return experiment.replace(compile=True, measure_memory=False)  # the tracker would stop dynamo tracing
 
 
 def _smoke_splits(splits: Mapping[str, SplitPlan], subjects: int) -> dict[str, SplitPlan]:

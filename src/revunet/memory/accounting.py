@@ -300,7 +300,7 @@ def _tracked_step(
     if step.device.type == "cuda":
         torch.cuda.synchronize(step.device)
         torch.cuda.reset_peak_memory_stats(step.device)
-    for tensor in _existing_tensors(net, opt):
+    for tensor in existing_tensors(net, opt):
         tracker.add(tensor)
     inputs: list[torch.Tensor] = []
     with attribution.hooked(net), tracker:
@@ -392,7 +392,7 @@ def _outside_fake_mode() -> Iterator[None]:
         yield
 
 
-def _existing_tensors(net: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+def existing_tensors(net: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     tensors = [*net.parameters(), *net.buffers()]
     tensors += [p.grad for p in net.parameters() if p.grad is not None]
     tensors += [t for state in opt.state.values() for t in _tensors_in(state)]

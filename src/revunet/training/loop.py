@@ -128,15 +128,18 @@ def _optimizer_step(run: Run, global_step: int) -> float:
 def _train_step(run: Run, batches: Iterator[dict[str, torch.Tensor]], remaining: int, progress: EpochProgress) -> int:
     """One optimiser step on the next micro-batches; adds it to ``progress``; returns the batches used."""
     group = [next(batches) for _ in range(min(run.experiment.accumulation, remaining))]
-    run.optimizer.zero_grad(set_to_none=True)
-    names, step_values = _backward(run, group)
+    batch = [tensor for item in group for tensor in item.values()]
     step = progress.steps_done + 1
-    if not torch.isfinite(step_values[0]):
-        raise NonFiniteLoss(
-            f"non-finite loss ({step_values[0].item()}) at epoch {progress.epoch} step {step}; "
-            f"the last good checkpoint is kept (epoch {progress.epoch - 1})"
-        )
-    progress.grad_norms.append(_optimizer_step(run, (progress.epoch - 1) * run.steps_per_epoch() + step))
+    with run.memory.step(run.model, run.optimizer, batch) if run.memory else contextlib.nullcontext():
+        run.optimizer.zero_grad(set_to_none=True)
+        names, step_values = _backward(run, group)
+        if not torch.isfinite(step_values[0]):
+            raise NonFiniteLoss(
+                f"non-finite loss ({step_values[0].item()}) at epoch {progress.epoch} step {step}; "
+                f"the last good checkpoint is kept (epoch {progress.epoch - 1})"
+            )
+        grad_norm = _optimizer_step(run, (progress.epoch - 1) * run.steps_per_epoch() + step)
+    progress.grad_norms.append(grad_norm)
     progress.totals = step_values if progress.totals is None else progress.totals + step_values
     progress.names = names
     progress.steps_done = step
@@ -153,6 +156,8 @@ def train_epoch(run: Run, progress: EpochProgress, watch: StopWatch) -> EpochRes
     )
     run.train_set.set_epoch(epoch - 1)
     run.trained.train()
+    if run.memory is not None:
+        run.memory.reset()  # log.csv's tensor_peak_mib is the epoch's
     bar = tqdm(total=steps, initial=progress.steps_done, desc=f"epoch {epoch}", leave=False, disable=not run.progress)
     if progress.steps_done < steps:
         batches, remaining = iter(run.loader), len(run.loader)
@@ -210,6 +215,7 @@ def log_row(
         "epoch_seconds": seconds,
         **step_timing(result.step_seconds),
         "peak_memory_mib": peak_memory_mib(run.device),
+        "tensor_peak_mib": None if run.memory is None else run.memory.peak_bytes / 2**20,
         "time": _now(),
     }
 

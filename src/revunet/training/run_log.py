@@ -7,7 +7,8 @@ mean global L2 norm of the gradient before clipping, over the steps whose gradie
 ``lr`` (the scheduled rate of the epoch; a warm-up scales it down over the first steps), ``epoch_seconds`` (training + validation),
 ``first_step_seconds`` and ``step_seconds`` (the epoch's first optimiser step, which pays for
 warm-up and compilation, and the median of the others: the figure the smoke run reports),
-``peak_memory_mib`` and ``time`` (ISO wall clock at the end of the epoch).
+``peak_memory_mib``, ``tensor_peak_mib`` (``measure_memory: true``: the peak of the epoch's training
+steps, :mod:`revunet.memory.experiment_peak`; empty otherwise) and ``time`` (ISO wall clock at the end of the epoch).
 
 ``peak_memory_mib``: on CUDA ``torch.cuda.max_memory_allocated()`` since the process started
 (validation included, as Brügger et al. measured); on CPU the process's maximum resident set
@@ -52,6 +53,7 @@ def log_columns(regions: Sequence[str], terms: Sequence[str]) -> list[str]:
         "first_step_seconds",
         "step_seconds",
         "peak_memory_mib",
+        "tensor_peak_mib",
         "time",
     ]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from revunet.data.augment import Augmentation, AugmentationConfig
 from revunet.data.dataset import PatchDataset
 from revunet.data.splits import read_split
 from revunet.experiments.recipe import Experiment
+from revunet.memory.experiment_peak import StepMemoryMeter
 from revunet.models.build import build_experiment_model
 from revunet.models.compiled import compile_blocks
 from revunet.models.sizing import head_outputs, pad_to, padded_shape, size_multiple
@@ -59,6 +60,7 @@ class Run:
     autocast: Callable[[], contextlib.AbstractContextManager]
     out: Path
     progress: bool
+    memory: StepMemoryMeter | None = None  # measure_memory: true (revunet.memory.experiment_peak)
 
     def steps_per_epoch(self) -> int:
         batches = math.ceil(self.sampler.per_rank / self.experiment.batch_size)
@@ -140,9 +142,9 @@ def read_datasets(
     return train_set, held_out
 
 
-def make_optimizer(experiment: Experiment, model: nn.Module) -> torch.optim.Optimizer:
-    """The experiment's optimiser over ``model``'s parameters."""
-    params, lr, decay = model.parameters(), experiment.lr, experiment.weight_decay
+def make_optimizer(experiment: Experiment, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The experiment's optimiser over ``params`` (a model's; `revunet memory --experiment` builds it too)."""
+    lr, decay = experiment.lr, experiment.weight_decay
     if experiment.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=decay)
     if experiment.optimizer == "adamw":
@@ -209,7 +211,7 @@ def build_run(
     train_set, held_out = read_datasets(experiment, preprocessed, split_path)
     model = _seeded_model(experiment, device)
     check_compatible(experiment, loss, model, [train_set, *([held_out] if held_out else [])], preprocessed)
-    optimizer = make_optimizer(experiment, model)
+    optimizer = make_optimizer(experiment, model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(experiment.milestones), gamma=experiment.gamma)
     use_scaler = experiment.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=use_scaler)
@@ -238,4 +240,5 @@ def build_run(
         autocast=autocast,
         out=out,
         progress=progress,
+        memory=StepMemoryMeter(device) if experiment.measure_memory else None,
     )

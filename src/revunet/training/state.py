@@ -30,6 +30,7 @@ from torch import nn
 
 from revunet.atomic import open_atomic
 from revunet.experiments.recipe import Experiment
+from revunet.memory.experiment_peak import CUDA_SOURCE, TRACKER_SOURCE
 from revunet.models.build import build_experiment_model
 from revunet.training.early_stopping import EarlyStopping
 from revunet.training.randomness import restore_rng_state, rng_state
@@ -270,6 +271,14 @@ class TrainingState:
         scaler.load_state_dict(self.scaler_state)
         restore_rng_state(self.rng_state)
 
+    def _tensor_peak(self) -> dict[str, Any]:
+        """The training steps' measured peak (``measure_memory: true``), and how it was measured."""
+        peaks = [row["tensor_peak_mib"] for row in self.log_rows if row.get("tensor_peak_mib") is not None]
+        if not peaks:
+            return {"tensor_peak_mib": None, "tensor_peak_source": None}
+        source = CUDA_SOURCE if self.device.startswith("cuda") else TRACKER_SOURCE
+        return {"tensor_peak_mib": max(peaks), "tensor_peak_source": source}
+
     def summary(self) -> dict[str, Any]:
         """What ``summary.json`` says about the run."""
         best = self.best or {}
@@ -283,6 +292,7 @@ class TrainingState:
             "train_seconds": self.train_seconds,
             "peak_memory_mib": max((row["peak_memory_mib"] for row in self.log_rows), default=None),
             "peak_memory_source": self.peak_memory_source,
+            **self._tensor_peak(),
             "parameters": self.parameters,
             "device": self.device,
             "world_size": self.world_size,
