@@ -28,6 +28,7 @@ def test_paper_smoke_without_data_plans_every_experiment_on_synthetic_data_in_ea
     paper, smoke = _plan(preset="paper", data_root="/data"), _plan(preset="paper", smoke=True)
     assert list(smoke.experiments) == list(paper.experiments) and len(smoke.experiments) == 16
     assert smoke.results == "results/smoke" and paper.results == "results"
+    assert (smoke.capacity_arguments, paper.capacity_arguments) == ("--models mbconv-base", "")
     assert smoke.prediction_options("bruegger_rev_1_1_full") == "--volume-shape 160,192,160 --for-device cpu"
     layouts = {name: (d.source, d.synthetic_folder, d.spacing) for name, d in smoke.datasets.items()}
     assert layouts == {

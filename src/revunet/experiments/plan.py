@@ -173,7 +173,7 @@ def plan_workflow(config: Mapping[str, Any]) -> WorkflowPlan:
         experiments=experiments,
         infer_resources=_infer_resources(preset_block, preset, smoke),
         memory_tables=_memory_tables(config.get("memory_tables", MEMORY_TABLES)),
-        capacity_arguments=_arguments(preset_block, "capacity"),
+        capacity_arguments=_arguments({"capacity": smoke.capacity} if smoke else preset_block, "capacity"),
         complexity_arguments=_arguments(preset_block, "complexity"),
         train_time_limit=_time_limit(config.get("train_time_limit", "auto")),
         launch_single=launch.get("single", WorkflowPlan.launch_single),

@@ -43,6 +43,8 @@ class SmokeSettings:
     processes: int = 2  # processes of a multi-GPU experiment on a machine without GPUs (gloo)
     num_workers: int = 1  # data-loader workers at most
     compiled: bool = True  # also train with compile: true, for seconds per step compiled
+    # `revunet capacity` arguments: one model proves the command, the full search is the real run's
+    capacity: tuple[str, ...] = ("--models", "mbconv-base")
     train: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_JOB))
     infer: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_JOB))
 
