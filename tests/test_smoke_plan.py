@@ -45,6 +45,8 @@ def test_paper_smoke_without_data_plans_every_experiment_on_synthetic_data_in_ea
         assert {f: getattr(cut, f) for f in SIZE_FIELDS} == {f: getattr(real, f) for f in SIZE_FIELDS}, name
         assert (cut.epochs, cut.max_steps_per_epoch, cut.validate_every, cut.patience) == (1, 2, 1, None)
         assert plan.resources.gpus == paper.experiments[name].resources.gpus
+        # each of the job's ranks gets its steps from the two training cases
+        assert 2 * cut.samples_per_volume >= 2 * cut.batch_size * cut.accumulation * plan.resources.gpus, name
 
 
 def test_a_four_gpu_experiment_starts_through_the_same_launcher_with_processes_decided_on_its_node() -> None:

@@ -224,7 +224,8 @@ def _plan_dataset(
 def _smoke_plan(plan: ExperimentPlan, smoke: SmokeSettings) -> ExperimentPlan:
     """``plan`` as a smoke job: a few steps, the smoke run's resources with the experiment's GPU count."""
     resources = _resources({**DEFAULT_RESOURCES, **smoke.train, "gpus": plan.resources.gpus}, "smoke_run.train")
-    return dataclasses.replace(plan, experiment=smoke_experiment(plan.experiment, smoke), resources=resources)
+    experiment = smoke_experiment(plan.experiment, smoke, processes=plan.resources.gpus)
+    return dataclasses.replace(plan, experiment=experiment, resources=resources)
 
 
 def _selected(config: Mapping[str, Any], experiments_config: Mapping[str, Any]) -> list[str]:

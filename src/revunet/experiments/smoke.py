@@ -63,13 +63,17 @@ class SmokeSettings:
         return settings
 
 
-def smoke_experiment(experiment: Experiment, settings: SmokeSettings) -> Experiment:
+def smoke_experiment(experiment: Experiment, settings: SmokeSettings, processes: int = 1) -> Experiment:
     """``experiment`` cut to one epoch of ``settings.steps`` steps, validated, with its memory measured.
 
     Everything that decides memory and speed (sizes, model, AMP, batch, accumulation, inference)
-    stays as the preset says; only the length of training and early stopping change.
+    stays as the preset says; only the length of training and early stopping change, and enough
+    samples are drawn per volume that each of up to ``processes`` ranks gets its steps.
     """
+    needed = settings.steps * experiment.batch_size * experiment.accumulation * max(processes, 1)
+    samples = max(experiment.samples_per_volume, -(-needed // (settings.subjects - 1)))
     return experiment.replace(
+        samples_per_volume=samples,
         epochs=1,
         max_steps_per_epoch=settings.steps,
         validate_every=1,
