@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from revunet.commands._arguments import positive_int
+
 if TYPE_CHECKING:  # torch and pandas are imported inside the command: building the parser must stay fast
     import pandas as pd
 
@@ -23,16 +25,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
@@ -160,12 +152,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     capacity.add_argument("--dimensions", nargs="+", metavar="DIM", help="volume, depth, width (default: all)")
     capacity.add_argument(
-        "--fixed-size", type=_positive_int, help="input edge of the depth and width searches (default 128)"
+        "--fixed-size", type=positive_int, help="input edge of the depth and width searches (default 128)"
     )
-    capacity.add_argument("--max-size", type=_positive_int, help="largest input edge searched (default 512)")
-    capacity.add_argument("--max-depth", type=_positive_int, help="largest encoder depth searched (default 64)")
-    capacity.add_argument("--max-multiplier", type=_positive_int, help="largest width multiplier searched (default 8)")
+    capacity.add_argument("--max-size", type=positive_int, help="largest input edge searched (default 512)")
+    capacity.add_argument("--max-depth", type=positive_int, help="largest encoder depth searched (default 64)")
+    capacity.add_argument("--max-multiplier", type=positive_int, help="largest width multiplier searched (default 8)")
     capacity.add_argument("--no-vae", action="store_true", help="measure invres models without their VAE branch")
-    capacity.add_argument("--jobs", type=_positive_int, help="parallel processes (default: usable cores)")
+    capacity.add_argument("--jobs", type=positive_int, help="parallel processes (default: usable cores)")
     capacity.add_argument("--out", help="write the full table as .csv (atomically)")
     capacity.set_defaults(run=_capacity)

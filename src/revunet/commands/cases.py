@@ -9,13 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from revunet.commands._arguments import positive_int
+
 LAYOUT_HELP = "auto, brats2018, brats2020, brats2021, brats2023, msd, iseg"
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def _cases(args: argparse.Namespace) -> int:
@@ -91,7 +87,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     cases.add_argument(
         "--first",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="keep only the first N cases in id order (the smoke run on real data: a handful of cases)",
     )

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
+from revunet.commands._arguments import positive_int
 
 
 def process_count(gpus: int, without_gpu: int) -> int:
@@ -39,6 +35,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Print how many processes torchrun should start here: one per visible GPU up to "
         "--gpus, or --without-gpu CPU processes (gloo) where CUDA is not available.",
     )
-    processes.add_argument("--gpus", type=_count, required=True, help="the experiment's GPU count")
-    processes.add_argument("--without-gpu", type=_count, required=True, help="processes where there is no GPU")
+    processes.add_argument("--gpus", type=positive_int, required=True, help="the experiment's GPU count")
+    processes.add_argument("--without-gpu", type=positive_int, required=True, help="processes where there is no GPU")
     processes.set_defaults(run=_processes)

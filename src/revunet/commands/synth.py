@@ -8,16 +8,7 @@ from __future__ import annotations
 import argparse
 
 from revunet.catalog import SYNTHETIC_LAYOUTS, TASK_NAMES
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from revunet.commands._arguments import positive_int
 
 
 def _spacing(text: str) -> float:
@@ -63,7 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="on-disk layout: brats2020 (default for brats), brats2018 (HGG/LGG, .nii), iseg",
     )
     synth.add_argument("--out", required=True, help="folder to write the dataset folder into")
-    synth.add_argument("--subjects", type=_positive_int, help="number of subjects (default 20 for brats, 10 for iseg)")
+    synth.add_argument("--subjects", type=positive_int, help="number of subjects (default 20 for brats, 10 for iseg)")
     synth.add_argument("--spacing", type=_spacing, help="isotropic voxel size in mm, 1 to 8 (default 3)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     synth.add_argument("--force", action="store_true", help="regenerate even if an identical dataset is in place")
