@@ -85,7 +85,6 @@ class StepMemoryMeter:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak_bytes = 0
-        self.source = CUDA_SOURCE if device.type == "cuda" else TRACKER_SOURCE
 
     def reset(self) -> None:
         self.peak_bytes = 0

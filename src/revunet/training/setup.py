@@ -27,7 +27,7 @@ from revunet.data.augment import Augmentation, AugmentationConfig
 from revunet.data.dataset import PatchDataset
 from revunet.data.splits import read_split
 from revunet.experiments.recipe import Experiment
-from revunet.memory.experiment_peak import StepMemoryMeter
+from revunet.memory.experiment_peak import StepMemoryMeter, amp_dtype
 from revunet.models.build import build_experiment_model
 from revunet.models.compiled import compile_blocks
 from revunet.models.sizing import head_outputs, pad_to, padded_shape, size_multiple
@@ -215,8 +215,7 @@ def build_run(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(experiment.milestones), gamma=experiment.gamma)
     use_scaler = experiment.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype, enabled=experiment.amp)
+    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype(device.type), enabled=experiment.amp)
     if resume is not None:
         resume.restore(model, optimizer, scheduler, scaler)
     trained: nn.Module = model
