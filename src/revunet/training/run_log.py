@@ -11,7 +11,8 @@ warm-up and compilation, and the median of the others: the figure the smoke run 
 steps, :mod:`revunet.memory.experiment_peak`; empty otherwise) and ``time`` (ISO wall clock at the end of the epoch).
 
 ``peak_memory_mib``: on CUDA ``torch.cuda.max_memory_allocated()`` since the process started
-(validation included, as Brügger et al. measured); on CPU the process's maximum resident set
+(validation included, as Brügger et al. measured; with ``measure_memory`` the peak is reset before
+each training step, so it then covers the epoch's last step and validation); on CPU the process's maximum resident set
 size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), which also counts the Python
 interpreter, libraries and data. The summary names which one in ``peak_memory_source``.
 """
