@@ -1,4 +1,4 @@
-"""`revunet split`: a seeded train / held-out split of the labelled cases of a case table.
+"""`revunet split`: a seeded train / validation / test split of the labelled cases of a case table.
 
 See :mod:`revunet.data.splits` for how the split is drawn and the JSON it writes.
 """
@@ -18,16 +18,16 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _counts(text: str) -> tuple[int, int]:
+def _counts(text: str) -> tuple[int, ...]:
     try:
         counts = tuple(int(part) for part in text.split(","))
     except ValueError:
         counts = ()
-    if len(counts) != 2 or any(c < 1 for c in counts):
+    if len(counts) not in (2, 3) or any(c < 1 for c in counts):
         raise argparse.ArgumentTypeError(
-            f"--counts must be two positive integers TRAIN,HELD_OUT like 330,40, got {text!r}"
+            f"--counts must be two or three positive integers TRAIN,[VALIDATION,]TEST like 329,40, got {text!r}"
         )
-    return counts  # type: ignore[return-value]
+    return counts
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -41,19 +41,25 @@ def _split(args: argparse.Namespace) -> int:
     labelled = table["label"].astype(str).str.len() > 0
     unlabelled = sorted(table.loc[~labelled, "case_id"].astype(str))
     case_ids = table.loc[labelled, "case_id"].astype(str).tolist()
-    scheme = SplitScheme(fraction=args.fraction) if args.fraction is not None else SplitScheme(counts=args.counts)
     try:
-        parts = make_split(case_ids, scheme, args.seed, held_out_name=args.held_out_name)
+        if args.fraction is not None:
+            scheme = SplitScheme(fraction=args.fraction, validation=args.validation)
+        else:
+            if args.validation is not None:
+                raise ValueError("--validation goes with --fraction; with --counts give three counts")
+            scheme = SplitScheme(counts=args.counts)
+        parts = make_split(case_ids, scheme, args.seed)
     except ValueError as error:
         raise SystemExit(f"revunet split: {args.cases}: {error}") from None
-    document = split_document(parts, scheme, args.seed, args.held_out_name, unlabelled)
+    document = split_document(parts, scheme, args.seed, unlabelled)
     out = write_split(args.out, document)
     if unlabelled:
         print(f"note: {len(unlabelled)} unlabelled case(s) left out of the split (listed under 'excluded_unlabelled')")
     unused = f", {len(parts['unused'])} unused" if parts["unused"] else ""
+    selection = "" if parts["validation"] else " (no validation part: the last epoch is the result)"
     print(
-        f"{scheme} seed {args.seed}: {len(parts['train'])} train, {len(parts[args.held_out_name])} "
-        f"{args.held_out_name}{unused} of {len(case_ids)} labelled cases -> {out}"
+        f"{scheme} seed {args.seed}: {len(parts['train'])} train, {len(parts['validation'])} validation, "
+        f"{len(parts['test'])} test{unused} of {len(case_ids)} labelled cases{selection} -> {out}"
     )
     return 0
 
@@ -62,23 +68,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add ``revunet split`` to the command-line parser."""
     parser = commands.add_parser(
         "split",
-        help="seeded train / held-out split of the labelled cases",
-        description="Split the labelled cases of a case table into training and held-out parts. "
-        "Ids are sorted and then permuted by a seeded numpy Generator, so the split depends only "
-        "on the set of ids and the seed. Unlabelled cases are excluded (and listed). Papers: "
-        "Brügger et al. --fraction 0.8; Pendse et al. --counts 330,40; iSeg --counts 9,1 "
-        "--held-out-name test.",
+        help="seeded train / validation / test split of the labelled cases",
+        description="Split the labelled cases of a case table into a training part, a validation part "
+        "(chooses the checkpoint; may be empty) and a test part (reported). Ids are sorted and then permuted "
+        "by a seeded numpy Generator, so the split depends only on the set of ids and the seed. Unlabelled "
+        "cases are excluded (and listed). Papers: Brügger et al. --fraction 0.8 --validation 0.1 (their 20 %% "
+        "validation split halved into selection and a local test part); Pendse et al. --counts 329,40; "
+        "iSeg --counts 9,1.",
     )
     parser.add_argument("--cases", required=True, help="case table (CSV from `revunet cases`)")
     scheme = parser.add_mutually_exclusive_group(required=True)
     scheme.add_argument("--fraction", type=_fraction, help="fraction of cases for training, e.g. 0.8")
-    scheme.add_argument("--counts", type=_counts, help="TRAIN,HELD_OUT case counts, e.g. 330,40")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the permutation (default 0)")
+    scheme.add_argument("--counts", type=_counts, help="TRAIN,[VALIDATION,]TEST case counts, e.g. 329,40")
     parser.add_argument(
-        "--held-out-name",
-        choices=("validation", "test"),
-        default="validation",
-        help="key of the held-out list in the JSON (default validation)",
+        "--validation", type=_fraction, help="with --fraction: fraction of all cases for validation (default: none)"
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the permutation (default 0)")
     parser.add_argument("--out", required=True, help="split file to write (JSON, atomically)")
     parser.set_defaults(run=_split)

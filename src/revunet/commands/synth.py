@@ -1,6 +1,7 @@
 """`revunet synth`: write the embedded synthetic BraTS-like or iSeg-like dataset.
 
-See :mod:`revunet.data.synth.generate` for what the subjects look like and how the files are laid out.
+See :mod:`revunet.data.synth.generate` for what the subjects look like and how the files are laid out,
+and :mod:`revunet.data.synth.release` for ``--release``, the stand-ins of the official training releases.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ def _synth(args: argparse.Namespace) -> int:
         raise SystemExit("revunet synth: give --task or --layout")
     try:
         summary = write_dataset(
-            args.task, args.out, args.subjects, args.spacing, args.seed, force=args.force, layout=args.layout
+            args.task,
+            args.out,
+            args.subjects,
+            args.spacing,
+            args.seed,
+            force=args.force,
+            layout=args.layout,
+            release=args.release,
         )
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"revunet synth: {error}") from None
@@ -55,7 +63,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--out", required=True, help="folder to write the dataset folder into")
     synth.add_argument("--subjects", type=positive_int, help="number of subjects (default 20 for brats, 10 for iseg)")
-    synth.add_argument("--spacing", type=_spacing, help="isotropic voxel size in mm, 1 to 8 (default 3)")
+    synth.add_argument(
+        "--spacing", type=_spacing, help="isotropic voxel size in mm, 1 to 8 (8 with --release, else default 3)"
+    )
+    synth.add_argument(
+        "--release",
+        action="store_true",
+        help="a stand-in of the layout's official training release: its case count (BraTS 2020 369, "
+        "BraTS 2018 285 as 210 HGG + 75 LGG, iSeg 10), case names and quirks (BraTS 2020 case 355's "
+        "label W39_1998.09.19_Segm.nii), to rehearse the paper preset's data stages",
+    )
     synth.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     synth.add_argument("--force", action="store_true", help="regenerate even if an identical dataset is in place")
     synth.set_defaults(run=_synth)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Collection
@@ -42,6 +43,10 @@ _IGNORED_FOLDERS = {"__MACOSX"}
 
 class LayoutError(ValueError):
     """A folder does not hold a recognised dataset, or one of its cases lacks a file."""
+
+
+class LayoutNote(UserWarning):
+    """A case read by other than its layout's usual file names (BraTS 2020 case 355's label): a warning."""
 
 
 class BrokenCasesError(LayoutError):
@@ -140,6 +145,7 @@ class CaseFolderLayout(Layout):
     label_keys: tuple[str, ...] = ("seg",)
     group_folders: tuple[str, ...] = ()  # folders whose every sub-folder is a case (BraTS 2018 HGG/LGG)
     task: str = field(default="brats")
+    odd_label: bool = False  # a lone NIfTI file of another name is the label (BraTS 2020 case 355)
 
     def _case_folders(self, root: Path) -> list[Path]:
         folders = [p for p in _visible(root) if p.is_dir() and re.fullmatch(self.folder_pattern, p.name)]
@@ -179,7 +185,20 @@ class CaseFolderLayout(Layout):
                 )
             files[modality] = str(path)
         label = self._find(case_id, stems, self.label_keys, "label")
+        if label is None and self.odd_label:
+            label = self._odd_label(case_id, folder, [p for _, p in stems if str(p) not in files.values()])
         return self.row(case_id, files, str(label) if label else "")
+
+    def _odd_label(self, case_id: str, folder: Path, others: list[Path]) -> Path | None:
+        """With no ``<case>_seg`` file, the case's only other NIfTI file is its label (BraTS 2020 case 355's
+        ``W39_1998.09.19_Segm.nii``), with a :class:`LayoutNote`; several are an error, none unlabelled."""
+        expected, names = f"{case_id}{self.separator}{self.label_keys[0]}.nii.gz", ", ".join(p.name for p in others)
+        where = f"case {case_id}: no {expected} in {folder.resolve()}"
+        if len(others) > 1:
+            raise LayoutError(f"{where}, and {len(others)} other NIfTI files that could be its label: {names}")
+        if others:
+            warnings.warn(f"{where}; took the only other NIfTI file, {names}, as its label", LayoutNote, stacklevel=2)
+        return others[0] if others else None
 
 
 # Decathlon Task01 channel order (FLAIR, T1w, T1gd, T2w) as indices of the canonical modalities.
@@ -299,7 +318,7 @@ LAYOUTS: dict[str, Layout] = {
             folder_pattern=r"BraTS20_(Training|Validation|Testing)_\d+",
             separator="_",
             modality_keys=_BRATS_KEYS,
-            label_keys=("seg", "Segm"),  # case 355: W39_1998.09.19_Segm.nii in some copies
+            odd_label=True,  # case 355's label is W39_1998.09.19_Segm.nii in the release
         ),
         CaseFolderLayout(
             name="brats2021",

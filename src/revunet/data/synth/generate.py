@@ -15,6 +15,10 @@ pipeline reads them with the same readers:
 * iSeg 2019: ``iSeg-2019-Training/subject-N-{T1,T2,label}.hdr/.img`` (Analyze, X x Y x Z x 1);
   images int16, labels uint8 in {0, 10, 150, 250}; field of view 144x192x256 mm.
 
+With ``release=True`` (``revunet synth --release``) each layout is written as a stand-in of its
+official training release instead: real case counts, names and quirks, at 8 mm by default
+(:mod:`revunet.data.synth.release`).
+
 Defaults (3 mm voxels, 20 + 10 subjects) let the whole pipeline run on a CPU in minutes: a BraTS-like
 grid is 80x80x52 (BraTS's 240x240x155 mm) and the brain's bounding box 39-47 x 49-58 x 42-49 voxels,
 so a centre crop/pad to 48x64x48 (every side divisible by 16) keeps it whole, at worst losing one
@@ -37,6 +41,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,19 +198,23 @@ class SynthSummary:
     shape: tuple[int, int, int]
     generated: bool  # False when an identical dataset was already there
     seconds: float
+    release: bool = False  # a stand-in of the official release (revunet.data.synth.release)
 
     def describe(self) -> str:
         """One human-readable line for the command line."""
         action = f"generated in {self.seconds:.1f} s" if self.generated else "already up to date"
         grid = "x".join(map(str, self.shape))
+        what = "cases standing in for the official release" if self.release else "synthetic subjects"
         return (
-            f"{self.task}: {self.n_subjects} synthetic subjects at {self.spacing:g} mm (grid {grid}), "
+            f"{self.task}: {self.n_subjects} {what} at {self.spacing:g} mm (grid {grid}), "
             f"seed {self.seed}, {action}: {self.root}"
         )
 
 
-def _settings(task: str, layout: str, n_subjects: int, spacing: float, seed: int) -> dict[str, object]:
-    """The manifest's settings; ``layout`` only when not the task's default (older manifests stay valid)."""
+def _settings(
+    task: str, layout: str, n_subjects: int, spacing: float, seed: int, release: bool = False
+) -> dict[str, object]:
+    """The manifest's settings; ``layout`` and ``release`` only when not the defaults (older manifests stay valid)."""
     settings: dict[str, object] = {
         "generator": "revunet.data.synth",
         "generator_version": GENERATOR_VERSION,
@@ -216,6 +225,8 @@ def _settings(task: str, layout: str, n_subjects: int, spacing: float, seed: int
     }
     if layout != DEFAULT_LAYOUTS[task]:
         settings["layout"] = layout
+    if release:
+        settings["release"] = True
     return settings
 
 
@@ -266,6 +277,20 @@ def _checked_size(task: str, n_subjects: int | None, spacing: float | None) -> t
     return n_subjects, spacing
 
 
+def _writer(
+    task: str, layout: str, n_subjects: int | None, spacing: float | None, release: bool
+) -> tuple[Callable[[Path, int, float, int], list[str]], int, float]:
+    """``(writer, n_subjects, spacing)`` of a request: the release stand-in's (its count, 8 mm by
+    default; :mod:`revunet.data.synth.release`) or the layout's ordinary one, sizes checked."""
+    writer = _WRITERS[layout][0]
+    if release:
+        from revunet.data.synth.release import RELEASE_WRITERS, release_size  # it imports this module
+
+        n_subjects, spacing = release_size(layout, n_subjects, spacing)
+        writer = RELEASE_WRITERS.get(layout, writer)
+    return (writer, *_checked_size(task, n_subjects, spacing))
+
+
 def _write_complete(folder: Path, files: list[str], settings: dict[str, object], shape: tuple[int, ...]) -> None:
     """Add the template notice and, last, the manifest of every file to a freshly written ``folder``."""
     write_text_atomic(folder / NOTICE_NAME, _notice_text())
@@ -289,27 +314,30 @@ def write_dataset(
     seed: int = 0,
     force: bool = False,
     layout: str | None = None,
+    release: bool = False,
 ) -> SynthSummary:
     """Write the synthetic ``task`` dataset ("brats" or "iseg") under ``out_dir``, or find it there.
 
     ``layout`` (a name of :data:`revunet.catalog.SYNTHETIC_LAYOUTS`; default the task's: BraTS
     2020, iSeg 2019) chooses the on-disk layout and folder; ``task`` may then be None.
+    ``release`` writes a stand-in of the layout's official release (its case count, names and
+    quirks; 8 mm unless ``spacing`` says otherwise); ``n_subjects`` may then only be that count.
 
     An existing folder with the same settings and intact files is left alone (unless ``force``);
     one from other settings is replaced. A folder of the same name that this generator did not
     write (no manifest: real data?) is never touched: that raises FileExistsError.
     """
     task, layout = checked_layout(task, layout)
-    n_subjects, spacing = _checked_size(task, n_subjects, spacing)
-    writer, grid_of = _WRITERS[layout]
+    writer, n_subjects, spacing = _writer(task, layout, n_subjects, spacing, release)
+    grid_of = _WRITERS[layout][1]
     root_name = SYNTHETIC_LAYOUTS[layout][1]
     out = Path(out_dir)
     root = out / root_name
-    settings = _settings(task, layout, n_subjects, spacing, int(seed))
+    settings = _settings(task, layout, n_subjects, spacing, int(seed), release)
     shape = grid_of(spacing).shape
 
     def summary(generated: bool, seconds: float) -> SynthSummary:
-        return SynthSummary(task, root, n_subjects, spacing, int(seed), shape, generated, seconds)
+        return SynthSummary(task, root, n_subjects, spacing, int(seed), shape, generated, seconds, release)
 
     if root.exists():
         if not root.is_dir() or _read_manifest(root) is None:
