@@ -67,6 +67,14 @@ def put_label(path: Path, value: int) -> None:
     nib.save(nib.Nifti1Image(data, image.affine), path)
 
 
+def shift(path: Path, millimetres: float) -> None:
+    """Move a volume's grid along x, its voxels unchanged."""
+    image = nib.load(path)
+    affine = image.affine.copy()
+    affine[0, 3] += millimetres
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), affine), path)
+
+
 def dataset(root: Path, count: int = 5) -> Path:
     for number in range(1, count + 1):
         write_case(root, number)
@@ -216,6 +224,27 @@ def test_broken_cases_are_all_named_and_the_good_ones_survive_and_are_not_redone
     assert index.to_dict(orient="records") == [
         {"case_id": case_id(n), "npz": f"{case_id(n)}.npz", "json": f"{case_id(n)}.json"} for n in (1, 5)
     ]
+
+
+def test_a_label_off_its_images_grid_is_a_broken_case_naming_both_affines(tmp_path, capsys):
+    root = dataset(tmp_path / "b20", 3)
+    shift(file_of(root, 2, "seg"), 0.5)  # the right shape, half a voxel off: it used to pass
+    shift(file_of(root, 3, "seg"), 1e-4)  # within the 1e-3 mm tolerance: the same grid
+    table, out = tmp_path / "cases.csv", tmp_path / "p"
+    assert main(["cases", str(root), "--out", str(table)]) == 0
+    capsys.readouterr()
+    assert main(["preprocess", "--cases", str(table), "--all", "--shape", "8,8,8", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("revunet preprocess: 1 of 3 cases are broken;")
+    line = next(line for line in err.splitlines() if line.startswith("  - case "))
+    assert line == (
+        f"  - case {case_id(2)}: label file {file_of(root, 2, 'seg').resolve()} has an affine that differs from "
+        f"t1 file {file_of(root, 2, 't1').resolve()} by up to 0.5 (tolerance 0.001 mm); "
+        "expected the label map on the image grid."
+    )
+    both = "label affine:\n[[-1.   0.   0.   0.5]\n [ 0.  -1.   0.   0. ]"  # rounded, then the image's
+    assert both in err and "t1 affine:\n[[-1.  0.  0.  0.]" in err
+    assert sorted(path.name for path in out.glob("*.npz")) == [f"{case_id(n)}.npz" for n in (1, 3)]
 
 
 def test_in_one_folder_a_failed_run_withdraws_the_index_and_names_the_option(tmp_path, capsys):

@@ -10,11 +10,15 @@ equal those of one process computing the mean loss over the whole batch.
 Workers write their results with ``torch.save`` into ``tmp_path``; an exception in
 a worker makes :func:`torch.multiprocessing.spawn` raise in the test, carrying the
 worker's traceback.
+
+Also the start of a torchrun run: each rank fingerprints its share of the inputs before the
+process group forms (rank 0 stores the merged fingerprint), and the group's timeout.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -27,7 +31,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from revunet.experiments.recipe import Experiment
 from revunet.models.blocks import residual_coupling_sequence
+from revunet.training import distributed
+from revunet.training.distributed import TIMEOUT_VARIABLE, Processes, process_group, process_group_timeout
+from revunet.training.errors import TrainError
+from revunet.training.loop import train as train_run
+from revunet.training.randomness import cuda_states_to_restore, restore_rng_state, rng_state
+from revunet.training.resumption import changed_inputs, input_fingerprint
+from revunet.training.state import load_checkpoint, stored_inputs
+from test_train import make_data, store_case, tiny
 
 WORLD_SIZE = 2
 BATCH = 4
@@ -182,3 +195,103 @@ def test_worker_failure_fails_the_caller_with_its_traceback() -> None:
     message = str(info.value)
     assert "worker failure xyzzy" in message
     assert "Traceback" in message and "_failing_worker" in message
+
+
+# --------------------------------------------------------------------------- starting a torchrun run
+
+
+def _run_worker(rank: int, port: int, experiment: dict, pre: str, split: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ.update(MASTER_PORT=str(port), REVUNET_PROCESS_GROUP_TIMEOUT="120")
+    train_run(Experiment.from_dict(experiment), pre, split, out, device="cpu", progress=False)
+
+
+def _refuse_to_read(*args, **kwargs):
+    raise AssertionError("a file whose size and time are unchanged was read again")
+
+
+@pytest.mark.slow
+def test_two_ranks_store_the_single_process_fingerprint_and_resume_by_it(tmp_path, capsys, monkeypatch) -> None:
+    """Each rank hashes its share of the cases before the group forms (no rank waits in a
+    collective while another reads tens of GB); the merged fingerprint rank 0 stores is the one
+    a single process takes, so whether a later run resumes is decided as before."""
+    pre, split = make_data(tmp_path, n_train=3, n_held=1)
+    shares = [input_fingerprint(pre, split, share=(rank, WORLD_SIZE)) for rank in range(WORLD_SIZE)]
+    assert [list(share["cases"]) for share in shares] == [["case0", "case2"], ["case1", "case3"]]
+    out, experiment = tmp_path / "run", tiny(epochs=1)
+    mp.spawn(
+        _run_worker,
+        args=(free_port(), experiment.to_dict(), str(pre), str(split), str(out)),
+        nprocs=WORLD_SIZE,
+        join=True,
+    )
+    stored = load_checkpoint(out / "last.pt")["inputs"]
+    single = input_fingerprint(pre, split)
+    assert stored == single and list(stored["cases"]) == list(single["cases"])  # the same, in the same order
+    assert stored_inputs(out / "last.pt") == stored  # read back without the weights
+    # one process resumes the finished run from it: nothing to do, and no file hashed again
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(hashlib, "file_digest", _refuse_to_read)
+        train_run(experiment, pre, split, out, device="cpu", progress=False)
+    assert "nothing to do" in capsys.readouterr().out
+    # a case of rank 1's share re-preprocessed: the stored fingerprint names it
+    store_case(pre, "case1", seed=99)
+    assert changed_inputs(stored, input_fingerprint(pre, split)) == ["changed cases: case1"]
+
+
+def test_process_group_timeout_comes_from_the_environment(monkeypatch) -> None:
+    monkeypatch.delenv(TIMEOUT_VARIABLE, raising=False)
+    assert process_group_timeout() == datetime.timedelta(seconds=1800)
+    monkeypatch.setenv(TIMEOUT_VARIABLE, " 90.5 ")
+    assert process_group_timeout() == datetime.timedelta(seconds=90.5)
+    for bad in ("ten", "0", "-5", "nan", "inf"):
+        monkeypatch.setenv(TIMEOUT_VARIABLE, bad)
+        expected = f"REVUNET_PROCESS_GROUP_TIMEOUT must be a positive number of seconds, got '{bad}'"
+        with pytest.raises(TrainError, match=expected):
+            process_group_timeout()
+
+
+def test_the_process_group_is_formed_with_that_timeout(monkeypatch) -> None:
+    """What process_group hands to init_process_group (recorded: no group is formed)."""
+    calls: list = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(TIMEOUT_VARIABLE, "42")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroyed"))
+    assert Processes.launched() == Processes(1, 2, 1)  # known before the group forms
+    with process_group("cpu") as (processes, device):
+        assert processes == Processes(1, 2, 1) and device == torch.device("cpu")
+    assert calls == [(("gloo",), {"timeout": datetime.timedelta(seconds=42)}), "destroyed"]
+    monkeypatch.setenv(TIMEOUT_VARIABLE, "soon")
+    with pytest.raises(TrainError, match="got 'soon'"), process_group("cpu"):
+        pass
+    assert len(calls) == 2  # a bad value stops before joining
+
+
+def test_resuming_on_fewer_gpus_restores_the_random_states_of_those_there_are(monkeypatch, capsys) -> None:
+    """A checkpoint of a four-GPU run resumed where two are visible (CUDA mocked: no GPU needed)."""
+    saved = [torch.full((8,), gpu, dtype=torch.uint8) for gpu in range(4)]
+    kept, note = cuda_states_to_restore(saved, 2)
+    assert [int(state[0]) for state in kept] == [0, 1] and "4 GPU(s) but 2 are visible" in str(note)
+    assert cuda_states_to_restore(saved, 4) == (saved, None)
+    assert [int(state[0]) for state in cuda_states_to_restore(saved, 6)[0]] == [0, 1, 2, 3]
+    restored: list[tuple[int, int]] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), device)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    restore_rng_state({**rng_state(), "cuda": saved})
+    assert restored == [(0, 0), (1, 1)]
+    assert capsys.readouterr().out == (
+        "note: last.pt holds the CUDA random states of 4 GPU(s) but 2 are visible: restoring 2, dropping 2\n"
+    )
+    # more GPUs than saved: each saved state goes back to its GPU, the others stay as seeded, no note
+    restored.clear()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 6)
+    restore_rng_state({**rng_state(), "cuda": saved})
+    assert restored == [(0, 0), (1, 1), (2, 2), (3, 3)] and capsys.readouterr().out == ""

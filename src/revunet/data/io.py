@@ -190,12 +190,14 @@ def _check_same_grid(
     shape: tuple[int, ...],
     affine: np.ndarray,
     reference: _Reference,
+    expected: str = "every modality on the same grid",
 ) -> None:
+    """A :class:`CaseGeometryError` unless ``cell`` has the shape and (within tolerance) the affine of the reference."""
     ref_role, ref_cell, ref_shape, ref_affine = reference
     if shape != ref_shape:
         raise CaseGeometryError(
             f"case {case_id}: {role} file {cell} has shape {shape} but {ref_role} file {ref_cell} has shape {ref_shape}; "
-            "expected every modality on the same grid",
+            f"expected {expected}",
             case_id,
             cell,
         )
@@ -203,8 +205,8 @@ def _check_same_grid(
     if difference > AFFINE_TOLERANCE_MM:
         raise CaseGeometryError(
             f"case {case_id}: {role} file {cell} has an affine that differs from {ref_role} file {ref_cell} "
-            f"by up to {difference:.4g} (tolerance {AFFINE_TOLERANCE_MM} mm); expected every modality on the same grid.\n"
-            f"{role} affine:\n{affine}\n{ref_role} affine:\n{ref_affine}",
+            f"by up to {difference:.4g} (tolerance {AFFINE_TOLERANCE_MM} mm); expected {expected}.\n"
+            f"{role} affine:\n{np.round(affine, 3)}\n{ref_role} affine:\n{np.round(ref_affine, 3)}",
             case_id,
             cell,
         )
@@ -284,16 +286,14 @@ def _read_images(
 
 
 def _read_label(case_id: str, layout: str, label_cell: str, reference: _Reference) -> np.ndarray:
-    """The canonical label map of ``label_cell``, checked to lie on the images' grid."""
+    """The canonical label map of ``label_cell``, checked to lie on the images' grid (shape and affine:
+    a label map shifted or flipped against its images would teach the wrong voxels)."""
     path, channel = split_channel(label_cell)
-    raw = _select(case_id, "label", label_cell, _read_file(case_id, "label", path), channel)
-    if raw.shape != reference[2]:
-        raise CaseGeometryError(
-            f"case {case_id}: label file {label_cell} has shape {raw.shape} but {reference[0]} file {reference[1]} "
-            f"has shape {reference[2]}; expected the label map on the image grid",
-            case_id,
-            label_cell,
-        )
+    volume = _read_file(case_id, "label", path)
+    raw = _select(case_id, "label", label_cell, volume, channel)
+    _check_same_grid(
+        case_id, "label", label_cell, raw.shape, volume.affine, reference, "the label map on the image grid"
+    )
     return _canonical_label(case_id, layout, label_cell, np.asarray(raw))
 
 

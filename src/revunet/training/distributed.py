@@ -1,8 +1,16 @@
-"""Training on several processes (torchrun): which process this is, and joining their group."""
+"""Training on several processes (torchrun): which process this is, and joining their group.
+
+The group's timeout (``init_process_group(timeout=...)``) bounds both the wait for every rank to
+join and any one collective (a rank waiting at a barrier while rank 0 writes a checkpoint, say).
+It is ``REVUNET_PROCESS_GROUP_TIMEOUT`` seconds, 1800 unless that variable is set: longer than
+NCCL's own default of 10 minutes, so that slow cluster storage does not end a run.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +22,27 @@ import torch.distributed as dist
 from revunet.devices import DeviceError, resolve_device
 from revunet.training.errors import TrainError
 
+TIMEOUT_VARIABLE = "REVUNET_PROCESS_GROUP_TIMEOUT"
+DEFAULT_TIMEOUT_SECONDS = 1800.0
+
+
+def process_group_timeout() -> datetime.timedelta:
+    """The process group's timeout: ``REVUNET_PROCESS_GROUP_TIMEOUT`` seconds, else the default.
+
+    A bad value is an error naming the variable, not a silent default: a too-short timeout
+    would end the run much later, far from its cause.
+    """
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_SECONDS)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise TrainError(f"{TIMEOUT_VARIABLE} must be a positive number of seconds, got {text!r}")
+    return datetime.timedelta(seconds=seconds)
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -22,6 +51,15 @@ class Processes:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    @classmethod
+    def launched(cls) -> Processes:
+        """This process's place as torchrun's environment says it: known before the group forms."""
+        return cls(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
 
     @property
     def is_main(self) -> bool:
@@ -38,6 +76,14 @@ class Processes:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise mean over ranks."""
@@ -65,22 +111,22 @@ class Processes:
 @contextlib.contextmanager
 def process_group(device_name: str) -> Iterator[tuple[Processes, torch.device]]:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launched = Processes.launched()
     try:
-        device = resolve_device(device_name, local_rank)
+        device = resolve_device(device_name, launched.local_rank)
     except DeviceError as error:
         raise TrainError(str(error)) from None
-    if world_size <= 1:
+    if launched.world_size <= 1:
         yield Processes(), device
         return
     created = not dist.is_initialized()
     if created:
+        timeout = process_group_timeout()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     try:
-        yield Processes(dist.get_rank(), dist.get_world_size(), local_rank), device
+        yield Processes(dist.get_rank(), dist.get_world_size(), launched.local_rank), device
     finally:
         if created:
             dist.destroy_process_group()

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from revunet.training.errors import TrainError
@@ -40,13 +41,33 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def cuda_states_to_restore(saved: Sequence[torch.Tensor], visible: int) -> tuple[list[torch.Tensor], str | None]:
+    """The saved CUDA generator states for the ``visible`` GPUs (GPU i takes state i), and a note
+    when some are dropped: a run resumed on fewer GPUs than it was saved on must not fail.
+
+    On more GPUs than were saved the extra ones keep their seeded state.
+    """
+    kept = list(saved[:visible])
+    if len(saved) <= visible:
+        return kept, None
+    return kept, (
+        f"note: last.pt holds the CUDA random states of {len(saved)} GPU(s) but {visible} are visible: "
+        f"restoring {len(kept)}, dropping {len(saved) - len(kept)}"
+    )
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` saved."""
+    """Put back what :func:`rng_state` saved (the CUDA states of the GPUs there are now)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" not in state:
+        return
+    kept, note = cuda_states_to_restore(state["cuda"], torch.cuda.device_count())
+    for index, cuda_state in enumerate(kept):
+        torch.cuda.set_rng_state(cuda_state, index)
+    if note is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(note, flush=True)  # once, not once per process
 
 
 @contextlib.contextmanager
