@@ -26,7 +26,7 @@ shape = nib.load(glob.glob("results/smoke/data/brats2018/raw/*/HGG/*/*_t1.nii")[
 assert shape == (240, 240, 155), shape
 smoke = pd.read_csv("results/smoke/tables/smoke.csv").set_index("experiment").loc[names]
 print(smoke[["input", "processes", "step_s", "compiled_step_s", "measured_peak_mib", "predicted_peak_mib"]])
-for column in ("step_s", "measured_peak_mib", "predicted_peak_mib", "held_out_mean_dice"):
+for column in ("step_s", "measured_peak_mib", "predicted_peak_mib", "test_mean_dice"):
     assert smoke[column].notna().all(), f"smoke.csv: {column} missing for {smoke.index[smoke[column].isna()].tolist()}"
 print("smoke run: every table marked, volumes 240x240x155, peaks and step times recorded")
 PY

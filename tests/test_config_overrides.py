@@ -21,7 +21,10 @@ from revunet.experiments.plan import plan_workflow
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-PENDSE_FRACTION = "datasets: {brats: {paper: {splits: {pendse: {fraction: 0.9}}}}}\n"
+PENDSE_FRACTION = (
+    "datasets: {brats: {paper: {splits: {pendse: {fraction: 0.9}}}},"
+    " brats_whole: {paper: {splits: {pendse: {fraction: 0.9}}}}}\n"
+)
 
 
 def workflow_config(tmp_path: Path, *overlays: str, overrides=None) -> dict:
@@ -61,30 +64,31 @@ def changed(path: str, value) -> dict:
 
 def test_a_configfile_replaces_the_pendse_splits_counts_by_a_fraction(tmp_path):
     config = workflow_config(tmp_path, PENDSE_FRACTION)
-    assert config["datasets"]["brats"]["paper"]["splits"]["pendse"] == {
-        "fraction": 0.9,
-        "seed": 0,
-        "held_out_name": "validation",
-    }
+    assert config["datasets"]["brats"]["paper"]["splits"]["pendse"] == {"fraction": 0.9, "seed": 0}
     split = paper(config).datasets["brats"].splits["pendse"]
     assert (split.fraction, split.counts) == (0.9, None)
-    assert split.arguments() == "--fraction 0.9 --seed 0 --held-out-name validation"
+    assert split.arguments() == "--fraction 0.9 --seed 0"
+    assert paper(config).datasets["brats_whole"].splits["pendse"] == split
+
+
+def test_two_canvases_of_one_folder_must_split_it_alike(tmp_path):
+    """Pendse et al.'s rows on two canvases are one table: tested on the same cases or refused."""
+    config = workflow_config(tmp_path, "datasets: {brats: {paper: {splits: {pendse: {fraction: 0.9}}}}}\n")
+    with pytest.raises(ConfigError, match=r"datasets 'brats' and 'brats_whole' read the same folder .* \['pendse'\]"):
+        paper(config)
 
 
 def test_counts_replace_a_fraction_and_the_splits_other_keys_still_merge(tmp_path):
     config = workflow_config(tmp_path, "datasets: {brats: {demo: {splits: {main: {counts: [4, 1], seed: 3}}}}}\n")
-    assert config["datasets"]["brats"]["demo"]["splits"]["main"] == {
-        "counts": [4, 1],
-        "seed": 3,
-        "held_out_name": "validation",
-    }
+    assert config["datasets"]["brats"]["demo"]["splits"]["main"] == {"counts": [4, 1], "seed": 3}
     # a split override that names no scheme keeps the inherited one
     config = workflow_config(tmp_path, "datasets: {iseg: {demo: {splits: {main: {seed: 7}}}}}\n")
-    assert config["datasets"]["iseg"]["demo"]["splits"]["main"] == {
-        "counts": [9, 1],
-        "seed": 7,
-        "held_out_name": "test",
-    }
+    assert config["datasets"]["iseg"]["demo"]["splits"]["main"] == {"counts": [9, 1], "seed": 7}
+    # counts replace a fraction and its validation share; a fraction keeps the share it does not name
+    config = workflow_config(tmp_path, "datasets: {brats: {demo: {splits: {bruegger: {counts: [12, 4, 4]}}}}}\n")
+    assert config["datasets"]["brats"]["demo"]["splits"]["bruegger"] == {"counts": [12, 4, 4], "seed": 0}
+    config = workflow_config(tmp_path, "datasets: {brats: {demo: {splits: {bruegger: {fraction: 0.6}}}}}\n")
+    assert config["datasets"]["brats"]["demo"]["splits"]["bruegger"] == {"fraction": 0.6, "validation": 0.15, "seed": 0}
 
 
 def test_both_schemes_in_one_override_are_an_error_naming_the_split(tmp_path):
@@ -125,7 +129,7 @@ def test_a_new_source_drops_the_local_copys_path_unless_given():
 
 def test_the_decathlon_download_plans_from_a_configfile_naming_only_the_source(tmp_path):
     config = workflow_config(tmp_path, "datasets: {brats: {paper: {source: decathlon}}}\n")
-    brats = paper({**config, "select": ["pendse_mbconv_base"]}).datasets["brats"]
+    brats = paper({**config, "select": ["pendse_mbconv_deeper"]}).datasets["brats"]
     assert (brats.source, brats.path) == ("decathlon", None)
 
 
@@ -341,11 +345,11 @@ def dry_run(tmp_path: Path, *args: str) -> tuple[int, str]:
 @pytest.mark.skipif(importlib.util.find_spec("snakemake") is None, reason="snakemake is not installed")
 def test_snakemake_plans_a_configfile_that_replaces_the_pendse_split_scheme(tmp_path):
     overlay = tmp_path / "my-lab.yaml"
-    overlay.write_text(PENDSE_FRACTION + "select: [pendse_mbconv_base]\n", encoding="utf-8")
+    overlay.write_text(PENDSE_FRACTION + "select: [pendse_mbconv_deeper]\n", encoding="utf-8")
     lr = "presets={paper: {experiment: {lr: 5e-5}}}"
     code, output = dry_run(tmp_path, str(overlay), "-p", "--config", "preset=paper", "data_root=/data", lr)
     assert code == 0, output
-    assert "--fraction 0.9 --seed 0 --held-out-name validation --out results/data/brats/splits/pendse.json" in output
+    assert "--fraction 0.9 --seed 0 --out results/data/brats/splits/pendse.json" in output
     assert '"lr": 5e-05' in output and "--counts" not in output
 
 

@@ -164,7 +164,7 @@ def test_split_part_and_experiment_name(brats, tmp_path):
     split = tmp_path / "split.json"
     split.write_text(
         json.dumps(
-            {"seed": 0, "scheme": "fraction:0.67", "held_out": "validation", "train": ids[:2], "validation": ids[2:]}
+            {"format": 2, "seed": 0, "scheme": "fraction:0.67", "train": ids[:2], "validation": [], "test": ids[2:]}
         )
     )
     metrics, summary = evaluate(brats, folder, tmp_path, "--split", str(split), "--experiment", "named")
@@ -177,7 +177,7 @@ def test_split_part_and_experiment_name(brats, tmp_path):
     # A case of the requested part without a prediction.
     listing = pd.read_csv(folder / "predictions.csv")
     listing[listing["case_id"] != ids[2]].to_csv(folder / "predictions.csv", index=False)
-    with pytest.raises(SystemExit, match=rf"held_out part have no prediction: \['{ids[2]}'\]"):
+    with pytest.raises(SystemExit, match=rf"test part have no prediction: \['{ids[2]}'\]"):
         evaluate(brats, folder, tmp_path / "x", "--split", str(split))
     with pytest.raises(SystemExit, match="--part needs --split"):
         evaluate(brats, folder, tmp_path / "x", "--part", "train")

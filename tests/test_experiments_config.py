@@ -13,7 +13,7 @@ import yaml
 
 from revunet.catalog import MEMORY_TABLES, REPORT_FIGURES, REPORT_TABLES, SYNTHETIC_FOLDERS
 from revunet.cli import main
-from revunet.experiments.config_files import deep_merge, read_workflow_config
+from revunet.experiments.config_files import deep_merge, merge_config, read_workflow_config
 from revunet.experiments.plan import ConfigError, plan_workflow
 from revunet.experiments.recipe import read_experiment
 from revunet.models.registry import build_model
@@ -69,7 +69,7 @@ def test_bruegger_recipe_at_paper_scale(paper):
     assert [depths[n] for n in NAMES[1:6]] == [1, 1, 2, 3, 4]
     brats2018 = paper.datasets["brats2018"]
     assert brats2018.shape == (160, 192, 160) and brats2018.path == "/data/MICCAI_BraTS_2018_Data_Training"
-    assert brats2018.splits["main"].arguments() == "--fraction 0.8 --seed 0 --held-out-name validation"
+    assert brats2018.splits["main"].arguments() == "--fraction 0.8 --validation 0.1 --seed 0"
 
 
 def test_pendse_recipe_runs_on_four_gpus(paper):
@@ -87,7 +87,7 @@ def test_pendse_recipe_runs_on_four_gpus(paper):
         "pendse_mbconv_deeper": ((128, 128, 128), [30, 60, 120, 180, 240, 480], 2),
         "pendse_mbconv_wider": ((128, 128, 128), [30, 60, 120, 180, 240], 8),
     }
-    assert paper.datasets["brats"].splits["pendse"].arguments().startswith("--counts 330,40 ")
+    assert paper.datasets["brats"].splits["pendse"].arguments().startswith("--counts 329,40 ")
 
 
 def test_invertible_residual_recipes(paper):
@@ -102,7 +102,7 @@ def test_invertible_residual_recipes(paper):
         assert paper.experiments[name].experiment.patch_size == (128, 128, 128)
     assert paper.experiments["invres_iseg_full"].experiment.model_params["vae_input_size"] == [64, 64, 64]
     iseg = paper.datasets["iseg"].splits["main"]
-    assert (iseg.counts, iseg.held_out_name) == ((9, 1), "test")
+    assert (iseg.counts, iseg.selects) == ((9, 1), False)
 
 
 def test_demo_scales_down_on_synthetic_data_one_thread_per_job(demo):
@@ -132,7 +132,7 @@ def test_vae_branch_follows_the_training_input():
     """``vae_input_size: training_input`` becomes the demo's training crop (or the whole volume without one)."""
     demo = plan_workflow(config())
     assert demo.experiments["invres_iseg_full"].experiment.model_params["vae_input_size"] == [32, 48, 32]
-    tiny = deep_merge(CONFIG, yaml.safe_load((ROOT / "config" / "test.yaml").read_text(encoding="utf-8")))
+    tiny = merge_config(CONFIG, yaml.safe_load((ROOT / "config" / "test.yaml").read_text(encoding="utf-8")))
     small = plan_workflow({**tiny, "select": ["invres_brats_partial"]})
     assert small.experiments["invres_brats_partial"].experiment.model_params["vae_input_size"] == [32, 48, 32]
     whole_volumes = mutate("datasets.brats.demo.shape", None)  # no crop and no fixed volume shape

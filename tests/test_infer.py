@@ -311,12 +311,12 @@ def _infer(brats, checkpoint, out, *extra) -> int:
 
 
 @pytest.mark.slow
-def test_infer_command_writes_one_label_file_per_held_out_case_and_the_list_last(brats, tmp_path, capsys):
+def test_infer_command_writes_one_label_file_per_test_case_and_the_list_last(brats, tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt", sliding_window=(24, 40, 36), window_overlap=4)
     out = tmp_path / "pred"
     assert _infer(brats, checkpoint, out) == 0
     assert "24x40x36 windows, overlap 4, flips off" in capsys.readouterr().out
-    held_out = read_split(brats["split"]).held_out
+    held_out = read_split(brats["split"]).test
     with open(out / "predictions.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert list(rows[0]) == ["case_id", "prediction", "seconds"]
@@ -335,6 +335,15 @@ def test_infer_command_writes_one_label_file_per_held_out_case_and_the_list_last
     assert "whole volumes, flips off" in capsys.readouterr().out
     listed = (tmp_path / "train" / "predictions.csv").read_text().splitlines()[1:]
     assert [line.split(",")[0] for line in listed] == read_split(brats["split"]).train
+
+    # Without a split, every case of the table: a challenge's unlabelled validation folder.
+    assert main(
+        ["infer", "--checkpoint", str(checkpoint), "--cases", str(brats["cases"]), "--preprocessed", str(brats["pre"]),
+         "--out", str(tmp_path / "online"), "--device", "cpu"]
+    ) == 0  # fmt: skip
+    assert "3 listed case(s)" in capsys.readouterr().out
+    listed = (tmp_path / "online" / "predictions.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[0] for line in listed] == table.index.tolist()
 
 
 def test_infer_options_override_the_experiment(brats, tmp_path, monkeypatch):
@@ -358,7 +367,7 @@ def test_infer_options_override_the_experiment(brats, tmp_path, monkeypatch):
     assert (calls[-1]["window"], calls[-1]["overlap"], calls[-1]["flips"]) == ((16, 20, 18), 2, False)
     assert _infer(brats, checkpoint, tmp_path / "c", "--window", "none") == 0
     assert calls[-1]["window"] is None and calls[-1]["flips"]
-    empty = nib.load(tmp_path / "c" / f"{read_split(brats['split']).held_out[0]}.nii.gz")
+    empty = nib.load(tmp_path / "c" / f"{read_split(brats['split']).test[0]}.nii.gz")
     assert not np.asarray(empty.dataobj).any()
 
 
@@ -372,7 +381,7 @@ def test_infer_command_refuses_missing_or_corrupt_checkpoints_and_cases(brats, t
         _infer(brats, corrupt, out)
 
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
-    held_out = read_split(brats["split"]).held_out[0]
+    held_out = read_split(brats["split"]).test[0]
     pre = tmp_path / "pre"
     pre.mkdir()
     for path in brats["pre"].iterdir():

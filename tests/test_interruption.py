@@ -32,7 +32,7 @@ from test_train import TINY, _free_port, make_data, states_equal, store_case, ti
 
 STEPS_PER_EPOCH = 5  # 3 cases x 3 samples, batch 1, accumulation 2: four steps of 2 and one of 1
 EPOCHS = 3
-TIMING = ("epoch_seconds", "first_step_seconds", "step_seconds", "peak_memory_mib", "time")
+TIMING = ("epoch_seconds", "validation_seconds", "first_step_seconds", "step_seconds", "peak_memory_mib", "time")
 
 SIGNALLING_RUN = """
 import os, signal, sys

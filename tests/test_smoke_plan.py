@@ -34,19 +34,22 @@ def test_paper_smoke_without_data_plans_every_experiment_on_synthetic_data_in_ea
     assert layouts == {
         "brats2018": ("synthetic", "MICCAI_BraTS_2018_Data_Training", 1.0),
         "brats": ("synthetic", "MICCAI_BraTS2020_TrainingData", 1.0),
+        "brats_whole": ("synthetic", "MICCAI_BraTS2020_TrainingData", 1.0),
         "iseg": ("synthetic", "iSeg-2019-Training", 1.0),
     }
     assert "--layout brats2018 --subjects 3 --spacing 1" in smoke.datasets["brats2018"].synth_arguments()
     for name, dataset in smoke.datasets.items():
         assert dataset.shape == paper.datasets[name].shape  # the paper's preprocessing crop
-        assert {split.counts for split in dataset.splits.values()} == {(2, 1)}
+        # one test case; one validation case where the split selects (Brügger's), the rest trains
+        expected = {(1, 1, 1)} if name == "brats2018" else {(2, 1)}
+        assert {split.counts for split in dataset.splits.values()} == expected, name
     for name, plan in smoke.experiments.items():
         real, cut = paper.experiments[name].experiment, plan.experiment
         assert {f: getattr(cut, f) for f in SIZE_FIELDS} == {f: getattr(real, f) for f in SIZE_FIELDS}, name
         assert (cut.epochs, cut.max_steps_per_epoch, cut.validate_every, cut.patience) == (1, 2, 1, None)
         assert plan.resources.gpus == paper.experiments[name].resources.gpus
-        # each of the job's ranks gets its steps from the two training cases
-        assert 2 * cut.samples_per_volume >= 2 * cut.batch_size * cut.accumulation * plan.resources.gpus, name
+        # each of the job's ranks gets its steps from its training case(s)
+        assert cut.samples_per_volume >= 2 * cut.batch_size * cut.accumulation * plan.resources.gpus, name
 
 
 def test_a_four_gpu_experiment_starts_through_the_same_launcher_with_processes_decided_on_its_node() -> None:
@@ -70,7 +73,7 @@ def test_paper_smoke_with_data_reads_the_first_cases_of_the_real_folders() -> No
         4,
     )
     assert brats.cases_arguments().endswith(" --first 4")
-    assert {split.counts for split in brats.splits.values()} == {(3, 1)}
+    assert {split.counts for split in brats.splits.values()} == {(2, 1, 1)}
 
 
 def test_demo_smoke_keeps_the_demo_data_with_fewer_subjects() -> None:
@@ -82,7 +85,7 @@ def test_demo_smoke_keeps_the_demo_data_with_fewer_subjects() -> None:
 def test_smoke_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"smoke_run: unknown key\(s\) \['step'\]"):
         SmokeSettings.from_config({"step": 3})
-    with pytest.raises(ConfigError, match="smoke_run.subjects: got 1, expected at least 2"):
+    with pytest.raises(ConfigError, match="smoke_run.subjects: got 1, expected at least 3"):
         SmokeSettings.from_config({"subjects": 1})
     with pytest.raises(ConfigError, match="smoke_run"):
         _plan(smoke=True, smoke_run={"steps": 0})

@@ -30,8 +30,8 @@ def test_order_invariant_and_deterministic():
 
 def _disjoint_and_complete(parts, ids):
     roles = [parts[role] for role in ("train", "validation", "test", "unused")]
-    assert sorted(sum(roles, [])) == sorted(ids)
-    assert sum(len(r) for r in roles) == len(set(sum(roles, [])))  # no case in two parts
+    every = [case for role in roles for case in role]
+    assert sorted(every) == sorted(ids) and len(every) == len(set(every))  # each case in exactly one part
     assert all(r == sorted(r) for r in roles)
 
 

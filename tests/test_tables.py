@@ -386,8 +386,8 @@ def test_pendse_tables_from_memory_training_log_and_evaluation(results):
     assert dice.loc["Baseline", "best_epoch"] == 28
     metrics = pd.read_csv(results["evaluation"] / "pendse_baseline" / "metrics.csv")
     expected = metrics.groupby("case_id")["dice"].mean().mean()
-    assert dice.loc["Baseline", "reproduced_held_out_dice"] == pytest.approx(round(expected, 4))
-    assert pd.isna(dice.loc["MBConv-Deeper", "reproduced_held_out_dice"])
+    assert dice.loc["Baseline", "reproduced_test_dice"] == pytest.approx(round(expected, 4))
+    assert pd.isna(dice.loc["MBConv-Deeper", "reproduced_test_dice"])
 
 
 def test_csv_round_trips_and_index_lists_every_table(results, tmp_path):

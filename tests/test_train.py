@@ -196,6 +196,7 @@ def test_log_columns_schedule_and_summary(finished) -> None:
         "ema_dice",
         "lr",
         "epoch_seconds",
+        "validation_seconds",
         "first_step_seconds",
         "step_seconds",
         "peak_memory_mib",
@@ -221,6 +222,8 @@ def test_log_columns_schedule_and_summary(finished) -> None:
     assert summary["experiment"] == "tiny" and summary["epochs_completed"] == 3
     assert summary["stopped"] == "max_epochs" and summary["world_size"] == 1 and summary["device"] == "cpu"
     assert summary["best_ema_dice"] == max(float(r["ema_dice"]) for r in rows)
+    assert (summary["selection"], summary["validation_cases"]) == ("best validation EMA", ["case3"])
+    assert all(0 < float(r["validation_seconds"]) < float(r["epoch_seconds"]) for r in rows)
     assert Experiment.from_dict(json.loads((out / "experiment.json").read_text())) == experiment
 
 
@@ -234,6 +237,23 @@ def test_best_checkpoint_is_the_best_ema_epoch_and_loads(finished) -> None:
     assert last["epoch"] == 3 and last["best"]["epoch"] == summary["best_epoch"]
     with torch.no_grad():
         assert model(torch.zeros(1, 4, *SHAPE)).shape == (1, 3, *SHAPE)
+
+
+def test_without_a_validation_part_nothing_is_selected_and_best_is_the_last_epoch(tmp_path) -> None:
+    """A split that selects nothing (Pendse, the invertible-residual paper): no validation, no
+    early stopping, best.pt = the last epoch's weights, and the test cases are never read."""
+    pre, split = make_data(tmp_path, n_train=3, n_held=0)
+    parts = {"train": ["case0", "case1", "case2"], "validation": [], "test": ["elsewhere"], "unused": []}
+    write_split(split, split_document(parts, "counts:3,1", 0))
+    out = tmp_path / "run"
+    summary = train(tiny(epochs=2), pre, split, out, device="cpu", progress=False)
+    assert (summary["selection"], summary["validation_cases"], summary["best_epoch"]) == ("last epoch", [], 2)
+    rows = read_log(out / "log.csv")
+    assert [r["val_mean_dice"] for r in rows] == ["", ""] and [r["validation_seconds"] for r in rows] == ["", ""]
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best["epoch"] == 2 and states_equal(best["model_state"], last["model_state"])
+    with pytest.raises(TrainError, match="stops early .* no validation part"):
+        train(tiny(epochs=2, patience=3), pre, split, tmp_path / "stopping", device="cpu", progress=False)
 
 
 def test_rerun_of_finished_run_does_nothing_and_regenerates_deleted_outputs(finished, data) -> None:
@@ -369,7 +389,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(data, tmp_path) -
     assert got["epoch"] == expected["epoch"] == 4
     assert states_equal(got["model_state"], expected["model_state"])
     assert states_equal(got["best"]["model_state"], expected["best"]["model_state"])
-    strip = ("epoch_seconds", "first_step_seconds", "step_seconds", "peak_memory_mib", "time")
+    strip = ("epoch_seconds", "validation_seconds", "first_step_seconds", "step_seconds", "peak_memory_mib", "time")
     assert [{k: v for k, v in r.items() if k not in strip} for r in got["log_rows"]] == [
         {k: v for k, v in r.items() if k not in strip} for r in expected["log_rows"]
     ]
@@ -600,6 +620,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path) -> Non
     train(tiny(accumulation=2, **recipe), pre, split, tmp_path / "single", device="cpu", progress=False)
     ddp, single = (load_checkpoint(tmp_path / name / "last.pt") for name in ("ddp", "single"))
     assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert ddp["inputs"] == single["inputs"]  # the ranks' fingerprint shares merge into the single one
     assert [r["steps"] for r in ddp["log_rows"]] == [r["steps"] for r in single["log_rows"]] == [2, 2]
     for key, value in single["model_state"].items():
         torch.testing.assert_close(ddp["model_state"][key], value, rtol=1e-5, atol=1e-5, msg=key)

@@ -5,12 +5,14 @@ what depends on it)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +96,8 @@ def test_paper_dry_run_lists_every_paper_experiment_with_its_gpus(tmp_path):
         assert f"gpu={gpus}," in line and "runtime=4320" in line and "threads=8" in line, (exp, line)
     assert "torchrun --standalone --nproc_per_node=4 -m revunet.cli train" in output
     assert f"revunet cases {data}/MICCAI_BraTS_2018_Data_Training" in output
-    assert "--counts 330,40" in output and "--shape 160,192,160" in output
+    assert "--counts 329,40" in output and "--shape 160,192,160" in output and "--shape 256,256,160" in output
+    assert "--fraction 0.8 --validation 0.1 --seed 0" in output  # Brügger's selection part
     assert "synthetic_dataset" not in job_counts(output)
 
 
@@ -143,6 +146,15 @@ def test_tiny_run_end_to_end(tmp_path):
     for exp in TINY_EXPERIMENTS:
         assert (results / "evaluation" / exp / "summary.csv").is_file()
         assert (results / "logs" / "train" / f"{exp}.log").is_file()
+    # The cases that chose best.pt are never the ones reported; without a validation part nothing is chosen.
+    for exp in TINY_EXPERIMENTS:
+        summary = json.loads((results / "train" / exp / "summary.json").read_text())
+        reported = set(pd.read_csv(results / "evaluation" / exp / "metrics.csv")["case_id"])
+        assert reported and reported.isdisjoint(summary["validation_cases"]), exp
+        selects = exp.startswith("bruegger")
+        assert (len(summary["validation_cases"]), summary["selection"]) == (
+            (1, "best validation EMA") if selects else (0, "last epoch")
+        ), exp
     report = (results / "report.html").read_text(encoding="utf-8", errors="replace")
     assert "training_curves.png" in report and "bruegger2019.csv" in report
 

@@ -33,7 +33,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # --------------------------------------------------------------------------- splits
 
 # Which cases of a split a command works on; ``all`` means every case of the split.
-SPLIT_PARTS = ("held_out", "train", "all")
+SPLIT_PARTS = ("test", "validation", "train", "all")
 
 # --------------------------------------------------------------------------- data folders
 

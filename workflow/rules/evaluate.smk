@@ -1,4 +1,4 @@
-# Inference on each experiment's held-out cases, then their metrics.
+# Inference on each experiment's test cases (never those that chose its checkpoint), then their metrics.
 
 
 rule infer:
@@ -20,8 +20,9 @@ rule infer:
         out=lambda wildcards, output: os.path.dirname(output[0]),
         device=PLAN.device,
     shell:
+        "revunet gpu-slots --gpus {resources.gpu} -- "
         "revunet infer --checkpoint {input.checkpoint} --cases {input.cases} --preprocessed {input.preprocessed}"
-        " --split {input.split} --part held_out --out {params.out} --device {params.device} > {log} 2>&1"
+        " --split {input.split} --part test --out {params.out} --device {params.device} > {log} 2>&1"
 
 
 rule evaluate:
@@ -39,7 +40,7 @@ rule evaluate:
         predictions=lambda wildcards, input: os.path.dirname(input.predictions),
     shell:
         "revunet evaluate --cases {input.cases} --predictions {params.predictions} --split {input.split}"
-        " --part held_out --experiment {wildcards.exp} --out {output.metrics} --summary {output.summary} > {log} 2>&1"
+        " --part test --experiment {wildcards.exp} --out {output.metrics} --summary {output.summary} > {log} 2>&1"
 
 
 # The BraTS predictions again, after post-processing (config postprocessing): scores with and without it.
@@ -59,5 +60,5 @@ rule evaluate_postprocessed:
         options=PLAN.postprocess_options(),
     shell:
         "revunet evaluate --cases {input.cases} --predictions {params.predictions} --split {input.split}"
-        " --part held_out --experiment {wildcards.exp} {params.options} --out {output.metrics}"
+        " --part test --experiment {wildcards.exp} {params.options} --out {output.metrics}"
         " --summary {output.summary} > {log} 2>&1"

@@ -38,6 +38,7 @@ rule train:
         options=PLAN.train_options(),
         out=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
+        "revunet gpu-slots --gpus {resources.gpu} -- "
         "{params.launcher} train --experiment {input.experiment} --preprocessed {input.preprocessed}"
         " --split {input.split} --out {params.out} {params.options} > {log} 2>&1"
 

@@ -34,7 +34,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         cases = read_case_table(args.cases)
         split = read_split(args.split) if args.split else None
         predictions = read_predictions(args.predictions)
-        case_ids = select_cases(predictions, split, args.part or "held_out")
+        case_ids = select_cases(predictions, split, args.part or "test")
         postprocessing = PostProcessing(args.et_min_mm3, args.min_component_mm3) if args.postprocess else None
         metrics = evaluate_predictions(cases, predictions, case_ids, experiment, postprocessing)
         summary = summarise(metrics)
@@ -73,7 +73,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--part",
         choices=SPLIT_PARTS,
-        help="with --split: which part to score (default held_out); each of its cases needs a prediction",
+        help="with --split: which part to score (default test, the reported part); each of its cases needs a prediction",
     )
     parser.add_argument(
         "--postprocess",

@@ -42,8 +42,8 @@ def _experiment(args: argparse.Namespace) -> int:
     from revunet.experiments.recipe import Experiment, write_experiment
 
     if args.spec is not None:
-        if args.name or args.preset or args.data_root:
-            raise SystemExit(f"{PREFIX}: --name/--preset/--data-root go with --config, not --spec")
+        if args.name or args.preset or args.data_root or args.list:
+            raise SystemExit(f"{PREFIX}: --name/--preset/--data-root/--list go with --config, not --spec")
         try:
             experiment = Experiment.from_dict(_load(args.spec, "--spec"), source="--spec")
         except ValueError as error:
@@ -63,6 +63,9 @@ def _experiment(args: argparse.Namespace) -> int:
         plan = plan_workflow(config)
     except ConfigError as error:
         raise SystemExit(f"{PREFIX}: {error}") from None
+    if args.list:
+        _print_protocol(plan)
+        return 0
     if args.name:
         return _emit(plan.experiments[args.name].experiment, args.out, write_experiment)
     text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
@@ -72,6 +75,15 @@ def _experiment(args: argparse.Namespace) -> int:
         write_text_atomic(args.out, text)
         print(f"config with {len(plan.experiments)} experiment(s) at preset {plan.preset} -> {args.out}")
     return 0
+
+
+def _print_protocol(plan: Any) -> None:
+    """One line per experiment: canvas beside training input, split, selection, inference."""
+    import pandas as pd
+
+    rows = [plan.protocol(name) for name in plan.experiment_names()]
+    print(f"preset {plan.preset}: every experiment's data, canvas and protocol")
+    print(pd.DataFrame(rows).to_string(index=False))
 
 
 def _emit(experiment: Any, out: str | None, write: Any) -> int:
@@ -92,6 +104,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "With --config and --name: resolve that experiment from the workflow config at its preset "
         "(recipe, then the experiment's keys, then the preset's defaults, then its preset block) and "
         "write it. With --config alone: check the whole config and write it back (what the run used). "
+        "With --list: a table of every experiment's canvas, training input, split roles and inference. "
         "Without --out the result is printed. Writes are atomic.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -101,4 +114,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", choices=("demo", "paper"), help="with --config: override its preset")
     parser.add_argument("--data-root", help="with --config: override its data_root")
     parser.add_argument("--out", help="file to write (JSON for an experiment, YAML for a config)")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="with --config: print every (or the --name) experiment's dataset, preprocessing canvas beside its "
+        "training input, split, which part selects the checkpoint, and how it predicts",
+    )
     parser.set_defaults(run=_experiment)

@@ -59,8 +59,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--example",
         action="append",
         metavar="DATASET=EXPERIMENT",
-        help="experiment whose first held-out prediction is shown for DATASET (repeatable; default: the "
-        "experiment with the best held-out mean Dice among those with predictions on that dataset)",
+        help="experiment whose first test prediction is shown for DATASET (repeatable; default: the "
+        "experiment with the best test mean Dice among those with predictions on that dataset)",
     )
     parser.add_argument("--smoke", action="store_true", help="the inputs come from a smoke run: mark every figure")
     parser.add_argument("--out", required=True, help="folder to write the figures into")

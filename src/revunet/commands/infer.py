@@ -63,7 +63,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser(
         "infer",
-        help="predict held-out (or other) cases with a checkpoint, as NIfTI label maps",
+        help="predict the test (or other) cases with a checkpoint, as NIfTI label maps",
         description="Predict the preprocessed cases of a split with a trained checkpoint. Each prediction is "
         "pasted back into the original image grid and written as PRED_DIR/<case_id>.nii.gz (uint8, the "
         "original affine, the dataset's own label values: BraTS 0/1/2/4 by the overwrite order WT->2, TC->1, "
@@ -74,12 +74,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by `revunet train` (best.pt)")
     parser.add_argument("--cases", required=True, help="case table (CSV from `revunet cases`)")
     parser.add_argument("--preprocessed", required=True, help="folder written by `revunet preprocess`")
-    parser.add_argument("--split", required=True, help="split file written by `revunet split`")
+    parser.add_argument(
+        "--split",
+        help="split file written by `revunet split` (default: none, every case of the case table, labelled "
+        "or not: a challenge's unlabelled validation or test folder)",
+    )
     parser.add_argument(
         "--part",
         choices=SPLIT_PARTS,
-        default="held_out",
-        help="which cases: the split's held-out list (default), its training list, or every case of the table",
+        default="test",
+        help="with --split, which cases: its test part (default; the reported one), validation, train, or all",
     )
     parser.add_argument("--out", required=True, help="folder for the predictions")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")

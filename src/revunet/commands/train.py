@@ -40,8 +40,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train one experiment (resumes from RUN_DIR/last.pt)",
         description="Train the experiment's model with its recipe on the split's training cases, validating on "
-        "the held-out cases (whole volumes, Dice per region). Writes RUN_DIR/experiment.json, last.pt (after "
-        "every epoch), best.pt (best moving average of the validation mean Dice), log.csv and, when done, "
+        "its validation cases, predicted as `revunet infer` predicts (window, overlap, flips; Dice per region); "
+        "the test cases are never read. Writes RUN_DIR/experiment.json, last.pt (after every epoch), best.pt "
+        "(best moving average of the validation mean Dice; the last epoch when the split has no validation "
+        "part), log.csv and, when done, "
         "summary.json. Rerunning the same command resumes an interrupted run exactly (when the experiment and "
         "the inputs are unchanged; otherwise it starts over and says why) and does nothing for a finished one. "
         "SIGTERM, SIGUSR1 or the time limit stop it at a step boundary with last.pt written and exit status 75. "

@@ -257,17 +257,23 @@ def model_output(model: nn.Module, task: str) -> str:
 def _case_rows(
     cases: str | os.PathLike[str],
     preprocessed: str | os.PathLike[str],
-    split: str | os.PathLike[str],
+    split: str | os.PathLike[str] | None,
     part: str,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(case id, case-table row) of every case of the split's ``part``, in its order; each has preprocessed files."""
+    """(case id, case-table row) of every case of the split's ``part`` in its order, or of the whole
+    case table without a split (an unlabelled challenge folder); each has preprocessed files."""
     table = read_case_table(cases)
-    try:
-        case_ids = read_split(split).part(part)
-    except ValueError as error:
-        raise InferenceError(str(error)) from None
-    if not case_ids:
-        raise InferenceError(f"{split}: the {part} part lists no cases")
+    if split is None:
+        case_ids = [str(case_id) for case_id in table["case_id"]]
+        if not case_ids:
+            raise InferenceError(f"{cases}: the case table lists no cases")
+    else:
+        try:
+            case_ids = read_split(split).part(part)
+        except ValueError as error:
+            raise InferenceError(str(error)) from None
+        if not case_ids:
+            raise InferenceError(f"{split}: the {part} part lists no cases")
     rows = {str(row["case_id"]): row for row in table.to_dict(orient="records")}
     absent = [case_id for case_id in case_ids if case_id not in rows]
     if absent:
@@ -346,16 +352,17 @@ def infer_cases(
     checkpoint: str | os.PathLike[str],
     cases: str | os.PathLike[str],
     preprocessed: str | os.PathLike[str],
-    split: str | os.PathLike[str],
+    split: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
-    part: str = "held_out",
+    part: str = "test",
     device: str = "auto",
     flips: bool | None = None,
     window: Sequence[int] | str | None = FROM_EXPERIMENT,
     overlap: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Predict every case of a split's ``part``; writes ``<out>/<case_id>.nii.gz`` then ``predictions.csv``.
+    """Predict every case of a split's ``part`` (``split`` None: every case of the case table, as for a
+    challenge's unlabelled validation folder); writes ``<out>/<case_id>.nii.gz`` then ``predictions.csv``.
 
     ``flips``/``window``/``overlap`` default to the checkpoint's experiment (``test_time_flips``,
     ``sliding_window``, ``window_overlap``); ``window=None`` forces whole volumes. Every input is
@@ -380,7 +387,8 @@ def infer_cases(
         )
     settings = _settings(model, experiment, target, flips, window, overlap)
     blocks = f", {len(compiled)} compiled block(s)" if compiled else ""
-    log(f"{experiment.name}: {len(rows)} {part} case(s) on {target}, {_describe(settings)}{blocks}")
+    which = part if split is not None else "listed"
+    log(f"{experiment.name}: {len(rows)} {which} case(s) on {target}, {_describe(settings)}{blocks}")
 
     # The list marks a finished run: drop an old one before the first file is replaced.
     (out / PREDICTIONS_FILE).unlink(missing_ok=True)

@@ -19,9 +19,9 @@ from typing import Any
 from revunet.documents import DocumentError, read_document, read_scalar
 
 # The places (``*``: any name) where a key chooses between alternatives (see merge_config):
-# a split draws its cases by `fraction` or by `counts`; a dataset's `source` says whether its
-# `path` (a local copy) applies.
-SPLIT_SCHEMES = frozenset({"fraction", "counts"})
+# a split draws its cases by `fraction` (with an optional `validation` share) or by `counts`; a
+# dataset's `source` says whether its `path` (a local copy) applies.
+SPLIT_SCHEMES = {"fraction": frozenset({"counts"}), "counts": frozenset({"fraction", "validation"})}
 SPLIT_AT = ("datasets", "*", "*", "splits", "*")
 DATASET_AT = ("datasets", "*", "*")
 # A config error lists this many problems, then how many more there are.
@@ -40,7 +40,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 def merge_config(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """How a later config document overrides an earlier one: as :func:`deep_merge`, except where
     a key chooses between alternatives. A split's ``fraction`` and ``counts`` exclude each other,
-    so an override naming one drops the other; a dataset whose override changes its ``source``
+    so an override naming one drops the other (``counts`` drops a ``validation`` share too); a dataset whose override changes its ``source``
     drops the inherited ``path`` (a local copy's folder) unless the override gives one."""
     return _merge(base, override, ())
 
@@ -60,8 +60,8 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any], where: tuple[st
 
 def _superseded(where: tuple[str, ...], base: Mapping[str, Any], override: Mapping[str, Any]) -> set[str]:
     """The keys of ``base`` that ``override`` replaces by naming an alternative to them."""
-    if _at(where, SPLIT_AT) and SPLIT_SCHEMES & set(override):
-        return set(SPLIT_SCHEMES - set(override))
+    if _at(where, SPLIT_AT):
+        return {key for scheme in set(SPLIT_SCHEMES) & set(override) for key in SPLIT_SCHEMES[scheme]} - set(override)
     if _at(where, DATASET_AT) and "source" in override and "path" not in override:
         return {"path"} if override["source"] != base.get("source") else set()
     return set()

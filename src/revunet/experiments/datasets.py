@@ -19,18 +19,35 @@ SOURCES = ("synthetic", "local", "decathlon")
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """A named train / held-out split of one dataset (see ``revunet split``)."""
+    """A named train / validation / test split of one dataset (see ``revunet split``)."""
 
     name: str
     fraction: float | None = None
-    counts: tuple[int, int] | None = None
+    counts: tuple[int, ...] | None = None
     seed: int = 0
-    held_out_name: str = "validation"
+    validation: float | None = None  # with fraction: the share of the cases that chooses the checkpoint
+
+    @property
+    def selects(self) -> bool:
+        """Whether the split has a validation part, on which a checkpoint is chosen."""
+        return self.validation is not None or (self.counts is not None and len(self.counts) == 3)
+
+    def scheme(self) -> str:
+        """The scheme as :func:`revunet.data.splits.parse_scheme` reads it (e.g. ``counts:329,40``)."""
+        if self.counts is not None:
+            return "counts:" + ",".join(str(c) for c in self.counts)
+        validation = f",validation:{self.validation:g}" if self.validation is not None else ""
+        return f"fraction:{self.fraction:g}{validation}"
 
     def arguments(self) -> str:
         """The ``revunet split`` options that draw this split."""
-        scheme = f"--fraction {self.fraction:g}" if self.fraction is not None else "--counts {},{}".format(*self.counts)
-        return f"{scheme} --seed {self.seed} --held-out-name {self.held_out_name}"
+        if self.counts is not None:
+            scheme = "--counts " + ",".join(str(c) for c in self.counts)
+        else:
+            scheme = f"--fraction {self.fraction:g}"
+            if self.validation is not None:
+                scheme += f" --validation {self.validation:g}"
+        return f"{scheme} --seed {self.seed}"
 
 
 @dataclass(frozen=True)
@@ -136,14 +153,20 @@ def _split(name: str, value: Any, where: str) -> SplitPlan:
     if ("fraction" in value) == ("counts" in value):
         raise ConfigError(f"config: {where}: give exactly one of 'fraction' or 'counts'")
     counts = value.get("counts")
+    if counts is not None and "validation" in value:
+        raise ConfigError(f"config: {where}: with counts, give the validation count as the middle of three counts")
+    fraction, validation = value.get("fraction"), value.get("validation")
+    if fraction is not None and validation is not None and not 0 < validation < 1 - fraction:
+        raise ConfigError(
+            f"config: {where}.validation: got {validation}, expected a share in (0, {1 - fraction:g}) "
+            "so that a test part remains"
+        )
     return SplitPlan(
         name=name,
-        fraction=value.get("fraction"),
-        counts=None if counts is None else (int(counts[0]), int(counts[1])),
+        fraction=fraction,
+        counts=None if counts is None else tuple(int(c) for c in counts),
         seed=int(value.get("seed", 0)),
-        held_out_name=expect_choice(
-            value.get("held_out_name", "validation"), ("validation", "test"), f"{where}.held_out_name"
-        ),
+        validation=validation,
     )
 
 

@@ -27,6 +27,7 @@ from revunet.experiments.config_files import ConfigError, deep_merge
 from revunet.experiments.config_files import expect_choice as _choice
 from revunet.experiments.config_files import expect_mapping as _mapping
 from revunet.experiments.datasets import DatasetPlan, plan_dataset
+from revunet.experiments.protocol import check_canvas, check_selection, check_shared_folders, protocol_row
 from revunet.experiments.recipe import Experiment
 from revunet.experiments.smoke import SMOKE_RESULTS, SmokeSettings, compiled_twin, smoke_dataset, smoke_experiment
 
@@ -150,6 +151,11 @@ class WorkflowPlan:
         """The `revunet evaluate` options of the post-processed evaluation."""
         return f"--postprocess --et-min-mm3 {self.et_min_mm3:g} --min-component-mm3 {self.min_component_mm3:g}"
 
+    def protocol(self, name: str) -> dict[str, str]:
+        """How experiment ``name`` uses its data, in words (:func:`revunet.experiments.protocol.protocol_row`)."""
+        plan = self.experiments[name]
+        return protocol_row(name, plan.experiment, self.datasets[plan.dataset], plan.split, plan.resources.gpus)
+
     def splits_in_use(self) -> list[tuple[str, str]]:
         """(dataset, split) pairs the selected experiments train on."""
         return sorted({(plan.dataset, plan.split) for plan in self.experiments.values()})
@@ -210,6 +216,7 @@ def _plan_experiments(
             )
         plan = _fit_to_dataset(plan, datasets[plan.dataset], preset)
         experiments[name] = plan if smoke is None else _smoke_plan(plan, smoke)
+    check_shared_folders(datasets, preset)
     return datasets, experiments
 
 
@@ -244,6 +251,8 @@ def _fit_to_dataset(plan: ExperimentPlan, dataset: DatasetPlan, preset: str) -> 
             f"config: experiments.{plan.name}: split {plan.split!r} is not defined for dataset {dataset.name!r} "
             f"at preset {preset} (datasets.{dataset.name}.{preset}.splits has {sorted(dataset.splits)})"
         )
+    check_selection(plan.name, plan.experiment, dataset.splits[plan.split], dataset, preset)
+    check_canvas(plan.name, plan.experiment, dataset, preset)
     plan = _resolve_training_input(plan, dataset, preset)
     if plan.experiment.task != dataset.task:
         raise ConfigError(

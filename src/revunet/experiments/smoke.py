@@ -3,7 +3,7 @@
 What PyTorch Lightning's ``fast_dev_run`` is for one model, for the whole pipeline: before a
 lab books GPU-days for the paper preset, each experiment trains ``steps`` optimiser steps at
 its real patch or volume size, model widths, VAE input, AMP and launcher, validates on one
-case, predicts and scores one held-out case (sliding window and flips as its recipe says),
+case where its split selects, predicts and scores one test case (sliding window and flips as its recipe says),
 and the tables, figures and report are written under ``results/smoke/``, marked as a smoke run.
 
 Data: a dataset the preset reads from a local folder becomes, without ``data_root``, the
@@ -11,7 +11,8 @@ synthetic dataset at ``spacing`` mm (1 mm: the BraTS 240x240x155 and iSeg 144x19
 written in the on-disk layout of the folder the preset names (BraTS 2018's HGG/LGG for
 Brügger et al., BraTS 2020 for the others, iSeg 2019), so the real layout readers are run;
 with ``data_root`` the real folder is read, its first ``subjects`` cases only. Either way each
-split becomes ``subjects - 1`` training cases and one held-out case.
+split keeps its roles at one case each where it can: one test case, one validation case where
+the split selects a checkpoint, and the rest for training.
 
 Torch-free, like the rest of :mod:`revunet.experiments` (Snakemake imports it on every parse).
 """
@@ -55,10 +56,10 @@ class SmokeSettings:
         if unknown:
             raise ConfigError(f"config: smoke_run: unknown key(s) {unknown}; known: {sorted(known)}")
         settings = cls(**block)
-        if settings.subjects < 2:
+        if settings.subjects < 3:
             raise ConfigError(
-                f"config: smoke_run.subjects: got {settings.subjects}, expected at least 2 "
-                "(one case to train on and one held out)"
+                f"config: smoke_run.subjects: got {settings.subjects}, expected at least 3 "
+                "(one case to train on, one to validate on, one to test on)"
             )
         return settings
 
@@ -71,7 +72,7 @@ def smoke_experiment(experiment: Experiment, settings: SmokeSettings, processes:
     samples are drawn per volume that each of up to ``processes`` ranks gets its steps.
     """
     needed = settings.steps * experiment.batch_size * experiment.accumulation * max(processes, 1)
-    samples = max(experiment.samples_per_volume, -(-needed // (settings.subjects - 1)))
+    samples = max(experiment.samples_per_volume, -(-needed // (settings.subjects - 2)))
     return experiment.replace(
         samples_per_volume=samples,
         epochs=1,
@@ -89,8 +90,17 @@ def compiled_twin(experiment: Experiment) -> Experiment:
 
 
 def _smoke_splits(splits: Mapping[str, SplitPlan], subjects: int) -> dict[str, SplitPlan]:
-    """Every split as ``subjects - 1`` training cases and one held-out case (its seed and name kept)."""
-    return {name: dataclasses.replace(split, fraction=None, counts=(subjects - 1, 1)) for name, split in splits.items()}
+    """Every split cut to one test case, one validation case where it selects, the rest for
+    training (its seed kept), so the smoke run exercises each role the real run will."""
+    return {
+        name: dataclasses.replace(
+            split,
+            fraction=None,
+            validation=None,
+            counts=(subjects - 2, 1, 1) if split.selects else (subjects - 1, 1),
+        )
+        for name, split in splits.items()
+    }
 
 
 def synthetic_layout(task: str, path: str | None) -> str:

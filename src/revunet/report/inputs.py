@@ -4,7 +4,7 @@ The formats are those of the project's interface notes:
 
 - ``EXP_DIR/<exp>.json``: the experiments; their ``table`` and ``row`` fields say which paper row
   each one reproduces;
-- ``EVAL_DIR/<exp>/metrics.csv``: per held-out case and region Dice, HD95, Hausdorff, …;
+- ``EVAL_DIR/<exp>/metrics.csv``: per test case and region Dice, HD95, Hausdorff, …;
 - ``TRAIN_DIR/<exp>/log.csv`` and ``summary.json``: the training curve and its best epoch;
 - ``MEMORY_DIR/<table>.csv`` (``revunet memory --table``), ``capacity.csv``, ``complexity.csv``:
   memory measured at the papers' full sizes, independent of the data and scale trained on;

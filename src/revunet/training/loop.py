@@ -8,14 +8,16 @@ Run folder (only rank 0 writes; every file atomically):
   ``summary.json`` are regenerated from it when they are missing;
 - ``best.pt``: the weights of the epoch with the highest *moving average* (EMA) of the
   validation mean Dice (see :mod:`revunet.training.early_stopping`), with ``epoch``,
-  ``val_dice``, ``val_mean_dice`` and ``ema_dice``; if no epoch was validated, the final weights;
+  ``val_dice``, ``val_mean_dice`` and ``ema_dice``; when the split has no validation part
+  (nothing is selected), the last epoch's weights, rewritten after every epoch;
 - ``log.csv``: one row per epoch (columns in :mod:`revunet.training.run_log`);
 - ``summary.json``: written last; its existence means the run finished.
 
-Validation runs every ``validate_every`` epochs on the split's held-out cases, whole volumes
-zero-padded to a multiple of the model's ``size_multiple`` (output cropped back): hard Dice
-per region (sigmoid > 0.5 for BraTS WT/TC/ET, argmax for iSeg CSF/GM/WM; both masks empty
-counts as 1), averaged over cases; ``val_mean_dice`` is their mean over regions.
+Validation runs every ``validate_every`` epochs on the split's validation part (never its test
+part, which the tables report), predicted as `revunet infer` predicts (the experiment's window,
+overlap and flips; :mod:`revunet.training.validation`): hard Dice per region of the label map
+(BraTS WT/TC/ET, iSeg CSF/GM/WM; both masks empty counts as 1), averaged over cases;
+``val_mean_dice`` is their mean over regions.
 Data order and determinism: :mod:`revunet.training.randomness`.
 """
 
@@ -46,7 +48,7 @@ from revunet.training.distributed import Processes, process_group
 from revunet.training.errors import NonFiniteLoss
 from revunet.training.interruption import StopWatch, TrainingInterrupted, time_budget
 from revunet.training.randomness import deterministic
-from revunet.training.resumption import decide
+from revunet.training.resumption import Fingerprint, decide, merged, own_share
 from revunet.training.run_log import peak_memory_mib, step_timing
 from revunet.training.setup import Run, build_run
 from revunet.training.state import EpochProgress, TrainingState, save_checkpoint, write_outputs
@@ -213,6 +215,7 @@ def log_row(
         "ema_dice": None if scores is None else state.stopper.ema,
         "lr": lr,
         "epoch_seconds": seconds,
+        "validation_seconds": run.validation_seconds,
         **step_timing(result.step_seconds),
         "peak_memory_mib": peak_memory_mib(run.device),
         "tensor_peak_mib": None if run.memory is None else run.memory.peak_bytes / 2**20,
@@ -319,7 +322,8 @@ def fit(run: Run, state: TrainingState, watch: StopWatch) -> None:
         state.end_epoch(
             row, seconds, "early_stopping" if stop else ("max_epochs" if epoch == experiment.epochs else None)
         )
-        checkpoint(run, state, best_changed=improved, watch=watch)
+        # without a validation part best.pt is the last epoch's weights: rewritten every epoch
+        checkpoint(run, state, best_changed=improved or run.validation is None, watch=watch)
         _report(run, row, stop, state)
         if stop:
             break
@@ -344,24 +348,24 @@ def train(
     ``time_limit``: minutes, ``auto`` (the SLURM job's time left) or None/``none``; a stop
     (budget, SIGTERM, SIGUSR1) raises :class:`TrainingInterrupted` after checkpointing.
     """
-    out = Path(out)
+    out, pre, split_path = Path(out), Path(preprocessed), Path(split)
+    share = own_share(out, pre, split_path, restart, Processes.launched())  # before the group forms: see there
     with process_group(device) as (processes, torch_device), deterministic(torch_device.type == "cpu"):
         watch = StopWatch(time_budget(time_limit), processes)
         with watch.installed():
-            return _train(
-                experiment, Path(preprocessed), Path(split), out, torch_device, processes, progress, restart, watch
-            )
+            return _train(experiment, pre, split_path, out, torch_device, processes, progress, restart, watch, share)
 
 
 def _starting_state(
-    experiment: Experiment, preprocessed: Path, split_path: Path, out: Path, processes: Processes, restart: bool
+    experiment: Experiment, share: Fingerprint, out: Path, processes: Processes, restart: bool
 ) -> TrainingState:
     """Rank 0 decides (:func:`revunet.training.resumption.decide`) and says why; every rank gets the state."""
-    message, state, inputs = "", None, None
+    message, state = "", None
+    inputs = merged(processes.gather(share))  # every rank hashed its share of the cases already
     if processes.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        decision = decide(out, experiment, preprocessed, split_path, restart)
-        message, state, inputs = decision.message, decision.state, decision.inputs
+        decision = decide(out, experiment, inputs, restart)
+        message, state = decision.message, decision.state
     message, resume = processes.share((message, state is not None))
     if message:
         _say(processes, message, False)
@@ -407,9 +411,10 @@ def _train(
     progress: bool | None,
     restart: bool,
     watch: StopWatch,
+    share: Fingerprint,
 ) -> dict[str, Any]:
     progress = (sys.stderr.isatty() if progress is None else progress) and processes.is_main
-    state = _starting_state(experiment, preprocessed, split_path, out, processes, restart)
+    state = _starting_state(experiment, share, out, processes, restart)
     if state.stopped is not None:
         if processes.is_main:
             write_outputs(out, state, get_task(experiment.task).regions, only_missing=True)
@@ -422,12 +427,17 @@ def _train(
     if processes.is_main:
         write_experiment(out / "experiment.json", experiment)
     state.parameters = parameter_count(run.model)
+    state.validation_cases = [] if run.validation is None else list(run.validation.case_ids)
     if not resuming:
-        held_out = len(run.held_out) if run.held_out else 0
+        selection = (
+            f"{len(state.validation_cases)} validation volumes choose best.pt"
+            if state.validation_cases
+            else "no validation part (best.pt is the last epoch)"
+        )
         _say(
             processes,
             f"{experiment.name}: {experiment.model}, {state.parameters:,} parameters, {len(run.train_set)} "
-            f"training samples, {held_out} held-out volumes, {run.steps_per_epoch()} steps per epoch, "
+            f"training samples, {selection}, {run.steps_per_epoch()} steps per epoch, "
             f"device {device}, {processes.world_size} process(es){_compiled_note(run.model)}",
             False,
         )

@@ -6,6 +6,9 @@ fingerprint (:func:`input_fingerprint`: size, modification time and a BLAKE2 dig
 A rerun compares: a file whose size and time are unchanged keeps its digest unread, any other
 is read again, so data copied to a new scratch folder (new times, same bytes) still resumes,
 while re-preprocessed data (new bytes) starts over. Every decision is said in the log.
+
+Under torchrun each process fingerprints its share of the cases before the process group
+forms (:func:`own_share`), and rank 0 decides on the gathered shares (:func:`merged`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 from revunet.data.preprocess import meta_path, npz_path
 from revunet.data.splits import read_split
 from revunet.experiments.recipe import Experiment, read_experiment
+from revunet.training.distributed import Processes
 from revunet.training.errors import TrainError
-from revunet.training.state import OUTPUT_FILES, TrainingState
+from revunet.training.state import OUTPUT_FILES, TrainingState, stored_inputs
 
 Fingerprint = dict[str, Any]  # {"split": entry, "cases": {case: {"npz": entry, "json": entry}}}
 FileEntry = list[Any]  # [size, mtime_ns, digest]
@@ -35,17 +39,21 @@ def _file_entry(path: Path, previous: Sequence[Any] | None) -> FileEntry:
     return [status.st_size, status.st_mtime_ns, digest]
 
 
-def input_fingerprint(preprocessed: Path, split_path: Path, previous: Mapping[str, Any] | None = None) -> Fingerprint:
+def input_fingerprint(
+    preprocessed: Path, split_path: Path, previous: Mapping[str, Any] | None = None, share: tuple[int, int] = (0, 1)
+) -> Fingerprint:
     """The fingerprint of the split file and of the preprocessed files of the cases it names.
 
-    ``previous`` (an earlier fingerprint) lets unchanged files skip their digest.
+    ``previous`` (an earlier fingerprint) lets unchanged files skip their digest. ``share``
+    ``(rank, world_size)`` keeps only the cases rank, rank + W, ... of the sorted list.
     """
+    rank, world_size = share
     previous = previous or {}
     old_cases = previous.get("cases", {})
     try:
         split = read_split(split_path)
         cases: dict[str, dict[str, FileEntry]] = {}
-        for case in sorted({*split.train, *split.held_out}):
+        for case in sorted({*split.train, *split.validation})[rank::world_size]:
             old = old_cases.get(case, {})
             cases[case] = {
                 "npz": _file_entry(npz_path(preprocessed, case), old.get("npz")),
@@ -54,6 +62,27 @@ def input_fingerprint(preprocessed: Path, split_path: Path, previous: Mapping[st
     except (FileNotFoundError, ValueError) as error:
         raise TrainError(str(error)) from None
     return {"split": _file_entry(split_path, previous.get("split")), "cases": cases}
+
+
+def own_share(out: Path, preprocessed: Path, split_path: Path, restart: bool, processes: Processes) -> Fingerprint:
+    """This process's share of the inputs' fingerprint, taken before the process group forms.
+
+    Why: hashing a split's preprocessed files (tens of GB on real data) takes minutes on
+    cluster storage. Rank 0 doing it alone inside the process group kept the other ranks
+    waiting in a collective until NCCL's timeout ended the job. So each rank hashes a W-th
+    of the cases before joining: whoever finishes first waits in the group's rendezvous
+    (bounded by :func:`~revunet.training.distributed.process_group_timeout`) for a W-th of
+    the reading at most, and gathering the shares afterwards takes no time.
+    ``last.pt``'s fingerprint spares unchanged files their digest (not on ``--restart``).
+    """
+    previous = None if restart else stored_inputs(out / "last.pt")
+    return input_fingerprint(preprocessed, split_path, previous, (processes.rank, processes.world_size))
+
+
+def merged(shares: Sequence[Fingerprint]) -> Fingerprint:
+    """One fingerprint from every rank's share: the one a single process takes."""
+    cases = {case: entry for share in shares for case, entry in share["cases"].items()}
+    return {"split": shares[0]["split"], "cases": dict(sorted(cases.items()))}
 
 
 def changed_inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -117,10 +146,12 @@ def _problem(out: Path, state: TrainingState | None, experiment: Experiment, inp
     return None
 
 
-def decide(out: Path, experiment: Experiment, preprocessed: Path, split_path: Path, restart: bool) -> Decision:
-    """Resume, confirm a finished run, or start over (deleting the old training outputs); rank 0 only."""
+def decide(out: Path, experiment: Experiment, inputs: Fingerprint, restart: bool) -> Decision:
+    """Resume, confirm a finished run, or start over (deleting the old training outputs); rank 0 only.
+
+    ``inputs`` is the inputs' current fingerprint (:func:`own_share`, :func:`merged`).
+    """
     state, problem = (None, "--restart") if restart else _load(out)
-    inputs = input_fingerprint(preprocessed, split_path, state.inputs if state is not None else None)
     problem = problem or _problem(out, state, experiment, inputs)
     if problem is not None:
         discard(out)

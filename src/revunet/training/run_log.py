@@ -4,7 +4,8 @@
 the run produced (``dice, cross_entropy, reconstruction, kl``: each term's *unweighted* mean
 over the epoch's optimiser steps; ``train_loss`` is the weighted total), ``grad_norm`` (the
 mean global L2 norm of the gradient before clipping, over the steps whose gradients were finite), ``val_dice_<REGION>`` per region/class, ``val_mean_dice``, ``ema_dice`` (empty on epochs without validation), then
-``lr`` (the scheduled rate of the epoch; a warm-up scales it down over the first steps), ``epoch_seconds`` (training + validation),
+``lr`` (the scheduled rate of the epoch; a warm-up scales it down over the first steps), ``epoch_seconds`` (training + validation), ``validation_seconds`` (the validation's share: it predicts as inference does, so
+windows and flips cost here too; empty on epochs without validation),
 ``first_step_seconds`` and ``step_seconds`` (the epoch's first optimiser step, which pays for
 warm-up and compilation, and the median of the others: the figure the smoke run reports),
 ``peak_memory_mib``, ``tensor_peak_mib`` (``measure_memory: true``: the peak of the epoch's training
@@ -51,6 +52,7 @@ def log_columns(regions: Sequence[str], terms: Sequence[str]) -> list[str]:
         "ema_dice",
         "lr",
         "epoch_seconds",
+        "validation_seconds",
         "first_step_seconds",
         "step_seconds",
         "peak_memory_mib",

@@ -54,13 +54,14 @@ class Run:
     loader: DataLoader
     sampler: ShardedOrder
     train_set: PatchDataset
-    held_out: PatchDataset | None
+    validation: PatchDataset | None  # the split's validation part (None: nothing is selected)
     device: torch.device
     processes: Processes
     autocast: Callable[[], contextlib.AbstractContextManager]
     out: Path
     progress: bool
     memory: StepMemoryMeter | None = None  # measure_memory: true (revunet.memory.experiment_peak)
+    validation_seconds: float | None = None  # the last validation's wall time (log.csv)
 
     def steps_per_epoch(self) -> int:
         batches = math.ceil(self.sampler.per_rank / self.experiment.batch_size)
@@ -116,16 +117,38 @@ def check_compatible(
         )
 
 
+# Bytes of decoded volumes each data-loader process may keep: a patch-trained experiment that
+# draws several patches per volume (iSeg: 1024 per subject per epoch, in a shuffled order) must
+# not decode a ~60 MB volume for each of them.
+VOLUME_CACHE_BYTES = 2 * 2**30
+
+
+def volume_cache_size(dataset: PatchDataset) -> int:
+    """How many decoded volumes ``dataset`` keeps per process: all of them when several samples are
+    drawn from each and they fit in :data:`VOLUME_CACHE_BYTES` (else as many as fit), none otherwise."""
+    if dataset.samples_per_volume <= 1:
+        return 0
+    largest = max(math.prod(meta.shape) for meta in dataset.metas.values())
+    volume_bytes = largest * (4 * dataset.channels + 1)  # float32 image, uint8-sized label at least
+    return min(len(dataset.case_ids), VOLUME_CACHE_BYTES // volume_bytes)
+
+
 def read_datasets(
     experiment: Experiment, preprocessed: Path, split_path: Path
 ) -> tuple[PatchDataset, PatchDataset | None]:
-    """The training patches and the held-out whole volumes (None when the split holds none out)."""
+    """The training patches and the validation part's whole volumes (None when the split selects
+    nothing). The split's test part is never read here: it is for inference and the tables."""
     try:
         parts = read_split(split_path)
     except (FileNotFoundError, ValueError) as error:
         raise TrainError(str(error)) from None
     if not parts.train:
         raise TrainError(f"{split_path}: the split has no training cases")
+    if experiment.patience is not None and not parts.validation:
+        raise TrainError(
+            f"{split_path}: experiment {experiment.name!r} stops early (patience {experiment.patience}) "
+            "but the split has no validation part to stop on"
+        )
     if not preprocessed.is_dir():
         raise TrainError(f"no preprocessed folder at {preprocessed}")
     augmentation = experiment.augmentation
@@ -134,12 +157,13 @@ def read_datasets(
         train_set = PatchDataset(
             preprocessed, parts.train, experiment.patch_size, augment, experiment.samples_per_volume, experiment.seed
         )
-        held_out = None
-        if parts.held_out:
-            held_out = PatchDataset(preprocessed, parts.held_out, None, None, 1, experiment.seed)
+        train_set.cache_size = volume_cache_size(train_set)
+        validation = None
+        if parts.validation:
+            validation = PatchDataset(preprocessed, parts.validation, None, None, 1, experiment.seed)
     except (FileNotFoundError, ValueError) as error:
         raise TrainError(f"{preprocessed}: {error}") from None
-    return train_set, held_out
+    return train_set, validation
 
 
 def make_optimizer(experiment: Experiment, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -208,9 +232,9 @@ def build_run(
 ) -> Run:
     """Check the inputs and assemble the run; a ``resume`` state is put back into it before DDP wraps the model."""
     loss = make_loss(experiment)
-    train_set, held_out = read_datasets(experiment, preprocessed, split_path)
+    train_set, validation = read_datasets(experiment, preprocessed, split_path)
     model = _seeded_model(experiment, device)
-    check_compatible(experiment, loss, model, [train_set, *([held_out] if held_out else [])], preprocessed)
+    check_compatible(experiment, loss, model, [train_set, *([validation] if validation else [])], preprocessed)
     optimizer = make_optimizer(experiment, model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(experiment.milestones), gamma=experiment.gamma)
     use_scaler = experiment.amp and device.type == "cuda"
@@ -233,7 +257,7 @@ def build_run(
         loader=loader,
         sampler=cast(ShardedOrder, loader.sampler),
         train_set=train_set,
-        held_out=held_out,
+        validation=validation,
         device=device,
         processes=processes,
         autocast=autocast,

@@ -71,6 +71,20 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return payload
 
 
+def stored_inputs(path: Path) -> dict[str, Any] | None:
+    """The inputs' fingerprint a ``last.pt`` holds; None when it is missing, unreadable or has none.
+
+    Memory-mapped, so the weights are never read: every rank calls this before training starts.
+    Whether the file is usable is decided later (rank 0, :mod:`revunet.training.resumption`).
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # missing, truncated, foreign: then every file is hashed afresh
+        return None
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    return inputs if isinstance(inputs, dict) else None
+
+
 def model_from_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Experiment, dict[str, Any]]:
@@ -150,6 +164,8 @@ class TrainingState:
     inputs: dict[str, Any] | None = None
     progress: EpochProgress | None = None
     interruptions: list[dict[str, Any]] = field(default_factory=list)
+    # The split's validation part, which chose best.pt (empty: nothing was selected).
+    validation_cases: list[str] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, experiment: Experiment) -> TrainingState:
@@ -180,6 +196,7 @@ class TrainingState:
             inputs=payload.get("inputs"),
             progress=EpochProgress.from_dict(payload.get("progress")),
             interruptions=list(payload.get("interruptions", [])),
+            validation_cases=list(payload.get("validation_cases", [])),
         )
 
     @classmethod
@@ -214,6 +231,7 @@ class TrainingState:
             "inputs": self.inputs,
             "progress": None if self.progress is None else self.progress.to_dict(),
             "interruptions": self.interruptions,
+            "validation_cases": self.validation_cases,
         }
 
     def best_payload(self) -> dict[str, Any]:
@@ -297,6 +315,9 @@ class TrainingState:
             "device": self.device,
             "world_size": self.world_size,
             "interruptions": len(self.interruptions),
+            # which cases chose best.pt: never the reported ones (revunet.data.splits)
+            "selection": "best validation EMA" if self.validation_cases else "last epoch",
+            "validation_cases": list(self.validation_cases),
         }
 
 

@@ -1,7 +1,10 @@
-"""Validation during training: hard Dice per region on the held-out whole volumes.
+"""Validation during training: hard Dice per region on the split's validation part.
 
-Volumes are predicted as `revunet infer` predicts them (padded to the model's size multiple and
-cropped back, float32), so validation scores what inference will produce. Only rank 0
+The validation part chooses the checkpoint (``best.pt``) and stops early; it never overlaps the
+test part that inference and the tables report (:mod:`revunet.data.splits`). Volumes are
+predicted exactly as `revunet infer` predicts the experiment's test cases, through the same
+:func:`revunet.evaluation.predict.predict_volume` with the experiment's sliding window, overlap
+and test-time flips, so ``best.pt`` is chosen on what inference will produce. Only rank 0
 validates; a stop request between two volumes abandons the validation (it is redone on resume).
 """
 
@@ -15,7 +18,8 @@ import torch
 from torch import nn
 
 from revunet.data.dataset import PatchDataset
-from revunet.evaluation.predict import predict_volume
+from revunet.evaluation.predict import InferenceSettings, predict_volume
+from revunet.experiments.recipe import Experiment
 from revunet.tasks import get_task
 from revunet.training.interruption import StopWatch
 from revunet.training.setup import Run
@@ -27,16 +31,24 @@ def hard_dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
+def inference_settings(experiment: Experiment, device: torch.device) -> InferenceSettings:
+    """How `revunet infer` predicts this experiment's cases (window, overlap, flips), on ``device``."""
+    return InferenceSettings(
+        output=get_task(experiment.task).output,
+        window=experiment.sliding_window,
+        overlap=experiment.window_overlap,
+        flips=experiment.test_time_flips,
+        device=device,
+        fallback_window=experiment.patch_size,
+    )
+
+
 @torch.no_grad()
 def validate(
-    model: nn.Module, dataset: PatchDataset, task: str, device: torch.device, watch: StopWatch | None = None
+    model: nn.Module, dataset: PatchDataset, settings: InferenceSettings, task: str, watch: StopWatch | None = None
 ) -> dict[str, float] | None:
-    """Mean hard Dice per region over the held-out volumes (keys: the task's regions); None when
-    a stop request (``watch``) came in between two volumes.
-
-    Whole volumes are predicted as `revunet infer` predicts them (padded to the model's size
-    multiple and cropped back, float32), so validation scores what inference will produce.
-    """
+    """Mean hard Dice per region over the validation volumes (keys: the task's regions); None when
+    a stop request (``watch``) came in between two volumes."""
     spec = get_task(task)
     scores: dict[str, list[float]] = {region: [] for region in spec.regions}
     for index in range(len(dataset)):
@@ -44,8 +56,19 @@ def validate(
             return None
         item = dataset[index]
         image, label = cast(torch.Tensor, item["image"]), cast(torch.Tensor, item["label"])
-        probabilities = predict_volume(model, image, spec.output, device=device)
-        predicted, truth = spec.predicted_regions(probabilities), spec.region_stack(label)
+        probabilities = predict_volume(
+            model,
+            image,
+            settings.output,
+            window=settings.window,
+            overlap=settings.overlap,
+            flips=settings.flips,
+            device=settings.device,
+            fallback_window=settings.fallback_window,
+        )
+        # through the label map inference writes (BraTS: the overwrite order WT, TC, ET)
+        predicted = spec.region_stack(torch.as_tensor(spec.labels_from_probabilities(probabilities)))
+        truth = spec.region_stack(label)
         for region, p, t in zip(scores, predicted, truth):
             scores[region].append(hard_dice(p, t))
     return {region: float(np.mean(values)) for region, values in scores.items()}
@@ -53,8 +76,10 @@ def validate(
 
 def maybe_validate(run: Run, epoch: int, watch: StopWatch) -> dict[str, float] | str | None:
     """Rank 0's validation scores on every rank, on the epochs that validate (else None); the
-    reason, a string, when a stop request came before or during the validation."""
-    if run.held_out is None or epoch % run.experiment.validate_every != 0:
+    reason, a string, when a stop request came before or during the validation. Its wall time
+    goes to ``run.validation_seconds`` (log.csv)."""
+    run.validation_seconds = None
+    if run.validation is None or epoch % run.experiment.validate_every != 0:
         return None
     reason = watch.reason("validation")
     if reason is not None:
@@ -62,8 +87,10 @@ def maybe_validate(run: Run, epoch: int, watch: StopWatch) -> dict[str, float] |
     scores: dict[str, float] | str | None = None
     if run.processes.is_main:
         started = time.perf_counter()
-        scores = validate(run.model, run.held_out, run.experiment.task, run.device, watch)
-        watch.measured("validation", time.perf_counter() - started)
+        settings = inference_settings(run.experiment, run.device)
+        scores = validate(run.model, run.validation, settings, run.experiment.task, watch)
+        run.validation_seconds = time.perf_counter() - started
+        watch.measured("validation", run.validation_seconds)
         if scores is None:
             scores = watch.signal_name
     return run.processes.share(scores)

@@ -18,7 +18,7 @@ captions (:data:`CAPTIONS`, also written to ``index.csv`` with columns ``file, c
   and the activation memory of a coupling chain against its length (``revunet complexity``);
 - ``memory_modules_<table>``: per paper memory table, each row's peak as stacked bars by owning module
   (``<table>_modules.csv``);
-- ``example_segmentation_<dataset>``: an axial slice of each modality of the first held-out case
+- ``example_segmentation_<dataset>``: an axial slice of each modality of the first test case
   with reference (solid) and predicted (dashed) contours, one figure per dataset.
 """
 
@@ -59,10 +59,10 @@ from revunet.report.tables.smoke import SMOKE_NOTE
 CAPTIONS = {
     "training_curves": "Training curves, one panel per experiment: training loss (left axis) and validation mean "
     "Dice with its exponential moving average used for early stopping (right axis) against the epoch.",
-    "dice_distribution": "Per-case Dice (%) on the held-out cases, per region and architecture (box: quartiles, "
+    "dice_distribution": "Per-case Dice (%) on the test cases, per region and architecture (box: quartiles, "
     "points: cases), one panel per paper table.",
     "hd95_distribution": "Per-case HD95 (mm, 95th percentile of the pooled symmetric surface distances) on the "
-    "held-out cases, per region and architecture, one panel per paper table.",
+    "test cases, per region and architecture, one panel per paper table.",
     "memory_vs_paper": "Peak training memory of every paper table row: the paper's figure next to ours, measured by "
     "exact tensor accounting at the paper's full size and protocol (`revunet memory --table`); hatched bars are the "
     "non-reversible twin (same parameters, plain autograd).",

@@ -16,7 +16,7 @@ from revunet.report.inputs import Dataset, ReportContext, ReportInputError, data
 from revunet.tasks import get_task
 
 EXAMPLE_CAPTION = (
-    "Example segmentation ({dataset}: {data}), experiment {experiment}, held-out case {case}: "
+    "Example segmentation ({dataset}: {data}), experiment {experiment}, test case {case}: "
     "axial slice {slice} of each modality with the reference (solid) and predicted (dashed) contours of {regions}."
 )
 # Contour colours of the scored regions.
@@ -77,7 +77,7 @@ def choose_example(
 ) -> tuple[Experiment, str, Path] | None:
     """(experiment, case id, prediction file) shown for ``dataset``.
 
-    The chosen experiment, else the one with the best held-out mean Dice (a short demo run can
+    The chosen experiment, else the one with the best test mean Dice (a short demo run can
     collapse to an empty prediction, which would make a useless example), else the first in
     paper order with predictions.
     """

@@ -4,7 +4,7 @@ Two rows per BraTS experiment: its plain predictions (``EVAL_DIR/<exp>/metrics.c
 predictions after the post-processing of :mod:`revunet.evaluation.postprocess`
 (``EVAL_DIR/<exp>/postprocessed/metrics.csv``, the rules named in its ``postprocessing`` column).
 Columns: the whole-volume Dice (%) and HD95 (mm) the papers report, then BraTS 2023's lesion-wise
-Dice (%) and HD95 (mm), per region, as means over the held-out cases.
+Dice (%) and HD95 (mm), per region, as means over the test cases.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def postprocessing_table(context: ReportContext) -> ReportTable:
     frame["n_cases"] = frame["n_cases"].astype("Int64")
     formats = {f"{m.column}_{r}": m.spec for m in METRICS for r in REGIONS} | {"n_cases": ".0f"}
     headers = {f"{m.column}_{r}": f"{m.name} {r}" for m in METRICS for r in REGIONS}
-    headers |= {"experiment": "Experiment", "postprocessing": "Post-processing", "n_cases": "held-out cases"}
+    headers |= {"experiment": "Experiment", "postprocessing": "Post-processing", "n_cases": "test cases"}
     caption = (
-        "Beyond the papers: each BraTS experiment's held-out predictions scored as they are and after the "
+        "Beyond the papers: each BraTS experiment's test predictions scored as they are and after the "
         "post-processing of BraTS 2019-2020 entries (config postprocessing: whole-tumour components below a volume "
         "removed, then a case's enhancing tumour relabelled necrosis when below a volume). Whole-volume Dice (%) and "
         "HD95 (mm) as in the papers, then BraTS 2023's lesion-wise Dice (%) and HD95 (mm); means over the cases."

@@ -101,7 +101,8 @@ def region_table(context: ReportContext, table: str) -> ReportTable:
     formats, headers = _region_columns(unit, regions, layout.metrics, layout.lesion_metrics)
     units = "paper MB are MiB (the authors' code divides by 1024 twice)" if unit == "MiB" else "paper GB read as GiB"
     extra = (
-        f"Reproduced Dice and distances are means over the held-out cases; {layout.distance_note}; {units}. The twin "
+        f"Reproduced Dice and distances are means over the split's test cases, which never chose the "
+        f"checkpoint; {layout.distance_note}; {units}. The twin "
         "has the same parameters stored by plain autograd (no memory saving)."
     )
     if layout.lesion_wise:
@@ -172,7 +173,7 @@ def _region_columns(
         "memory_ratio": "measured/paper",
         f"twin_memory_{suffix}": f"non-reversible twin {unit}",
         LEGACY_COLUMN: "measured with PyTorch 1.1 GroupNorm MiB",
-        "n_cases": "held-out cases",
+        "n_cases": "test cases",
         "data": "Data",
     }
     for metric in metrics:

@@ -38,7 +38,7 @@ PREDICTED_KEY = "peak_mib"
 SMOKE_COLUMNS = (
     "experiment", "table", "row", "input", "processes", "device", "first_step_s", "step_s", "compiled_first_step_s",
     "compiled_step_s", "compiled_speedup", "measured_peak_mib", "measured_by", "predicted_peak_mib",
-    "measured_over_predicted", "held_out_mean_dice",
+    "measured_over_predicted", "test_mean_dice",
 )  # fmt: skip
 
 
@@ -95,7 +95,7 @@ def _row(context: ReportContext, experiment: Experiment) -> dict[str, Any]:
         "measured_by": summary.get(MEASURED_SOURCE_KEY),
         "predicted_peak_mib": predicted,
         "measured_over_predicted": measured / predicted if measured and predicted else None,
-        "held_out_mean_dice": None if metrics is None else case_mean_dice(metrics),
+        "test_mean_dice": None if metrics is None else case_mean_dice(metrics),
     }
 
 
@@ -110,7 +110,7 @@ def smoke_table(context: ReportContext) -> ReportTable:
         "predicted: `revunet memory --experiment` for the same configuration (fake tensors)."
     )
     formats = {column: ".1f" for column in data.columns if column.endswith(("_s", "_mib"))}
-    formats.update({"compiled_speedup": ".2f", "measured_over_predicted": ".3f", "held_out_mean_dice": ".3f"})
+    formats.update({"compiled_speedup": ".2f", "measured_over_predicted": ".3f", "test_mean_dice": ".3f"})
     return ReportTable(
         name=SMOKE_TABLE,
         title=f"{SMOKE_TITLE}: every experiment at its full size",
