@@ -153,7 +153,17 @@ def dataset_inputs(wildcards, *kinds):
 
 
 def train_inputs(wildcards):
-    return dataset_inputs(wildcards, "preprocessed", "split")
+    """The data; in a smoke run also the predicted peak, so the job starts only where it fits."""
+    inputs = dataset_inputs(wildcards, "preprocessed", "split")
+    if PLAN.smoke:
+        inputs["predicted"] = PATHS["memory_predicted"].format(exp=wildcards.exp)
+    return inputs
+
+
+def fit_options(input, options):
+    """`revunet train` options, with --predicted where the job has a predicted peak (smoke run)."""
+    predicted = input.get("predicted")
+    return f"{options} --predicted {predicted}" if predicted else options
 
 
 def infer_inputs(wildcards):

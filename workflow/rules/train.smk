@@ -34,8 +34,10 @@ rule train:
         mem_mb=lambda wildcards: experiment_plan(wildcards).resources.mem_mb,
         runtime=lambda wildcards: experiment_plan(wildcards).resources.runtime,
     params:
-        launcher=lambda wildcards: PLAN.launcher(wildcards.exp),
-        options=PLAN.train_options(),
+        launcher=lambda wildcards, input: PLAN.launcher(
+            wildcards.exp, input.get("predicted")
+        ),
+        options=lambda wildcards, input: fit_options(input, PLAN.train_options()),
         out=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
         "revunet gpu-slots --gpus {resources.gpu} -- "

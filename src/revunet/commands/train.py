@@ -15,6 +15,8 @@ def _train(args: argparse.Namespace) -> int:
         experiment = read_experiment(args.experiment)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"revunet train: {error}") from None
+    if args.predicted is not None:
+        _check_fits(args.predicted, args.device)
     try:
         train(
             experiment,
@@ -32,6 +34,27 @@ def _train(args: argparse.Namespace) -> int:
         print(f"revunet train: {stop} (exit status {INTERRUPTED_EXIT}: Snakemake retries the job)", flush=True)
         return INTERRUPTED_EXIT
     return 0
+
+
+def _check_fits(predicted: str, device: str) -> None:
+    """Refuse, in one line and before anything is allocated, a job this node's memory cannot hold."""
+    import os
+
+    from revunet.devices import DeviceError, resolve_device
+    from revunet.memory.fit import check_fits
+
+    try:
+        target = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        plan = check_fits(predicted, target.type, local_processes, target.index or 0)
+    except (DeviceError, OSError, ValueError) as error:  # DoesNotFit is a ValueError
+        raise SystemExit(f"revunet train: {error}") from None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(
+            f"memory: {plan.per_process / 2**30:.1f} GiB budgeted per process ({plan.predicted / 2**30:.1f} GiB "
+            f"predicted), {plan.available / 2**30:.1f} GiB available in {plan.where}",
+            flush=True,
+        )
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -73,5 +96,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="MINUTES",
         help="stop cleanly (checkpoint, exit 75) before this many minutes have passed; auto (default): the time "
         "left of the SLURM job this runs in (none outside SLURM); none: no limit",
+    )
+    parser.add_argument(
+        "--predicted",
+        metavar="JSON",
+        help="the predicted training peak (`revunet memory --experiment --out`): refuse to start, in one line, "
+        "when this node's memory (or the GPU's) cannot hold the job's processes",
     )
     parser.set_defaults(run=_train)

@@ -99,17 +99,19 @@ class WorkflowPlan:
         """The folder every output goes to: a smoke run's never mix with a real run's."""
         return SMOKE_RESULTS if self.smoke is not None else "results"
 
-    def launcher(self, name: str) -> str:
+    def launcher(self, name: str, predicted: str | None = None) -> str:
         """The command that runs ``revunet`` for experiment ``name``'s training job.
 
         In a smoke run, a multi-GPU job starts as many processes as it has GPUs, or
-        ``smoke_run.processes`` (gloo on CPU) where there is none (``revunet processes``)."""
+        ``smoke_run.processes`` (gloo on CPU) where there is none (``revunet processes``), lowered
+        to what the node's memory holds given the job's ``predicted`` peak (a JSON file)."""
         gpus = self.experiments[name].resources.gpus
         if gpus <= 1:
             return self.launch_single
         if self.smoke is not None:
+            fit = f" --predicted {shlex.quote(predicted)}" if predicted else ""
             return self.launch_distributed.format(
-                gpus=f"$(revunet processes --gpus {gpus} --without-gpu {self.smoke.processes})"
+                gpus=f"$(revunet processes --gpus {gpus} --without-gpu {self.smoke.processes}{fit})"
             )
         return self.launch_distributed.format(gpus=gpus)
 
