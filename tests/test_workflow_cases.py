@@ -22,7 +22,10 @@ def overlay(tmp_path, root, exclude: list[str] | None = None) -> str:
     if exclude is not None:
         settings["exclude_cases"] = exclude
     path = tmp_path / f"overlay_{len(exclude or [])}_{'_'.join(exclude or [])}.json"
-    path.write_text(json.dumps({"select": ["invres_brats_unet3d"], "datasets": {"brats": {"demo": settings}}}))
+    # patches inside the 8x8x8 canvas: the plan refuses a patch larger than the volumes it predicts on
+    patches = {"demo": {"experiment": {"patch_size": [8, 8, 8]}}}
+    document = {"select": ["invres_brats_unet3d"], "datasets": {"brats": {"demo": settings}}, "presets": patches}
+    path.write_text(json.dumps(document))
     return str(path)
 
 

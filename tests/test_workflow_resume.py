@@ -87,7 +87,7 @@ def test_sigterm_to_the_training_job_then_the_same_command_resumes_exactly(tmp_p
             "--experiment",
             str(results / "experiments" / f"{EXPERIMENT}.json"),
         ]
-        + ["--preprocessed", str(data / "preprocessed"), "--split", str(data / "splits" / "main.json")]
+        + ["--preprocessed", str(data / "preprocessed"), "--split", str(data / "splits" / "bruegger.json")]
         + ["--out", str(reference), "--device", "cpu", "--no-progress", "--time-limit", "none"],
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # as Snakemake runs a one-thread job
         capture_output=True,
