@@ -246,6 +246,7 @@ EXPERIMENTS = [
         "table": "pendse2020",
         "row": "Baseline",
         "epochs": 30,
+        "snapshot_epochs": [3],
     },
 ]
 
@@ -260,6 +261,7 @@ def results(tmp_path: Path) -> dict[str, Path]:
     write_metrics(paths["evaluation"], "bruegger_baseline", BRATS_CASES, ("WT", "TC", "ET"), seed=1)
     write_metrics(paths["evaluation"], "invres_iseg_full", ISEG_CASES, ("CSF", "GM", "WM"), seed=2)
     write_metrics(paths["evaluation"], "pendse_baseline", BRATS_CASES, ("WT", "TC", "ET"), seed=3)
+    write_metrics(paths["evaluation"], "pendse_baseline/epoch_0003", BRATS_CASES, ("WT", "TC", "ET"), seed=4)
     write_training(paths["train"], "pendse_baseline", epochs=30, validate_every=2)
     write_training(paths["train"], "bruegger_baseline", epochs=3)
     write_memory_table(paths["memory"], "bruegger2019")
@@ -377,13 +379,13 @@ def test_pendse_tables_from_memory_training_log_and_evaluation(results):
     paper = {entry["row"]: entry for entry in paper_results()["pendse2020"]["rows"]}
     assert dice.loc["MBConv-Wider", "paper_dice_converged"] == paper["MBConv-Wider"]["dice_converged"]
     assert dice.loc["Baseline", "paper_dice_50_epochs"] == paper["Baseline"]["dice_50_epochs"]
-    log = pd.read_csv(results["train"] / "pendse_baseline" / "log.csv")
-    # 30 scheduled epochs: the paper's epoch 50 of 500 is epoch 3; the last validation at or before it is epoch 2.
-    assert dice.loc["Baseline", "early_epoch"] == 2
-    assert dice.loc["Baseline", "reproduced_val_dice_early"] == pytest.approx(round(log.loc[1, "val_mean_dice"], 4))
-    assert dice.loc["Baseline", "final_epoch"] == 30
-    assert dice.loc["Baseline", "reproduced_val_dice_final"] == pytest.approx(round(log.loc[29, "val_mean_dice"], 4))
+    # the early value: the snapshot of epoch 3 (the paper's 50 of 500), scored on the test part
+    early = pd.read_csv(results["evaluation"] / "pendse_baseline" / "epoch_0003" / "metrics.csv")
+    assert dice.loc["Baseline", "early_epoch"] == 3
+    expected_early = early.groupby("case_id")["dice"].mean().mean()
+    assert dice.loc["Baseline", "reproduced_test_dice_early"] == pytest.approx(round(expected_early, 4))
     assert dice.loc["Baseline", "best_epoch"] == 28
+    assert pd.isna(dice.loc["MBConv-Deeper", "reproduced_test_dice_early"])
     metrics = pd.read_csv(results["evaluation"] / "pendse_baseline" / "metrics.csv")
     expected = metrics.groupby("case_id")["dice"].mean().mean()
     assert dice.loc["Baseline", "reproduced_test_dice"] == pytest.approx(round(expected, 4))

@@ -246,14 +246,20 @@ def test_without_a_validation_part_nothing_is_selected_and_best_is_the_last_epoc
     parts = {"train": ["case0", "case1", "case2"], "validation": [], "test": ["elsewhere"], "unused": []}
     write_split(split, split_document(parts, "counts:3,1", 0))
     out = tmp_path / "run"
-    summary = train(tiny(epochs=2), pre, split, out, device="cpu", progress=False)
+    summary = train(tiny(epochs=2, snapshot_epochs=[1]), pre, split, out, device="cpu", progress=False)
     assert (summary["selection"], summary["validation_cases"], summary["best_epoch"]) == ("last epoch", [], 2)
+    # a snapshot epoch's weights are kept for reporting (Pendse et al.'s "after 50 epochs")
+    snapshot = load_checkpoint(out / "epoch_0001.pt")
+    assert snapshot["epoch"] == 1 and not states_equal(
+        snapshot["model_state"], load_checkpoint(out / "last.pt")["model_state"]
+    )
     rows = read_log(out / "log.csv")
     assert [r["val_mean_dice"] for r in rows] == ["", ""] and [r["validation_seconds"] for r in rows] == ["", ""]
     best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
     assert best["epoch"] == 2 and states_equal(best["model_state"], last["model_state"])
     with pytest.raises(TrainError, match="stops early .* no validation part"):
         train(tiny(epochs=2, patience=3), pre, split, tmp_path / "stopping", device="cpu", progress=False)
+    assert sorted(p.name for p in out.glob("epoch_*.pt")) == ["epoch_0001.pt"]
 
 
 def test_rerun_of_finished_run_does_nothing_and_regenerates_deleted_outputs(finished, data) -> None:

@@ -77,6 +77,13 @@ PATHS = {
     "log": under("training", "{exp}", "log.csv"),
     "summary": under("training", "{exp}", "summary.json"),
     "predictions": under("predictions", "{exp}", "predictions.csv"),
+    # an experiment's snapshot_epochs: the weights train keeps, their predictions and scores
+    "snapshot": under("training", "{exp}", "epoch_{epoch}.pt"),
+    "predictions_snapshot": under(
+        "predictions", "{exp}", "epoch_{epoch}", "predictions.csv"
+    ),
+    "metrics_snapshot": under("evaluations", "{exp}", "epoch_{epoch}", "metrics.csv"),
+    "summary_snapshot": under("evaluations", "{exp}", "epoch_{epoch}", "summary.csv"),
     "metrics": under("evaluations", "{exp}", "metrics.csv"),
     "summary_metrics": under("evaluations", "{exp}", "summary.csv"),
     "metrics_postprocessed": under(
@@ -107,6 +114,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     split="[A-Za-z0-9_-]+",
     exp="[A-Za-z0-9_-]+",
+    epoch="[0-9]{4}",
     folder="|".join(sorted({folder for _, folder in SYNTHETIC_LAYOUTS.values()})),
     table="|".join(MEMORY_TABLES),
 
@@ -182,6 +190,11 @@ def experiment_outputs(kind):
     return expand(PATHS[kind], exp=PLAN.experiment_names())
 
 
+def snapshot_outputs(kind):
+    """File ``kind`` (a PATHS key with ``{exp}`` and ``{epoch}``) of every reported snapshot."""
+    return [PATHS[kind].format(exp=exp, epoch=epoch) for exp, epoch in PLAN.snapshots()]
+
+
 def memory_outputs():
     tables = expand(PATHS["memory_table"], table=PLAN.memory_tables)
     tables += expand(PATHS["memory_modules"], table=PLAN.memory_tables)
@@ -222,7 +235,8 @@ def report_inputs():
     return {
         "experiments": experiment_outputs("spec"),
         "training": experiment_outputs("summary") + experiment_outputs("log"),
-        "evaluations": experiment_outputs("metrics"),
+        "evaluations": experiment_outputs("metrics")
+        + snapshot_outputs("metrics_snapshot"),
         "postprocessed": expand(
             PATHS["metrics_postprocessed"], exp=PLAN.postprocessed_experiments()
         ),

@@ -143,6 +143,15 @@ class WorkflowPlan:
         """Selected experiments, in config order (optionally only those of ``dataset``)."""
         return [name for name, plan in self.experiments.items() if dataset is None or plan.dataset == dataset]
 
+    def snapshots(self) -> list[tuple[str, str]]:
+        """(experiment, epoch as NNNN) of every snapshot the selected experiments keep and report."""
+        return [
+            (name, f"{epoch:04d}")
+            for name, plan in self.experiments.items()
+            for epoch in plan.experiment.snapshot_epochs
+            if epoch <= plan.experiment.epochs
+        ]
+
     def postprocessed_experiments(self) -> list[str]:
         """Selected BraTS experiments: those whose predictions are also scored after post-processing (if asked)."""
         if not self.evaluate_postprocessed:

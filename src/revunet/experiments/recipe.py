@@ -72,6 +72,8 @@ class Experiment:
     the reversible core staying eager (:mod:`revunet.models.compiled`); checkpoints are the same.
     Memory: ``measure_memory`` records the training steps' peak memory in log.csv and summary.json
     (:mod:`revunet.memory.experiment_peak`; the smoke run sets it).
+    Reporting: ``snapshot_epochs`` keeps the weights of those epochs as ``epoch_NNNN.pt``, predicted and
+    scored on the test part like ``best.pt`` (Pendse et al.'s Dice "after 50 epochs"): reported, never selected.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Experiment:
     grad_clip_norm: float | None = None
     warmup_steps: int = 0
     milestones: tuple[int, ...] = ()
+    snapshot_epochs: tuple[int, ...] = ()
     gamma: float = 0.2
     epochs: int = 1
     max_steps_per_epoch: int | None = None
@@ -166,8 +169,10 @@ def _range_problems(e: Experiment) -> list[str]:
             problems.append(f"{key} must be positive{_OR_NULL.get(key, '')}, got {value}")
     if not e.weight_decay >= 0:
         problems.append(f"weight_decay must be a number >= 0, got {e.weight_decay}")
-    if any(m < 1 for m in e.milestones) or list(e.milestones) != sorted(set(e.milestones)):
-        problems.append(f"milestones must be increasing epochs >= 1, got {list(e.milestones)}")
+    for key in ("milestones", "snapshot_epochs"):
+        epochs = list(getattr(e, key))
+        if any(m < 1 for m in epochs) or epochs != sorted(set(epochs)):
+            problems.append(f"{key} must be increasing epochs >= 1, got {epochs}")
     for key in ("patch_size", "sliding_window"):
         value = getattr(e, key)
         if value is not None and (len(value) != 3 or any(v < 1 for v in value)):

@@ -161,6 +161,11 @@ def case_metrics(evaluations: Path | None, name: str) -> pd.DataFrame | None:
     )
 
 
+def snapshot_folder(name: str, epoch: int) -> str:
+    """The folder under EVAL_DIR (and PRED_DIR) of experiment ``name``'s snapshot at ``epoch``."""
+    return f"{name}/epoch_{epoch:04d}"
+
+
 def training_log(training: Path | None, name: str) -> pd.DataFrame | None:
     """``TRAIN_DIR/<name>/log.csv`` (one row per epoch), None if that experiment was not trained."""
     if training is None:

@@ -11,6 +11,7 @@ Run folder (only rank 0 writes; every file atomically):
   ``val_dice``, ``val_mean_dice`` and ``ema_dice``; when the split has no validation part
   (nothing is selected), the last epoch's weights, rewritten after every epoch;
 - ``log.csv``: one row per epoch (columns in :mod:`revunet.training.run_log`);
+- ``epoch_NNNN.pt``: the weights of each of the experiment's ``snapshot_epochs`` (scored, never selected);
 - ``summary.json``: written last; its existence means the run finished.
 
 Validation runs every ``validate_every`` epochs on the split's validation part (never its test
@@ -51,7 +52,7 @@ from revunet.training.randomness import deterministic
 from revunet.training.resumption import Fingerprint, decide, merged, own_share
 from revunet.training.run_log import peak_memory_mib, step_timing
 from revunet.training.setup import Run, build_run
-from revunet.training.state import EpochProgress, TrainingState, save_checkpoint, write_outputs
+from revunet.training.state import EpochProgress, TrainingState, save_checkpoint, save_snapshot, write_outputs
 from revunet.training.validation import maybe_validate
 
 # --------------------------------------------------------------------------- one epoch
@@ -322,6 +323,8 @@ def fit(run: Run, state: TrainingState, watch: StopWatch) -> None:
         state.end_epoch(
             row, seconds, "early_stopping" if stop else ("max_epochs" if epoch == experiment.epochs else None)
         )
+        if epoch in experiment.snapshot_epochs and run.processes.is_main:  # before last.pt: redone if cut
+            save_snapshot(run.out, run.model, experiment, epoch)
         # without a validation part best.pt is the last epoch's weights: rewritten every epoch
         checkpoint(run, state, best_changed=improved or run.validation is None, watch=watch)
         _report(run, row, stop, state)

@@ -100,6 +100,17 @@ def model_from_checkpoint(
     return model, experiment, payload
 
 
+def snapshot_path(out: str | os.PathLike[str], epoch: int) -> Path:
+    """Where the weights of a ``snapshot_epochs`` epoch are kept: ``<run>/epoch_NNNN.pt``."""
+    return Path(out) / f"epoch_{epoch:04d}.pt"
+
+
+def save_snapshot(out: Path, model: nn.Module, experiment: Experiment, epoch: int) -> Path:
+    """Keep epoch ``epoch``'s weights (a checkpoint `revunet infer` reads, like ``best.pt``)."""
+    payload = {"format": CHECKPOINT_FORMAT, "experiment": experiment.to_dict(), "model_state": bare_state(model)}
+    return save_checkpoint(snapshot_path(out, epoch), {**payload, "epoch": epoch})
+
+
 def bare_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the model's weights (unaffected by further training)."""
     return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
