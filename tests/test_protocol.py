@@ -169,3 +169,40 @@ def test_validation_predicts_with_the_settings_inference_uses():
     model = build_experiment_model(experiment)
     cpu = torch.device("cpu")
     assert inference_settings(experiment, cpu) == _settings(model, experiment, cpu, None, FROM_EXPERIMENT, None)
+
+
+def test_a_challenge_online_set_is_predicted_and_exported_for_its_portal(tmp_path):
+    """Brügger et al.'s column comes from the unlabelled online validation set: cases, preprocess,
+    infer without a split, export in the challenge's convention (docs/protocol.md)."""
+    import nibabel as nib
+    import torch
+
+    from revunet.models.build import build_experiment_model
+    from revunet.training.state import save_checkpoint
+
+    assert main(["synth", "--task", "brats", "--subjects", "2", "--spacing", "8", "--out", str(tmp_path / "raw")]) == 0
+    (release,) = [path for path in (tmp_path / "raw").iterdir() if path.is_dir()]
+    for label in release.glob("*/*_seg.nii.gz"):
+        label.unlink()  # the online set comes without labels
+    online = release.rename(tmp_path / "raw" / "MICCAI_BraTS_2018_Data_Validation")
+    cases, pre, pred, submit = (tmp_path / name for name in ("cases.csv", "pre", "pred", "submit"))
+    assert main(["cases", str(online), "--out", str(cases)]) == 0
+    assert main(["preprocess", "--cases", str(cases), "--all", "--shape", "16,16,16", "--out", str(pre)]) == 0
+    experiment = Experiment.from_dict(
+        {"name": "t", "task": "brats", "model": "unet3d", "model_params": {"channels": [4, 8]}}
+    )
+    torch.manual_seed(0)
+    state = build_experiment_model(experiment).state_dict()
+    checkpoint = save_checkpoint(
+        tmp_path / "best.pt", {"format": 1, "experiment": experiment.to_dict(), "model_state": state, "epoch": 0}
+    )
+    infer = ["infer", "--checkpoint", str(checkpoint), "--cases", str(cases), "--preprocessed", str(pre)]
+    assert main([*infer, "--out", str(pred), "--device", "cpu"]) == 0
+    export = ["export", "--cases", str(cases), "--predictions", str(pred), "--convention", "brats2021"]
+    assert main([*export, "--out", str(submit)]) == 0
+    files = sorted(path.name for path in submit.iterdir())
+    assert files == ["BraTS20_Training_001.nii.gz", "BraTS20_Training_002.nii.gz"]
+    image = nib.load(online / "BraTS20_Training_001" / "BraTS20_Training_001_t1.nii.gz")
+    exported = nib.load(submit / files[0])
+    assert exported.shape == image.shape and np.allclose(exported.affine, image.affine)
+    assert set(np.unique(np.asarray(exported.dataobj))) <= {0, 1, 2, 4}
