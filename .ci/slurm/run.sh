@@ -19,11 +19,11 @@ started=$SECONDS
 uncut() {
     local data="$results/data/brats"
     for _ in $(seq 600); do
-        [ -s "$data/preprocessed/index.csv" ] && [ -s "$data/splits/main.json" ] && [ -s "$results/experiments/$cut.json" ] && break
+        [ -s "$data/preprocessed/index.csv" ] && [ -s "$data/splits/bruegger.json" ] && [ -s "$results/experiments/$cut.json" ] && break
         sleep 1
     done
     OMP_NUM_THREADS=1 revunet train --experiment "$results/experiments/$cut.json" --preprocessed "$data/preprocessed" \
-        --split "$data/splits/main.json" --out "$work/uncut" --device cpu --no-progress --time-limit none
+        --split "$data/splits/bruegger.json" --out "$work/uncut" --device cpu --no-progress --time-limit none
 }
 uncut > "$work/uncut.log" 2>&1 &
 uncut_pid=$!
