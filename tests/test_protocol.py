@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from revunet.cli import main
-from revunet.data.preprocess import PreprocessMeta, meta_path, npz_path
 from revunet.data.splits import make_split, read_split, split_document, write_split
 from revunet.experiments.config_files import check_config, read_workflow_config
 from revunet.experiments.plan import plan_workflow
 from revunet.experiments.recipe import Experiment
 from revunet.training.setup import read_datasets, volume_cache_size
+from test_dataset import store
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG, SCHEMA = ROOT / "config.yaml", ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -100,25 +100,7 @@ def test_revunet_experiment_lists_each_canvas_beside_its_training_input(capsys):
 def _preprocessed(folder: Path, ids: list[str], shape=(8, 8, 8)) -> None:
     folder.mkdir(parents=True)
     for case_id in ids:
-        np.savez(npz_path(folder, case_id), image=np.zeros((2, *shape), np.float32), label=np.zeros(shape, np.uint8))
-        meta = PreprocessMeta(
-            case_id=case_id,
-            task="iseg",
-            modalities=("T1", "T2"),
-            original_shape=shape,
-            affine=np.eye(4).tolist(),
-            spacing=(1.0, 1.0, 1.0),
-            bbox_start=(0, 0, 0),
-            bbox_stop=shape,
-            offset=(0, 0, 0),
-            target_shape=shape,
-            shape=shape,
-            source_files={},
-            zscore_mean={},
-            zscore_std={},
-            has_label=True,
-        )
-        meta_path(folder, case_id).write_text(meta.to_json())
+        store(folder, case_id, np.zeros((2, *shape), np.float32), np.zeros(shape, np.uint8), task="iseg")
 
 
 def test_training_reads_the_train_and_validation_parts_only(tmp_path):

@@ -12,16 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _non_negative_int(text: str) -> int:
-    """An ``argparse`` type: 0 or more GPUs (0: a CPU job, passed through)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+from revunet.commands._arguments import non_negative_int
 
 
 def _gpu_slots(args: argparse.Namespace) -> int:
@@ -53,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "with --gpus 0, or where there are no GPUs.",
         usage="revunet gpu-slots --gpus N [--pool DIR] [--wait-seconds S] -- COMMAND [ARGS...]",
     )
-    slots.add_argument("--gpus", type=_non_negative_int, required=True, help="how many GPUs the command needs")
+    slots.add_argument("--gpus", type=non_negative_int, required=True, help="how many GPUs the command needs")
     slots.add_argument(
         "--pool",
         type=Path,

@@ -222,11 +222,11 @@ class InferenceSettings:
     fallback_window: tuple[int, int, int] | None = None
 
 
-def predict_case(model: nn.Module, case: PreprocessedCase, layout: str, settings: InferenceSettings) -> np.ndarray:
-    """The on-disk label map (uint8, original image grid) that ``model`` predicts for a preprocessed case."""
-    probs = predict_volume(
+def predict_with(model: nn.Module, image: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+    """:func:`predict_volume` as ``settings`` say: the one way inference and validation predict."""
+    return predict_volume(
         model,
-        torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32)),
+        image,
         settings.output,
         window=settings.window,
         overlap=settings.overlap,
@@ -234,6 +234,11 @@ def predict_case(model: nn.Module, case: PreprocessedCase, layout: str, settings
         device=settings.device,
         fallback_window=settings.fallback_window,
     )
+
+
+def predict_case(model: nn.Module, case: PreprocessedCase, layout: str, settings: InferenceSettings) -> np.ndarray:
+    """The on-disk label map (uint8, original image grid) that ``model`` predicts for a preprocessed case."""
+    probs = predict_with(model, torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32)), settings)
     label = get_task(case.meta.task).labels_from_probabilities(probs)
     return canonical_to_disk(paste_back(label, case.meta), layout)
 

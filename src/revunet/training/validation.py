@@ -3,7 +3,7 @@
 The validation part chooses the checkpoint (``best.pt``) and stops early; it never overlaps the
 test part that inference and the tables report (:mod:`revunet.data.splits`). Volumes are
 predicted exactly as `revunet infer` predicts the experiment's test cases, through the same
-:func:`revunet.evaluation.predict.predict_volume` with the experiment's sliding window, overlap
+:func:`revunet.evaluation.predict.predict_with` with the experiment's sliding window, overlap
 and test-time flips, so ``best.pt`` is chosen on what inference will produce. Only rank 0
 validates; a stop request between two volumes abandons the validation (it is redone on resume).
 """
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from revunet.data.dataset import PatchDataset
-from revunet.evaluation.predict import InferenceSettings, predict_volume
+from revunet.evaluation.predict import InferenceSettings, predict_with
 from revunet.experiments.recipe import Experiment
 from revunet.tasks import get_task
 from revunet.training.interruption import StopWatch
@@ -56,16 +56,7 @@ def validate(
             return None
         item = dataset[index]
         image, label = cast(torch.Tensor, item["image"]), cast(torch.Tensor, item["label"])
-        probabilities = predict_volume(
-            model,
-            image,
-            settings.output,
-            window=settings.window,
-            overlap=settings.overlap,
-            flips=settings.flips,
-            device=settings.device,
-            fallback_window=settings.fallback_window,
-        )
+        probabilities = predict_with(model, image, settings)
         # through the label map inference writes (BraTS: the overwrite order WT, TC, ET)
         predicted = spec.region_stack(torch.as_tensor(spec.labels_from_probabilities(probabilities)))
         truth = spec.region_stack(label)
