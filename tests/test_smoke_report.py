@@ -19,6 +19,7 @@ def _smoke_log(folder: Path, name: str, first: float, step: float, measured: flo
     log = pd.read_csv(folder / name / "log.csv") if (folder / name / "log.csv").exists() else None
     row = {"epoch": 1, "steps": 2, "train_loss": 1.0, "grad_norm": 1.0, "val_mean_dice": 0.1, "ema_dice": 0.1}
     row.update({"lr": 1e-4, "epoch_seconds": first + step, "first_step_seconds": first, "step_seconds": step})
+    row.update({"validation_seconds": 1.5})
     row.update({"peak_memory_mib": 10.0, "time": "2026-12-03T00:00:00"})
     pd.DataFrame([row] if log is None else [{**log.iloc[0].to_dict(), **row}]).to_csv(
         folder / name / "log.csv", index=False
@@ -27,6 +28,7 @@ def _smoke_log(folder: Path, name: str, first: float, step: float, measured: flo
         summary_path = folder / name / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         summary.update({MEASURED_KEY: measured, MEASURED_SOURCE_KEY: "live_tensor_tracker", "world_size": 2})
+        summary.update({"train_seconds": first + step + 1.5})
         summary_path.write_text(json.dumps(summary))
 
 
@@ -51,6 +53,7 @@ def test_every_table_of_a_smoke_run_is_marked_and_its_own_table_comes_first(smok
     rows = tables["smoke"].data.set_index("experiment")
     baseline = rows.loc["bruegger_baseline"]
     assert (baseline["first_step_s"], baseline["step_s"], baseline["compiled_step_s"]) == (12.0, 4.0, 2.0)
+    assert (baseline["train_s"], baseline["validation_s"]) == (17.5, 1.5)
     assert baseline["compiled_speedup"] == pytest.approx(2.0)
     assert baseline["measured_over_predicted"] == pytest.approx(0.9)
     assert (baseline["processes"], baseline["measured_by"]) == (2, "live_tensor_tracker")

@@ -36,7 +36,8 @@ MEASURED_KEY = "tensor_peak_mib"
 MEASURED_SOURCE_KEY = "tensor_peak_source"
 PREDICTED_KEY = "peak_mib"
 SMOKE_COLUMNS = (
-    "experiment", "table", "row", "input", "processes", "device", "first_step_s", "step_s", "compiled_first_step_s",
+    "experiment", "table", "row", "input", "processes", "device", "train_s", "validation_s", "first_step_s", "step_s",
+    "compiled_first_step_s",
     "compiled_step_s", "compiled_speedup", "measured_peak_mib", "measured_by", "predicted_peak_mib",
     "measured_over_predicted", "test_mean_dice",
 )  # fmt: skip
@@ -61,6 +62,13 @@ def _step_times(log: pd.DataFrame | None) -> tuple[float | None, float | None]:
     return _number(row.get("first_step_seconds")), _number(row.get("step_seconds"))
 
 
+def _validation_seconds(log: pd.DataFrame | None) -> float | None:
+    """The validations' wall time (part of ``train_s``), None where the split selects nothing."""
+    if log is None or "validation_seconds" not in log.columns or log["validation_seconds"].isna().all():
+        return None
+    return float(log["validation_seconds"].sum())
+
+
 def _number(value: Any) -> float | None:
     return None if value is None or pd.isna(value) or value == "" else float(value)
 
@@ -75,7 +83,8 @@ def _predicted(folder: Path | None, name: str) -> float | None:
 def _row(context: ReportContext, experiment: Experiment) -> dict[str, Any]:
     inputs = context.inputs
     summary = training_summary(inputs.training, experiment.name) or {}
-    first, step = _step_times(training_log(inputs.training, experiment.name))
+    log = training_log(inputs.training, experiment.name)
+    first, step = _step_times(log)
     compiled_first, compiled_step = _step_times(training_log(inputs.compiled_training, experiment.name))
     measured, predicted = _number(summary.get(MEASURED_KEY)), _predicted(inputs.predicted_memory, experiment.name)
     metrics = context.metrics(experiment)
@@ -86,6 +95,8 @@ def _row(context: ReportContext, experiment: Experiment) -> dict[str, Any]:
         "input": _input_size(experiment),
         "processes": summary.get("world_size"),
         "device": summary.get("device"),
+        "train_s": _number(summary.get("train_seconds")),
+        "validation_s": _validation_seconds(log),
         "first_step_s": first,
         "step_s": step,
         "compiled_first_step_s": compiled_first,
@@ -104,7 +115,8 @@ def smoke_table(context: ReportContext) -> ReportTable:
     rows = [_row(context, experiment) for experiment in experiment_order(context.experiments)]
     data = pd.DataFrame(rows, columns=list(SMOKE_COLUMNS))
     caption = (
-        f"{SMOKE_NOTE} Seconds per step: the median of the epoch's steps after its first, which pays for "
+        f"{SMOKE_NOTE} train_s: the training job's wall time (steps, validation, checkpoints), validation_s its "
+        "validation's share (empty where the split selects nothing). Seconds per step: the median of the epoch's steps after its first, which pays for "
         "warm-up (and, compiled, for compilation). Measured peak: the live tensor bytes the training steps "
         "really allocated (CPU: the tracking of `revunet memory --mode cpu`; CUDA: `max_memory_allocated`); "
         "predicted: `revunet memory --experiment` for the same configuration (fake tensors)."
