@@ -27,6 +27,7 @@ Choices, and why:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import itertools
@@ -292,6 +293,19 @@ def _case_rows(
     return [(case_id, rows[case_id]) for case_id in case_ids]
 
 
+def experiment_settings(experiment: Experiment, output: str, target: torch.device) -> InferenceSettings:
+    """How the experiment's cases are predicted (window, overlap, flips): `revunet infer`'s defaults,
+    and what validation always uses, so best.pt is chosen on what inference will produce."""
+    return InferenceSettings(
+        output=output,
+        window=experiment.sliding_window,
+        overlap=experiment.window_overlap,
+        flips=experiment.test_time_flips,
+        device=target,
+        fallback_window=experiment.patch_size,
+    )
+
+
 def _settings(
     model: nn.Module,
     experiment: Experiment,
@@ -301,13 +315,11 @@ def _settings(
     overlap: int | None,
 ) -> InferenceSettings:
     """The experiment's inference settings, with the options that are given overriding them."""
-    settings = InferenceSettings(
-        output=model_output(model, experiment.task),
+    settings = dataclasses.replace(
+        experiment_settings(experiment, model_output(model, experiment.task), target),
         window=experiment.sliding_window if window == FROM_EXPERIMENT else (tuple(window) if window else None),
         overlap=experiment.window_overlap if overlap is None else int(overlap),
         flips=experiment.test_time_flips if flips is None else bool(flips),
-        device=target,
-        fallback_window=experiment.patch_size,
     )
     if settings.window is not None:
         _check_window(settings.window, settings.overlap)

@@ -112,11 +112,10 @@ def _differences(old: Experiment, new: Experiment) -> list[str]:
 
 @dataclass(frozen=True)
 class Decision:
-    """Resume from ``state`` (None: start afresh), why (a line for the log, or empty), and the inputs' fingerprint."""
+    """Resume from ``state`` (None: start afresh) and why (a line for the log, or empty)."""
 
     state: TrainingState | None
     message: str
-    inputs: Fingerprint
 
 
 def _load(out: Path) -> tuple[TrainingState | None, str | None]:
@@ -155,8 +154,8 @@ def decide(out: Path, experiment: Experiment, inputs: Fingerprint, restart: bool
     problem = problem or _problem(out, state, experiment, inputs)
     if problem is not None:
         discard(out)
-        return Decision(None, f"{out}: {problem}: starting over", inputs)
-    return Decision(state, "", inputs)
+        return Decision(None, f"{out}: {problem}: starting over")
+    return Decision(state, "")
 
 
 def discard(out: Path) -> None:

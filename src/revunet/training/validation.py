@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from revunet.data.dataset import PatchDataset
-from revunet.evaluation.predict import InferenceSettings, predict_with
+from revunet.evaluation.predict import InferenceSettings, experiment_settings, predict_with
 from revunet.experiments.recipe import Experiment
 from revunet.tasks import get_task
 from revunet.training.interruption import StopWatch
@@ -33,14 +33,7 @@ def hard_dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
 
 def inference_settings(experiment: Experiment, device: torch.device) -> InferenceSettings:
     """How `revunet infer` predicts this experiment's cases (window, overlap, flips), on ``device``."""
-    return InferenceSettings(
-        output=get_task(experiment.task).output,
-        window=experiment.sliding_window,
-        overlap=experiment.window_overlap,
-        flips=experiment.test_time_flips,
-        device=device,
-        fallback_window=experiment.patch_size,
-    )
+    return experiment_settings(experiment, get_task(experiment.task).output, device)
 
 
 @torch.no_grad()
