@@ -16,7 +16,8 @@ from revunet.cli import main
 from revunet.experiments.config_files import check_config, read_workflow_config
 from revunet.experiments.plan import plan_workflow
 from revunet.experiments.recipe import write_experiment
-from revunet.memory.experiment_peak import TRACKER_SOURCE, predict_training_peak
+from revunet.memory.experiment_peak import predict_training_peak
+from revunet.memory.meter import TRACKER_SOURCE
 from revunet.training.loop import train
 from test_smoke_plan import CONFIG, SCHEMA
 from test_train import make_data, read_log, tiny

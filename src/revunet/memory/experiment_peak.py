@@ -6,6 +6,7 @@ whole volume padded to the model's size multiple), its loss and targets, its opt
 AMP as the job's device uses it (bfloat16 on CPU, float16 on CUDA) and gradients freed before
 the step. ``measure_memory: true`` makes the training job measure the same quantity: on CPU the
 live tensor bytes of its training steps under :class:`~revunet.memory.tracker.LiveTensorTracker`
+(:class:`~revunet.memory.meter.StepMemoryMeter`)
 (parameters, buffers, gradients, optimiser state and the batch counted from the start); on CUDA
 ``torch.cuda.max_memory_allocated()`` over the steps, which also sees kernel workspaces. The
 smoke run puts the two side by side (:mod:`revunet.report.tables.smoke`).
@@ -17,26 +18,18 @@ records.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from revunet.experiments.recipe import Experiment
-from revunet.memory.accounting import MemoryReport, existing_tensors, measure_training_step
-from revunet.memory.tracker import LiveTensorTracker
+from revunet.memory.accounting import MemoryReport, measure_training_step
+from revunet.memory.meter import amp_dtype
 from revunet.models.build import build_experiment_model
 from revunet.models.sizing import padded_shape, size_multiple
 from revunet.tasks import get_task
-
-TRACKER_SOURCE = "live_tensor_tracker"
-CUDA_SOURCE = "cuda_max_memory_allocated"
-
-
-def amp_dtype(device_type: str) -> torch.dtype:
-    """The autocast dtype of an ``amp: true`` job on this device type (training uses the same)."""
-    return torch.float16 if device_type == "cuda" else torch.bfloat16
+from revunet.training.setup import make_loss, make_optimizer  # the job's own loss and optimiser
 
 
 def training_input_size(
@@ -57,8 +50,6 @@ def predict_training_peak(
     experiment: Experiment, volume_shape: Sequence[int] | None = None, mode: str = "fake", device_type: str = "cpu"
 ) -> MemoryReport:
     """The predicted peak of one training step of ``experiment`` (see the module docstring)."""
-    from revunet.training.setup import make_loss, make_optimizer  # the job's own loss and optimiser
-
     with torch.device("meta"):
         model = build_experiment_model(experiment)
     size = training_input_size(experiment, model, volume_shape)
@@ -77,31 +68,3 @@ def predict_training_peak(
         gradients_persist=False,
         loss_needs_input=True,
     )
-
-
-class StepMemoryMeter:
-    """The peak memory of training steps in a job (``measure_memory: true``), since the last :meth:`reset`."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_bytes = 0
-
-    def reset(self) -> None:
-        self.peak_bytes = 0
-
-    @contextlib.contextmanager
-    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor]) -> Iterator[None]:
-        """Measure one optimiser step run inside; what exists before it (``batch`` included) counts from the start."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            yield
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
-            return
-        tracker = LiveTensorTracker()
-        for tensor in [*existing_tensors(model, optimizer), *batch]:
-            tracker.add(tensor)
-        with tracker:
-            yield
-        self.peak_bytes = max(self.peak_bytes, tracker.peak)

@@ -27,7 +27,7 @@ from revunet.data.augment import Augmentation, AugmentationConfig
 from revunet.data.dataset import PatchDataset
 from revunet.data.splits import read_split
 from revunet.experiments.recipe import Experiment
-from revunet.memory.experiment_peak import StepMemoryMeter, amp_dtype
+from revunet.memory.meter import StepMemoryMeter, amp_dtype
 from revunet.models.build import build_experiment_model
 from revunet.models.compiled import compile_blocks
 from revunet.models.sizing import head_outputs, pad_to, padded_shape, size_multiple
@@ -60,7 +60,7 @@ class Run:
     autocast: Callable[[], contextlib.AbstractContextManager]
     out: Path
     progress: bool
-    memory: StepMemoryMeter | None = None  # measure_memory: true (revunet.memory.experiment_peak)
+    memory: StepMemoryMeter | None = None  # measure_memory: true (revunet.memory.meter)
     validation_seconds: float | None = None  # the last validation's wall time (log.csv)
 
     def steps_per_epoch(self) -> int:

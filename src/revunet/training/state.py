@@ -30,7 +30,7 @@ from torch import nn
 
 from revunet.atomic import open_atomic
 from revunet.experiments.recipe import Experiment
-from revunet.memory.experiment_peak import CUDA_SOURCE, TRACKER_SOURCE
+from revunet.memory.meter import CUDA_SOURCE, TRACKER_SOURCE
 from revunet.models.build import build_experiment_model
 from revunet.training.early_stopping import EarlyStopping
 from revunet.training.randomness import restore_rng_state, rng_state

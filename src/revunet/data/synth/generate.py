@@ -33,7 +33,6 @@ hashes, so it is either complete or absent, and an identical request finds it an
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -57,6 +56,8 @@ from revunet.data.labels import (
     check_label_values,
 )
 from revunet.data.synth.anatomy import TEMPLATE_NAME, TEMPLATE_NOTICE
+from revunet.data.synth.files import NAME_MAPPING_COLUMNS, nifti_bytes, nifti_gz_bytes
+from revunet.data.synth.release import RELEASE_WRITERS, release_size
 from revunet.data.synth.subjects import (
     DEFAULT_SPACING,
     MAX_SPACING,
@@ -76,29 +77,6 @@ NOTICE_NAME = "NOTICE-MNI-ICBM152.txt"
 BRATS_ROOT = SYNTHETIC_FOLDERS["brats"]
 ISEG_ROOT = SYNTHETIC_FOLDERS["iseg"]
 DEFAULT_SUBJECTS = {"brats": 20, "iseg": 10}
-NAME_MAPPING_COLUMNS = (
-    "Grade",
-    "BraTS_2019_subject_ID",
-    "BraTS_2018_subject_ID",
-    "BraTS_2017_subject_ID",
-    "BraTS_2016_subject_ID",
-    "BraTS_2020_subject_ID",
-)
-
-
-def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """A .nii.gz file's bytes; gzip without timestamp or name, so equal inputs give equal bytes."""
-    image = nib.Nifti1Image(array, affine)
-    image.set_data_dtype(array.dtype)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
-
-
-def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """An uncompressed .nii file's bytes (the BraTS 2018 release's files)."""
-    return gzip.decompress(_nifti_gz_bytes(array, affine))
 
 
 def _analyze_bytes(array: np.ndarray, spacing: float) -> tuple[bytes, bytes]:
@@ -125,9 +103,9 @@ def _write_brats(root: Path, n_subjects: int, spacing: float, seed: int) -> list
         folder.mkdir()
         for modality in ("flair", "t1", "t1ce", "t2"):
             write_bytes_atomic(
-                folder / f"{case}_{modality}.nii.gz", _nifti_gz_bytes(subject.images[modality], subject.affine)
+                folder / f"{case}_{modality}.nii.gz", nifti_gz_bytes(subject.images[modality], subject.affine)
             )
-        write_bytes_atomic(folder / f"{case}_seg.nii.gz", _nifti_gz_bytes(subject.label, subject.affine))
+        write_bytes_atomic(folder / f"{case}_seg.nii.gz", nifti_gz_bytes(subject.label, subject.affine))
         assert subject.plan is not None
         rows.append(f"{subject.plan.grade},NA,NA,NA,NA,{case}")
     write_text_atomic(root / "name_mapping.csv", "\n".join(rows) + "\n")
@@ -156,7 +134,7 @@ def _write_brats2018(root: Path, n_subjects: int, spacing: float, seed: int) -> 
         folder.mkdir(parents=True)
         volumes = {**subject.images, "seg": subject.label}
         for role in ("flair", "t1", "t1ce", "t2", "seg"):
-            write_bytes_atomic(folder / f"{case}_{role}.nii", _nifti_bytes(volumes[role], subject.affine))
+            write_bytes_atomic(folder / f"{case}_{role}.nii", nifti_bytes(volumes[role], subject.affine))
             files.append(f"{subject.plan.grade}/{case}/{case}_{role}.nii")
     return files
 
@@ -284,8 +262,6 @@ def _writer(
     default; :mod:`revunet.data.synth.release`) or the layout's ordinary one, sizes checked."""
     writer = _WRITERS[layout][0]
     if release:
-        from revunet.data.synth.release import RELEASE_WRITERS, release_size  # it imports this module
-
         n_subjects, spacing = release_size(layout, n_subjects, spacing)
         writer = RELEASE_WRITERS.get(layout, writer)
     return (writer, *_checked_size(task, n_subjects, spacing))

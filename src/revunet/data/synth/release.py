@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from revunet.data.labels import BRATS_LABELS, check_label_values
-from revunet.data.synth.generate import NAME_MAPPING_COLUMNS, _nifti_bytes, _nifti_gz_bytes
+from revunet.data.synth.files import NAME_MAPPING_COLUMNS, nifti_bytes, nifti_gz_bytes
 from revunet.data.synth.subjects import MAX_SPACING, make_brats_subject
 from revunet.data.synth.tumour import case_plan
 
@@ -135,7 +135,7 @@ def write_brats2020_release(root: Path, n_subjects: int, spacing: float, seed: i
     cases = brats2020_cases()
     assert n_subjects == len(cases)
     names = []
-    for (case, _), volumes in zip(cases, _case_files(cases, seed, spacing, _nifti_gz_bytes), strict=True):
+    for (case, _), volumes in zip(cases, _case_files(cases, seed, spacing, nifti_gz_bytes), strict=True):
         (root / case).mkdir()
         for role in _ROLES:
             name = f"{case}/{case}_{role}.nii.gz"
@@ -154,7 +154,7 @@ def write_brats2018_release(root: Path, n_subjects: int, spacing: float, seed: i
     cases = brats2018_cases()
     assert n_subjects == len(cases)
     names = []
-    for (case, grade), volumes in zip(cases, _case_files(cases, seed, spacing, _nifti_bytes), strict=True):
+    for (case, grade), volumes in zip(cases, _case_files(cases, seed, spacing, nifti_bytes), strict=True):
         (root / grade / case).mkdir(parents=True)
         for role in _ROLES:
             name = f"{grade}/{case}/{case}_{role}.nii"
