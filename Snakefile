@@ -1,7 +1,7 @@
 """Replication of three papers on reversible 3-D U-Nets: data -> training -> evaluation ->
 memory -> tables, figures and the HTML report. Every rule calls one `revunet` command; the
 plan (experiments, datasets, resources) comes from config.yaml through
-revunet.experiments.plan. See README.md for how to run it.
+revunet.experiments.plan. See README.md and docs/getting-started.md for how to run it.
 """
 
 import os

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The dress rehearsal of the paper preset's data stages (README, "Dress rehearsal"): stand-ins
+# The dress rehearsal of the paper preset's data stages (docs/real-data.md): stand-ins
 # of the official training releases (`revunet synth --release`: real case counts, file names and
 # quirks, 8 mm voxels) under the folder names config.yaml's paper preset expects in data_root,
 # then `snakemake --until split` on them in a throw-away working folder, then checks that every

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The smoke run of three paper experiments, one per paper, at their full sizes on synthetic
-# 1 mm data (README, "Before the GPU-days"), then checks that what it wrote says so: every
+# 1 mm data (docs/smoke-run.md), then checks that what it wrote says so: every
 # table marked SMOKE RUN, BraTS volumes of 240x240x155 in the 2018 layout, the smoke table's
 # measured and predicted peaks and seconds per step filled in.
 set -euo pipefail

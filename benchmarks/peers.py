@@ -12,7 +12,7 @@ gradients can be compared.
 The peers are optional: a missing library raises :class:`PeerUnavailable`,
 which :func:`available_implementations` turns into a printed note.
 
-Known peer limitations the benchmark works around (see README.md):
+Known peer limitations the benchmark works around (see docs/benchmarks/reversible-core.md):
 
 * RevTorch and revlib return no parameter gradients when the sequence's input
   does not require grad (their autograd Functions take the input, and for revlib

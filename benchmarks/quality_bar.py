@@ -9,7 +9,7 @@ thread, then compute hard Dice per region (WT, TC, ET; sigmoid > 0.5; both empty
 discriminant of ``benchmarks/synthetic_separability.py`` (intensities only, no context),
 fitted on the brain voxels of the same 16 training cases and tested on the same 4 cases.
 
-The defaults are the demo recipe (benchmarks/README.md, "Quality bar"; the workflow's demo
+The defaults are the demo recipe (docs/benchmarks/quality-bar.md; the workflow's demo
 preset trains Brügger's rows with it): batches of two 32x48x32 crops, 45 epochs x 8 steps,
 Adam lr 1e-3 x0.2 after epoch 35, validation on whole volumes every 5 epochs, about 130
 CPU-s per model. Each run is scored twice: ``best.pt`` (picked on the held-out cases

@@ -6,7 +6,7 @@ A cluster ends a job in one of three ways, and each must cost at most the step i
   on preemption and on ``scancel``; also torchrun forwarding its own SIGTERM to the workers;
 - SIGUSR1: the warning signal a user asks for with ``sbatch --signal=USR1@300`` in their own
   job script (inside Snakemake's SLURM jobs the warning must be SIGTERM: Snakemake itself dies
-  on SIGUSR1, see README "On a SLURM cluster");
+  on SIGUSR1, see docs/slurm.md);
 - the budget: ``--time-limit`` minutes, or ``auto``, the time left of the SLURM job this runs
   in (``squeue -o %L``). Training stops when the next step (or validation) and the checkpoint
   would not fit before the end, with a safety margin.
