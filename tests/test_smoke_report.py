@@ -10,7 +10,7 @@ import pytest
 
 from revunet.cli import main
 from revunet.report.tables.smoke import MEASURED_KEY, MEASURED_SOURCE_KEY, PREDICTED_KEY, SMOKE_NOTE
-from test_tables import inputs_of, results, tables_by_name  # noqa: F401  (results is a fixture)
+from test_tables import assert_readable, inputs_of, results, tables_by_name  # noqa: F401  (results is a fixture)
 
 
 def _smoke_log(folder: Path, name: str, first: float, step: float, measured: float | None = None) -> None:
@@ -59,6 +59,11 @@ def test_every_table_of_a_smoke_run_is_marked_and_its_own_table_comes_first(smok
     assert (baseline["processes"], baseline["measured_by"]) == (2, "live_tensor_tracker")
     assert pd.isna(rows.loc["invres_iseg_full", "step_s"])  # not trained: "not run" in the Markdown
     assert "| invres_iseg_full |" in tables["smoke"].markdown() and "not run" in tables["smoke"].markdown()
+    # every table in views of at most 10 columns; the smoke table's: what ran, how fast, how much memory
+    assert_readable(tables.values())
+    assert [len(view.columns) for view in tables["smoke"].views] == [9, 6, 5]
+    memory = tables["smoke"].markdown().split("**Memory**")[1]
+    assert "| bruegger_baseline | 900.0 | live_tensor_tracker | 1000.0 | 0.900 |" in memory
     # a real run's tables carry no mark
     assert not any(t.title.startswith("SMOKE") for t in tables_by_name(inputs_of(results_)).values())
 
@@ -71,6 +76,9 @@ def test_tables_command_writes_the_smoke_table_and_refuses_smoke_inputs_without_
     assert main([*common, "--smoke", *extra]) == 0
     assert (out / "smoke.md").read_text().startswith("**SMOKE RUN: every experiment at its full size**")
     assert pd.read_csv(out / "index.csv")["file"].iloc[0] == "smoke.md"
+    speed = pd.read_csv(out / "smoke.speed.csv").set_index("experiment")
+    assert speed.loc["bruegger_baseline", "compiled_step_s"] == 2.0 and len(speed.columns) == 5
+    assert (out / "smoke.speed.rst").read_text().startswith("{% raw %}\n**SMOKE RUN: every experiment")
     with pytest.raises(SystemExit, match="belong to a smoke run"):
         main([*common, *extra])
     (predicted / "bruegger_baseline.json").write_text("{not json")

@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from revunet.catalog import REPORT_TABLE_VIEWS
 from revunet.cli import main
 from revunet.data.case_table import write_case_table
 from revunet.experiments.recipe import Experiment, write_experiment
 from revunet.papers import paper_results
 from revunet.report.inputs import ReportInputError, ReportInputs, parse_data_descriptions
+from revunet.report.markdown import MAX_VIEW_COLUMNS, ReportTable, TableView, rst_text
 from revunet.report.tables import build_tables, write_tables
 
 BRATS_CASES = ("BraTS20_Training_001", "BraTS20_Training_002")
@@ -341,7 +343,9 @@ def test_brats_tables_add_lesion_wise_columns_beyond_the_papers(results):
     assert columns.index("reproduced_lesion_score_dice_ET") > columns.index("reproduced_hd95_TC")
     assert not any(c.startswith("paper_lesion") for c in columns)
     markdown = tables["bruegger2019"].markdown()
-    assert "lesion-wise Dice ET ours (beyond the papers)" in markdown
+    lesion_wise = markdown[markdown.index("**Lesion-wise**") :]
+    assert "beyond the papers" in lesion_wise.splitlines()[2] and "| lesion-wise Dice ET ours |" in lesion_wise
+    assert "lesion" not in markdown[: markdown.index("**Lesion-wise**")].split("**Memory**")[1]
     assert "beyond the papers" in tables["bruegger2019"].caption
     # An evaluation without lesion-wise columns (older metrics.csv) leaves them empty; iSeg has none.
     assert tables["invres_brats"].data["reproduced_lesion_score_dice_ET"].isna().all()
@@ -351,9 +355,11 @@ def test_brats_tables_add_lesion_wise_columns_beyond_the_papers(results):
 def test_markdown_marks_gaps_not_run_and_states_data_scale_and_memory_source(results):
     tables = tables_by_name(inputs_of(results))
     markdown = tables["bruegger2019"].markdown()
-    baseline = next(line for line in markdown.splitlines() if line.startswith("| Baseline"))
+    lines = markdown.splitlines()
+    segmentation = lines.index("**Segmentation**")
+    header = [cell.strip() for cell in lines[segmentation + 4].split("|")]
+    baseline = next(line for line in lines[segmentation:] if line.startswith("| Baseline"))
     cells = [cell.strip() for cell in baseline.split("|")]
-    header = [cell.strip() for cell in markdown.splitlines()[4].split("|")]
     assert float(cells[header.index("Dice ET ours")]) == tables["bruegger2019"].data.loc[0, "reproduced_dice_ET"]
     assert "| Reversible 4/1 full |" in markdown and "not run" in markdown
     caption = markdown.splitlines()[2]
@@ -395,16 +401,135 @@ def test_pendse_tables_from_memory_training_log_and_evaluation(results):
 def test_csv_round_trips_and_index_lists_every_table(results, tmp_path):
     tables = build_tables(inputs_of(results))
     out = tmp_path / "tables"
-    write_tables(tables, out)
+    written = write_tables(tables, out)
     for table in tables:
         back = pd.read_csv(out / f"{table.name}.csv")
         assert list(back.columns) == list(table.data.columns)
         numeric = [c for c in back.columns if pd.api.types.is_numeric_dtype(table.data[c])]
         pd.testing.assert_frame_equal(back[numeric], table.data[numeric], check_dtype=False)
         assert (out / f"{table.name}.md").read_text().startswith("**")
-    index = pd.read_csv(out / "index.csv")
-    assert set(index["csv"]) == {f"{t.name}.csv" for t in tables}
+        # each view's CSV: its columns of the full CSV, as they read back
+        for view in table.views:
+            part = pd.read_csv(out / f"{table.name}.{view.name}.csv")
+            assert tuple(part.columns) == view.columns
+            pd.testing.assert_frame_equal(part, back[list(view.columns)])
+        assert (out / f"{table.name}.rst").exists() == (not table.views)
+    index = pd.read_csv(out / "index.csv", keep_default_na=False)
+    expected = [[f"{t.name}.csv", *(f"{t.name}.{v.name}.csv" for v in t.views)] for t in tables]
+    assert list(index["csv"]) == [csv for files in expected for csv in files]
+    assert {*index["file"], *index["csv"], *index["report_caption"]} - {""} | {"index.csv"} == {p.name for p in written}
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    memory = index[index["csv"] == "bruegger2019.memory.csv"].iloc[0]
+    table = next(t for t in tables if t.name == "bruegger2019")
+    assert (memory["file"], memory["view"], memory["report_caption"]) == (
+        "bruegger2019.md",
+        "memory",
+        "bruegger2019.memory.rst",
+    )
+    assert (
+        memory["title"] == f"{table.title} — Memory"
+        and memory["caption"] == f"{table.caption} {table.views[0].caption}"
+    )
     assert not list(out.glob(".*.tmp"))
+
+
+# The columns that say which row is which, first in every view of a table (default: row, experiment).
+KEY_COLUMNS = {
+    "capacity": ("model", "config", "dimension"),
+    "postprocessing": ("experiment", "postprocessing"),
+    "smoke": ("experiment",),
+}
+
+
+def assert_readable(tables) -> None:
+    """Every table with more than 10 columns has views; each view at most 10 columns of the table, the
+    identifying ones first; every column in some view (or constant and in the caption); the catalog's names."""
+    for table in tables:
+        columns = list(table.data.columns)
+        assert [view.name for view in table.views] == list(REPORT_TABLE_VIEWS.get(table.name, ())), table.name
+        if len(columns) > MAX_VIEW_COLUMNS:
+            assert table.views, table.name
+        if not table.views:
+            continue
+        keys = KEY_COLUMNS.get(table.name, ("row", "experiment"))
+        for view in table.views:
+            assert 1 <= len(view.columns) <= MAX_VIEW_COLUMNS and set(view.columns) <= set(columns), (table.name, view)
+            assert view.columns[: len(keys)] == keys, (table.name, view.name)
+        shown = {column for view in table.views for column in view.columns}
+        assert shown | set(table.constants) == set(columns), table.name
+        for column in table.constants:
+            assert table.data[column].nunique() == 1 and column not in shown
+        markdown = table.markdown()
+        assert markdown.startswith(f"**{table.title}**\n\n{table.caption}\n\n"), table.name
+        for view in table.views:
+            assert f"\n**{view.title}**\n\n{view.caption}\n\n| " in markdown, (table.name, view.name)
+        assert rules(markdown) == len(table.views)
+
+
+def rules(markdown: str) -> int:
+    """How many tables a Markdown text has (the rule under each header)."""
+    return sum(line.startswith("| --- |") for line in markdown.splitlines())
+
+
+def test_every_table_reads_in_views_of_at_most_ten_columns(results):
+    tables = build_tables(inputs_of(results))
+    assert_readable(tables)
+    widths = {t.name: [len(v.columns) for v in t.views] for t in tables}
+    assert widths == {
+        "bruegger2019": [7, 10, 9, 9],
+        "invres_iseg": [6, 10, 9],
+        "invres_brats": [6, 10, 9, 9],
+        "pendse2020_memory": [],
+        "pendse2020_dice": [5, 6],
+        "complexity": [],
+        "capacity": [8, 8],
+        "postprocessing": [9, 9],
+    }
+    # nothing run yet: the same views
+    assert_readable(build_tables(ReportInputs()))
+    regions = tables_by_name(inputs_of(results))["invres_iseg"].views
+    assert [v.columns[2:4] for v in regions] == [
+        ("paper_memory_gib", "measured_memory_gib"),
+        ("paper_dice_CSF", "reproduced_dice_CSF"),
+        ("paper_hausdorff_CSF", "reproduced_hausdorff_CSF"),
+    ]
+
+
+def test_a_view_over_ten_columns_or_of_unknown_columns_is_refused():
+    data = pd.DataFrame({f"c{i}": [i] for i in range(12)})
+    wide = TableView("wide", "Too wide.", tuple(data.columns[:11]))
+    with pytest.raises(ValueError, match="'wide' has 11 columns"):
+        ReportTable("t", "T", "Caption.", data, views=[wide])
+    with pytest.raises(ValueError, match=r"unknown columns \['nope'\]"):
+        ReportTable("t", "T", "Caption.", data, views=[TableView("a", "A.", ("c0", "nope"))])
+    halves = [TableView("a", "A.", tuple(data.columns[:6])), TableView("b", "B.", ("c0", *data.columns[6:11]))]
+    with pytest.raises(ValueError, match=r"columns \['c11'\] are in no view"):
+        ReportTable("t", "T", "Caption.", data, views=halves)
+    with pytest.raises(ValueError, match="two views share a name"):
+        ReportTable("t", "T", "Caption.", data, views=[halves[0], halves[0]])
+    table = ReportTable("t", "T", "Caption.", data, views=halves, constants=("c11",))
+    assert "c11" not in table.markdown() and rules(table.markdown()) == 2
+    with pytest.raises(ValueError, match="'c11' is not constant"):
+        ReportTable("t", "T", "Caption.", pd.concat([data, data + 1]), views=halves, constants=("c11",))
+    assert rules(ReportTable("t", "T", "Caption.", data).markdown()) == 1  # no views: one table of every column
+
+
+def test_report_captions_are_the_markdowns_text_in_restructuredtext(results):
+    publish_parts = pytest.importorskip("docutils.core").publish_parts  # Snakemake's report renders captions
+    html_writer = pytest.importorskip("docutils.writers").get_writer_class("html")
+
+    table = tables_by_name(inputs_of(results))["bruegger2019"]
+    view = table.views[0]
+    rst = table.report_caption(view)
+    assert rst.startswith("{% raw %}\n") and rst.endswith("{% endraw %}\n")
+    body = rst.removeprefix("{% raw %}\n").removesuffix("{% endraw %}\n")
+    html = publish_parts(body, writer=html_writer(), settings_overrides={"report_level": 2})["body"]
+    assert "system-message" not in html  # docutils found nothing to warn about
+    assert "<strong>Memory</strong>" in html and view.caption.replace("'", "&#x27;") in html.replace("'", "&#x27;")
+    assert '<tt class="docutils literal">revunet memory <span class="pre">--table</span> bruegger2019</tt>' in html
+    assert "`" not in html  # Markdown's code spans became literals
+    assert rst_text("a *b* `c_d` e_ | [1]_ `odd") == r"a \*b\* ``c_d`` e\_ \| \[1\]\_ \`odd"
+    assert rst_text("3. not a list") == r"\3. not a list"
 
 
 def test_complexity_and_capacity_tables(results):
@@ -443,6 +568,15 @@ def test_complexity_and_capacity_tables(results):
     claims = tables["capacity"].data.set_index("dimension")
     assert claims.loc["volume", "claimed_ratio"] == 3.0 and claims.loc["depth", "claimed_ratio"] == 1.25
     assert claims.loc["volume", "meets_claim"] and not claims.loc["width", "meets_claim"]
+    # one budget for every row: said in the caption, in no view (the CSV keeps it)
+    assert tables["capacity"].caption.endswith("Budget: 16 GiB for every row.")
+    assert tables["capacity"].constants == ("budget_gib",) and "budget GiB" not in tables["capacity"].markdown()
+    assert_readable(tables.values())
+    capacity.loc[2, "budget_gib"] = 8.0
+    capacity.to_csv(results["memory"] / "capacity.csv", index=False)
+    table = tables_by_name(inputs_of(results))["capacity"]
+    assert "Budget:" not in table.caption and table.views[1].columns[-1] == "budget_gib"
+    assert "| budget GiB |" in table.markdown()
 
 
 def test_unknown_row_names_it_and_the_valid_rows(results):

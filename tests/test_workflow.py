@@ -132,15 +132,21 @@ def test_config_files_are_read_as_revunet_documents(tmp_path):
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     """One run of config/test.yaml (kept in one test so parallel workers never run it twice)."""
-    from revunet.catalog import REPORT_FIGURES, REPORT_TABLES
+    from revunet.catalog import REPORT_FIGURES, REPORT_TABLE_VIEWS, REPORT_TABLES
 
     code, output = snakemake(tmp_path, "--cores", "2", configfiles=(CONFIG, TINY), timeout=900)
     assert code == 0, output[-5000:]
 
     results = tmp_path / "results"
+    report = (results / "report.html").read_text(encoding="utf-8", errors="replace")
     for name in REPORT_TABLES:
         assert (results / "tables" / f"{name}.csv").stat().st_size > 0
         assert (results / "tables" / f"{name}.md").stat().st_size > 0
+        full = pd.read_csv(results / "tables" / f"{name}.csv")
+        for view in REPORT_TABLE_VIEWS.get(name, ()):  # each view: some of the full table's columns
+            part = pd.read_csv(results / "tables" / f"{name}.{view}.csv")
+            pd.testing.assert_frame_equal(part, full[part.columns])
+            assert f"{name}.{view}.csv" in report
     for name in [*REPORT_FIGURES, "example_segmentation_brats", "example_segmentation_iseg"]:
         assert (results / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     for exp in TINY_EXPERIMENTS:
@@ -155,8 +161,10 @@ def test_tiny_run_end_to_end(tmp_path):
         assert (len(summary["validation_cases"]), summary["selection"]) == (
             (1, "best validation EMA") if selects else (0, "last epoch")
         ), exp
-    report = (results / "report.html").read_text(encoding="utf-8", errors="replace")
-    assert "training_curves.png" in report and "bruegger2019.csv" in report
+    assert "training_curves.png" in report and "complexity.csv" in report
+    # a table file's caption in the report is its Markdown's text
+    assert "Peak memory of one training step at the paper" in report
+    assert "Reproduced on: synthetic BraTS-like data" in report
 
     # `snakemake --report` also works by hand, anywhere
     code, output = snakemake(tmp_path, "--report", "elsewhere.html", configfiles=(CONFIG, TINY))

@@ -52,7 +52,7 @@ DECATHLON_FOLDER = "Task01_BrainTumour"
 
 # The papers' memory tables that `revunet memory --table NAME` measures.
 MEMORY_TABLES = ("bruegger2019", "invres_iseg", "invres_brats", "pendse2020")
-# What `revunet tables` writes (one CSV and one Markdown file each).
+# What `revunet tables` writes (one CSV and one Markdown file each, a CSV per view besides).
 REPORT_TABLES = (
     "bruegger2019",
     "invres_iseg",
@@ -65,6 +65,18 @@ REPORT_TABLES = (
 )
 # The smoke run's own table (revunet tables --smoke), besides REPORT_TABLES.
 SMOKE_TABLE = "smoke"
+# The views of the tables too wide to read whole (at most 10 columns each, the table's identifying
+# columns in every one): each table's Markdown shows them one after the other, and `revunet tables`
+# writes one CSV per view besides the full one, NAME.VIEW.csv, which Snakemake's report shows.
+REPORT_TABLE_VIEWS: dict[str, tuple[str, ...]] = {
+    "bruegger2019": ("memory", "segmentation", "distances", "lesion_wise"),
+    "invres_iseg": ("memory", "segmentation", "distances"),
+    "invres_brats": ("memory", "segmentation", "distances", "lesion_wise"),
+    "pendse2020_dice": ("early", "converged"),
+    "capacity": ("claims", "searches"),
+    "postprocessing": ("whole_volume", "lesion_wise"),
+    SMOKE_TABLE: ("run", "speed", "memory"),
+}
 # One memory_modules_<table> figure per memory table (each row's peak by owning module).
 MODULES_FIGURE = "memory_modules"
 # What `revunet figures` writes, besides one example_segmentation_<dataset> figure per dataset.

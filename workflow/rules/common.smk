@@ -10,6 +10,7 @@ from revunet.catalog import (
     DECATHLON_FOLDER,
     MEMORY_TABLES,
     REPORT_FIGURES,
+    REPORT_TABLE_VIEWS,
     REPORT_TABLES,
     SMOKE_TABLE,
     SYNTHETIC_LAYOUTS,
@@ -206,8 +207,37 @@ def table_names():
     return [SMOKE_TABLE, *REPORT_TABLES] if PLAN.smoke else list(REPORT_TABLES)
 
 
+def table_views(name):
+    """The views of table ``name``; `revunet tables` writes each as NAME.VIEW.csv."""
+    return REPORT_TABLE_VIEWS.get(name, ())
+
+
+def table_shown():
+    """(table, view, CSV, caption) of each table file the HTML report shows: a table's views
+    where it has some, else its full CSV; `revunet tables` writes each caption beside it.
+    """
+    shown = []
+    for name in table_names():
+        for view in table_views(name) or ("",):
+            stem = f"{name}.{view}" if view else name
+            csv, caption = (
+                PATHS["table"].format(name=stem, extension=extension)
+                for extension in ("csv", "rst")
+            )
+            shown.append((name, view, csv, caption))
+    return shown
+
+
 def table_outputs(extension):
-    return expand(PATHS["table"], name=table_names(), extension=extension)
+    """Every file of ``extension`` that `revunet tables` writes: csv, every table's full CSV and
+    then each view's; md, one per table; rst, the caption of each CSV the report shows.
+    """
+    if extension == "rst":
+        return [caption for _, _, _, caption in table_shown()]
+    files = expand(PATHS["table"], name=table_names(), extension=extension)
+    if extension == "csv":
+        files += [csv for _, view, csv, _ in table_shown() if view]
+    return files
 
 
 def figure_names():

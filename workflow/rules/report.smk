@@ -5,16 +5,25 @@ rule tables:
     input:
         **report_inputs(),
     output:
+        # the report shows a wide table's views, each with the caption of its Markdown
         *[
             report(
-                path,
-                caption=f"../report/table_{name}.rst",
+                csv,
+                # written by the job; a caption path is relative to this file unless absolute
+                caption=os.path.abspath(caption),
                 category="Tables",
-                labels={"table": name},
+                labels={"table": name, "view": view or "all columns"},
             )
-            for name, path in zip(table_names(), table_outputs("csv"))
+            for name, view, csv, caption in table_shown()
+        ],
+        # the full CSVs of the tables with views
+        *[
+            csv
+            for csv in table_outputs("csv")
+            if csv not in [shown for _, _, shown, _ in table_shown()]
         ],
         *table_outputs("md"),
+        *table_outputs("rst"),
         index=PATHS["tables_index"],
     log:
         log_file("tables", "tables"),
@@ -81,6 +90,7 @@ rule report:
     input:
         config=rules.run_config.output[0],
         tables=table_outputs("csv"),
+        captions=table_outputs("rst"),
         figures=figure_outputs("png"),
     output:
         PATHS["report"],

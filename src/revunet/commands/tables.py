@@ -65,8 +65,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Rebuild every table of the three papers (Brügger 2019 Table 1, invertible-residual Tables 1-3, "
         "Pendse 2020 Tables 1-2 and its capacity claim) with the papers' numbers next to the reproduced ones. "
         "Experiments link to paper rows by their table/row fields. Inputs that are absent give 'not run' cells "
-        "(empty in the CSV); malformed ones are errors naming the file. Writes NAME.csv and NAME.md per table and "
-        "index.csv (file, csv, title, caption).",
+        "(empty in the CSV); malformed ones are errors naming the file. Writes NAME.csv (every column) and NAME.md "
+        "per table; a wide table's Markdown shows views of at most 10 columns, each also written as NAME.VIEW.csv; "
+        "the caption of each CSV Snakemake's report shows (a table's views, else the table) as NAME[.VIEW].rst; "
+        "and index.csv (file, csv, view, title, caption, report_caption).",
     )
     parser.add_argument("--experiments", help="folder of experiment files EXP.json (results/experiments)")
     parser.add_argument("--evaluations", help="folder with EXP/metrics.csv (results/evaluation)")

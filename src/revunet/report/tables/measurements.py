@@ -9,7 +9,7 @@ import pandas as pd
 
 from revunet.papers import paper_results
 from revunet.report.inputs import ReportContext, ReportInputError, capacity_table, complexity_table
-from revunet.report.markdown import ReportTable
+from revunet.report.markdown import ReportTable, TableView
 
 # The rows of the paper's complexity table, and the method names `revunet complexity` writes.
 COMPLEXITY_METHODS = {"naive": "naive", "checkpointing": "checkpointing", "invertible": "reversible"}
@@ -99,7 +99,7 @@ def capacity_report_table(context: ReportContext) -> ReportTable:
         records = [_capacity_record(row, claims, CLAIM_KEYS, path) for _, row in measured.iterrows()]
     else:
         records = [_unmeasured_capacity(dimension, float(claims[key])) for dimension, key in CLAIM_KEYS.items()]
-    frame = pd.DataFrame(records)
+    frame = pd.DataFrame(records, columns=list(CAPACITY_HEADERS))
     formats = {
         "reversible_value": "g",
         "twin_value": "g",
@@ -121,8 +121,42 @@ def capacity_report_table(context: ReportContext) -> ReportTable:
         "activations at equal size, 2x the channels the same at half the cost per channel. "
         "No training data is involved."
     )
+    budgets = frame["budget_gib"]
+    constant = budgets.notna().all() and budgets.nunique() == 1
+    if constant:  # one budget for every row: said once, in the caption, not in a column
+        caption += f" Budget: {float(budgets.iloc[0]):g} GiB for every row."
+    views = _capacity_views(with_budget=not constant)
     title = "Pendse et al.'s capacity claim vs measured ratios"
-    return ReportTable("capacity", title, caption, frame, formats, dict(CAPACITY_HEADERS), missing)
+    return ReportTable(
+        "capacity",
+        title,
+        caption,
+        frame,
+        formats,
+        dict(CAPACITY_HEADERS),
+        missing,
+        views,
+        ("budget_gib",) if constant else (),
+    )
+
+
+def _capacity_views(with_budget: bool) -> list[TableView]:
+    """The claims against the measured ratios; the searches' results (with the budget, unless one for all)."""
+    keys = ("model", "config", "dimension")
+    budget = ("budget_gib",) if with_budget else ()
+    return [
+        TableView(
+            "claims",
+            "Each claimed ratio next to the measured one, reversible over twin.",
+            (*keys, "ratio_of", "claimed_ratio", "measured_ratio", "meets_claim", "search_capped"),
+        ),
+        TableView(
+            "searches",
+            "What each search found: the largest value whose training step fits, for the reversible model and "
+            "its twin.",
+            (*keys, "ratio_of", "reversible_value", "twin_value", "search_capped", *budget),
+        ),
+    ]
 
 
 def _capacity_record(

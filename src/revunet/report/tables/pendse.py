@@ -9,7 +9,7 @@ import pandas as pd
 from revunet.experiments.recipe import Experiment
 from revunet.papers import paper_results
 from revunet.report.inputs import ReportContext, case_mean_dice, case_metrics, snapshot_folder, training_summary
-from revunet.report.markdown import ReportTable
+from revunet.report.markdown import ReportTable, TableView
 from revunet.report.tables.common import MEMORY_NOTE, memory_row, table_caption
 
 DICE_HEADERS = {
@@ -23,6 +23,19 @@ DICE_HEADERS = {
     "reproduced_test_dice": "ours (test part, best.pt)",
     "data": "Data",
 }
+# The paper's mean Dice next to ours at the comparable epoch: early in training, then converged.
+DICE_VIEWS = (
+    TableView(
+        "early",
+        "Early in training: the paper's mean Dice after 50 of 500 epochs next to ours at our snapshot epoch.",
+        ("row", "experiment", "paper_dice_50_epochs", "early_epoch", "reproduced_test_dice_early"),
+    ),
+    TableView(
+        "converged",
+        "After convergence: the paper's mean Dice next to ours with best.pt, and the data ours come from.",
+        ("row", "experiment", "paper_dice_converged", "best_epoch", "reproduced_test_dice", "data"),
+    ),
+)
 
 
 def pendse_memory_table(context: ReportContext) -> ReportTable:
@@ -116,6 +129,7 @@ def pendse_dice_table(context: ReportContext) -> ReportTable:
         formats,
         dict(DICE_HEADERS),
         {"experiment": "–", "data": "–"},
+        list(DICE_VIEWS),
     )
 
 

@@ -4,7 +4,8 @@ Two rows per BraTS experiment: its plain predictions (``EVAL_DIR/<exp>/metrics.c
 predictions after the post-processing of :mod:`revunet.evaluation.postprocess`
 (``EVAL_DIR/<exp>/postprocessed/metrics.csv``, the rules named in its ``postprocessing`` column).
 Columns: the whole-volume Dice (%) and HD95 (mm) the papers report, then BraTS 2023's lesion-wise
-Dice (%) and HD95 (mm), per region, as means over the test cases.
+Dice (%) and HD95 (mm), per region, as means over the test cases; the Markdown shows the two
+families as two views, each beside the experiment, the post-processing and the number of cases.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from revunet.report.inputs import ReportContext, case_metrics, experiment_order, region_mean
-from revunet.report.markdown import ReportTable
+from revunet.report.markdown import ReportTable, TableView
 from revunet.report.tables.regions import DICE, HD95, LESION_METRICS, Metric
 
 POSTPROCESSED_FOLDER = "postprocessed"
@@ -71,4 +72,17 @@ def postprocessing_table(context: ReportContext) -> ReportTable:
         "HD95 (mm) as in the papers, then BraTS 2023's lesion-wise Dice (%) and HD95 (mm); means over the cases."
     )
     title = "BraTS post-processing: scores without and with it (beyond the papers)"
-    return ReportTable("postprocessing", title, caption, frame, formats, headers, {"experiment": "–"})
+    keys = ("experiment", "postprocessing")
+    views = [
+        TableView(
+            "whole_volume",
+            "Whole-volume Dice (%) and HD95 (mm) per region, as the papers score them.",
+            (*keys, *(f"{m.column}_{r}" for m in (DICE, HD95) for r in REGIONS), "n_cases"),
+        ),
+        TableView(
+            "lesion_wise",
+            "BraTS 2023's lesion-wise Dice (%) and HD95 (mm) per region.",
+            (*keys, *(f"{m.column}_{r}" for m in LESION_METRICS for r in REGIONS), "n_cases"),
+        ),
+    ]
+    return ReportTable("postprocessing", title, caption, frame, formats, headers, {"experiment": "–"}, views)

@@ -24,7 +24,7 @@ from revunet.report.inputs import (
     training_log,
     training_summary,
 )
-from revunet.report.markdown import ReportTable
+from revunet.report.markdown import ReportTable, TableView
 
 SMOKE_TITLE = "SMOKE RUN"
 SMOKE_NOTE = (
@@ -41,6 +41,25 @@ SMOKE_COLUMNS = (
     "compiled_step_s", "compiled_speedup", "measured_peak_mib", "measured_by", "predicted_peak_mib",
     "measured_over_predicted", "test_mean_dice",
 )  # fmt: skip
+# The smoke table's views, each beside the experiment: what ran where, how fast, how much memory.
+SMOKE_VIEWS = (
+    TableView(
+        "run",
+        "What ran where: the paper row, the input, the processes and device, the wall times and the (meaningless) "
+        "test Dice.",
+        ("experiment", "table", "row", "input", "processes", "device", "train_s", "validation_s", "test_mean_dice"),
+    ),
+    TableView(
+        "speed",
+        "Seconds per training step, eager and compiled, and the speed-up compiling gives.",
+        ("experiment", "first_step_s", "step_s", "compiled_first_step_s", "compiled_step_s", "compiled_speedup"),
+    ),
+    TableView(
+        "memory",
+        "The peak of live tensor bytes the training steps allocated next to `revunet memory`'s prediction.",
+        ("experiment", "measured_peak_mib", "measured_by", "predicted_peak_mib", "measured_over_predicted"),
+    ),
+)
 
 
 def mark_smoke(table: ReportTable) -> ReportTable:
@@ -129,4 +148,5 @@ def smoke_table(context: ReportContext) -> ReportTable:
         caption=caption,
         data=data,
         formats=formats,
+        views=list(SMOKE_VIEWS),
     )
