@@ -80,6 +80,7 @@ def test_pendse_recipe_runs_on_four_gpus(paper):
         assert (e.lr, e.milestones, e.gamma, e.epochs, e.amp) == (1e-4, (250, 400), 0.2, 500, True)
         assert (plan.resources.gpus, plan.split) == (4, "pendse")
         assert paper.launcher(name) == "torchrun --standalone --nproc_per_node=4 -m revunet.cli"
+        assert paper.launched_processes(name) == 4  # gpu-slots refuses the job on fewer GPUs
         shapes[name] = (e.patch_size, e.model_params["channels"], e.model_params.get("expand_ratio"))
     assert shapes == {
         "pendse_baseline": ((256, 256, 160), [60, 120, 180, 240, 480], None),

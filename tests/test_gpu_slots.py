@@ -196,3 +196,24 @@ def test_snakemake_jobs_running_at_once_get_different_gpus(tmp_path):
     one = {(tmp_path / f"one_{name}.txt").read_text().strip() for name in "ab"}
     assert one == {"0", "1"}
     assert (tmp_path / "two.txt").read_text().strip() == "0,1"
+
+
+def test_a_job_of_one_process_per_gpu_is_refused_on_fewer_gpus(tmp_path):
+    """--resources gpu=2 caps a 4-GPU job at 2: its 4 processes would find no GPU 2, so it stops first."""
+    env = environment(tmp_path, REVUNET_GPUS="0,1")
+    command = [sys.executable, "-m", "revunet.cli", "gpu-slots", "--gpus", "2", "--processes", "4", "--"]
+    refused = subprocess.run(
+        [*command, "torchrun", "--nproc_per_node=4"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[0].startswith("gpu-slots: torchrun starts 4 processes, one per GPU,")
+    assert "--resources gpu=4" in refused.stderr and "experiments.<name>.paper.resources.gpus" in refused.stderr
+    assert not (tmp_path / "pool").exists() or not list((tmp_path / "pool").iterdir())  # no slot taken
+    granted = subprocess.run(
+        [*command[:7], "2", "--", sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert granted.returncode == 0 and granted.stdout.strip() == "0,1"

@@ -57,6 +57,7 @@ def test_a_four_gpu_experiment_starts_through_the_same_launcher_with_processes_d
     launcher = smoke.launcher("pendse_baseline")
     assert launcher.startswith("torchrun --standalone --nproc_per_node=$(revunet processes --gpus 4 --without-gpu 2)")
     assert smoke.launcher("bruegger_rev_1_1_128") == "revunet"
+    assert smoke.launched_processes("pendse_baseline") == 0  # decided on the node, never refused
     assert (
         _plan(preset="paper", data_root="/d")
         .launcher("pendse_baseline")

@@ -145,23 +145,38 @@ def describe(command: Sequence[str]) -> str:
     return " ".join(words)
 
 
-def run_on_slots(command: Sequence[str], gpus: int, pool: Path | None, wait_seconds: float | None) -> NoReturn:
+def run_on_slots(
+    command: Sequence[str], gpus: int, pool: Path | None, wait_seconds: float | None, processes: int = 0
+) -> NoReturn:
     """Take ``gpus`` slots, set ``CUDA_VISIBLE_DEVICES``, and become ``command``.
 
     Passes ``command`` through unchanged under SLURM (it assigns GPUs itself), for ``gpus == 0``
     and where the pool has no ids (a CPU machine). ``os.execvp`` keeps the pid, so signals and
     the exit status go straight to and from the command; the lock fds are made inheritable so
-    they stay open in it. Raises :class:`SlotError`.
+    they stay open in it. Raises :class:`SlotError`, also when the command starts ``processes``
+    processes, one per GPU, on fewer GPUs than that.
     """
     environ = os.environ
     if "SLURM_JOB_ID" in environ or gpus == 0 or not (ids := pool_ids(environ)):
         _exec(command)
+    if processes > gpus:
+        raise SlotError(too_few_gpus(command, gpus, processes), status=2)
     held = take_slots(pool or default_pool(environ), ids, gpus, wait_seconds, command, sys.stderr)
     for fd in held.values():
         os.set_inheritable(fd, True)
     environ["CUDA_VISIBLE_DEVICES"] = ",".join(held)
     print(f"gpu-slots: CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} for {describe(command)}", file=sys.stderr)
     _exec(command)
+
+
+def too_few_gpus(command: Sequence[str], gpus: int, processes: int) -> str:
+    """Why a job that starts one process per GPU cannot run on the GPUs it was granted."""
+    return (
+        f"gpu-slots: {describe(command)} starts {processes} processes, one per GPU, but this job was granted "
+        f"{gpus} GPU(s): Snakemake lowers a job's gpu resource to the run's total (--resources gpu=N).\n"
+        f"Give the run {processes} GPUs (--resources gpu={processes}), or lower the experiment's GPUs "
+        "(experiments.<name>.paper.resources.gpus, and batch_size to keep its batch; docs/multi-gpu.md)."
+    )
 
 
 def _exec(command: Sequence[str]) -> NoReturn:

@@ -39,8 +39,10 @@ rule train:
         ),
         options=lambda wildcards, input: fit_options(input, PLAN.train_options()),
         out=lambda wildcards, output: os.path.dirname(output.summary),
+        # one process per GPU: refused on fewer GPUs than that (--resources gpu=N caps a job's)
+        processes=lambda wildcards: PLAN.launched_processes(wildcards.exp),
     shell:
-        "revunet gpu-slots --gpus {resources.gpu} -- "
+        "revunet gpu-slots --gpus {resources.gpu} --processes {params.processes} -- "
         "{params.launcher} train --experiment {input.experiment} --preprocessed {input.preprocessed}"
         " --split {input.split} --out {params.out} {params.options} > {log} 2>&1"
 

@@ -24,7 +24,7 @@ def _gpu_slots(args: argparse.Namespace) -> int:
         print("gpu-slots: no command given (usage: revunet gpu-slots --gpus N -- COMMAND [ARGS...])", file=sys.stderr)
         return 2
     try:
-        run_on_slots(command, args.gpus, args.pool, args.wait_seconds)
+        run_on_slots(command, args.gpus, args.pool, args.wait_seconds, args.processes)
     except SlotError as error:
         print(error, file=sys.stderr)
         return error.status
@@ -42,9 +42,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "CUDA_VISIBLE_DEVICES to them and exec COMMAND; the slots are freed when it ends. Device ids: "
         "$REVUNET_GPUS, else $CUDA_VISIBLE_DEVICES, else nvidia-smi's. COMMAND runs unchanged under SLURM, "
         "with --gpus 0, or where there are no GPUs.",
-        usage="revunet gpu-slots --gpus N [--pool DIR] [--wait-seconds S] -- COMMAND [ARGS...]",
+        usage="revunet gpu-slots --gpus N [--processes P] [--pool DIR] [--wait-seconds S] -- COMMAND [ARGS...]",
     )
     slots.add_argument("--gpus", type=non_negative_int, required=True, help="how many GPUs the command needs")
+    slots.add_argument(
+        "--processes",
+        type=non_negative_int,
+        default=0,
+        help="the command starts this many processes, one per GPU (torchrun): refused on fewer GPUs (default: 0, no check)",
+    )
     slots.add_argument(
         "--pool",
         type=Path,

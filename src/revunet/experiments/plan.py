@@ -115,6 +115,13 @@ class WorkflowPlan:
             )
         return self.launch_distributed.format(gpus=gpus)
 
+    def launched_processes(self, name: str) -> int:
+        """How many processes, one per GPU, experiment ``name``'s launcher starts for certain: its
+        GPUs in a real multi-GPU run (`revunet gpu-slots --processes` refuses fewer GPUs), 0 where
+        that is not fixed in advance (one process, or a smoke run, whose launcher adapts)."""
+        gpus = self.experiments[name].resources.gpus
+        return gpus if gpus > 1 and self.smoke is None else 0
+
     def train_options(self) -> str:
         """Options of `revunet train` that depend on the config. No ``--restart``: a rerun job
         resumes from ``last.pt`` exactly when its experiment and data are unchanged and starts
