@@ -77,12 +77,14 @@ def _assert_same_step(model: nn.Module, x: torch.Tensor) -> None:
         assert error <= 1e-4 * scale + 1e-12, f"{name}: max error {error:.3g} against max |grad| {scale:.3g}"
 
 
+@pytest.mark.slow(125)
 def test_compiled_partially_reversible_with_dropout_gives_the_eager_gradients() -> None:
     # dropout masks drawn in the forward must be replayed in the compiled recomputation
     model = _model("partially_reversible", groups=4, dropout=0.2, memory_saving=True).train()
     _assert_same_step(model, torch.randn(2, 2, SIZE, SIZE, SIZE))
 
 
+@pytest.mark.slow(45)
 def test_compiled_invertible_unet_with_vae_gives_the_eager_gradients() -> None:
     model = _model("invres_full", groups=4, vae_input_size=[SIZE] * 3, latent_dim=8, memory_saving=True).train()
     assert isinstance(model.vae, nn.Module)
@@ -107,6 +109,7 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+@pytest.mark.slow(65)
 def test_compiled_reversible_model_still_saves_no_activations() -> None:
     x = torch.randn(1, 2, 32, 32, 32)
     saving = _model("partially_reversible", groups=4, memory_saving=True)

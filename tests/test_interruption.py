@@ -173,6 +173,7 @@ def test_the_clock_keeps_room_for_the_next_step_and_the_checkpoint(monkeypatch) 
     assert StopWatch(None, Processes()).reason() is None
 
 
+@pytest.mark.slow(60)
 def test_time_budget_stops_then_a_rerun_finishes_identically(data, tmp_path, monkeypatch) -> None:
     experiment = tiny(epochs=3, accumulation=2, samples_per_volume=2, model_params={**TINY, "dropout": 0.2})
     pre, split = data
@@ -219,7 +220,7 @@ def _stopping_worker(rank: int, port: int, experiment: dict, pre: str, split: st
         Path(out, f"stopped_rank{rank}").write_text(str(stop))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(45)
 def test_two_processes_stop_at_the_same_step_and_resume_exactly(tmp_path) -> None:
     pre, split = make_data(tmp_path, n_train=4, n_held=1)
     recipe = tiny(epochs=2, samples_per_volume=2, augmentation="invres2020", model_params={**TINY, "dropout": 0.2})

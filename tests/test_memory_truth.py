@@ -30,6 +30,7 @@ def _paper_smoke_experiment(name: str):
     return plan_workflow(check_config(read_workflow_config(CONFIG, (), overrides), SCHEMA)).experiments[name].experiment
 
 
+@pytest.mark.slow(35)
 def test_a_paper_size_training_job_allocates_what_revunet_memory_predicts(tmp_path) -> None:
     experiment = _paper_smoke_experiment("invres_iseg_unet3d").replace(
         sliding_window=None, test_time_flips=False, num_workers=0

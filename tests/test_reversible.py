@@ -59,6 +59,7 @@ def test_gradients_equal_twin_float32(depth):
     assert_grads_match(seq, twin_of(seq), x, tol=1e-5)
 
 
+@pytest.mark.slow(85)
 @pytest.mark.parametrize("input_requires_grad", [True, False])
 def test_gradcheck_float64_input_and_parameters(input_requires_grad):
     """Finite differences against the memory-saving backward, for the input and every parameter."""

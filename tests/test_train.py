@@ -320,7 +320,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(35)
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(data, tmp_path) -> None:
     pre, split = data
     spec = tmp_path / "exp.json"

@@ -129,7 +129,7 @@ def test_config_files_are_read_as_revunet_documents(tmp_path):
     assert '"lr": 0.0005' in output
 
 
-@pytest.mark.slow
+@pytest.mark.slow(300)
 def test_tiny_run_end_to_end(tmp_path):
     """One run of config/test.yaml (kept in one test so parallel workers never run it twice)."""
     from revunet.catalog import REPORT_FIGURES, REPORT_TABLE_VIEWS, REPORT_TABLES

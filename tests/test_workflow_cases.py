@@ -29,7 +29,7 @@ def overlay(tmp_path, root, exclude: list[str] | None = None) -> str:
     return str(path)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(80)
 def test_broken_case_through_the_workflow(tmp_path):
     root = dataset(tmp_path / "MICCAI_BraTS2020_TrainingData", 3)
     truncate(file_of(root, 2, "flair"))

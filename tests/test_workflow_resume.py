@@ -43,7 +43,7 @@ def training_process(workdir: Path, run_dir: str) -> int | None:
     return None
 
 
-@pytest.mark.slow
+@pytest.mark.slow(75)
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the training job through /proc")
 def test_sigterm_to_the_training_job_then_the_same_command_resumes_exactly(tmp_path) -> None:
     overlay = tmp_path / "overlay.yaml"
