@@ -175,7 +175,7 @@ def too_few_gpus(command: Sequence[str], gpus: int, processes: int) -> str:
         f"gpu-slots: {describe(command)} starts {processes} processes, one per GPU, but this job was granted "
         f"{gpus} GPU(s): Snakemake lowers a job's gpu resource to the run's total (--resources gpu=N).\n"
         f"Give the run {processes} GPUs (--resources gpu={processes}), or lower the experiment's GPUs "
-        "(experiments.<name>.paper.resources.gpus, and batch_size to keep its batch; docs/multi-gpu.md)."
+        "(experiments.<name>.paper.resources.gpus, with accumulation to keep its batch; docs/multi-gpu.md)."
     )
 
 
