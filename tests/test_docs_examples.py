@@ -8,6 +8,7 @@ conventions are in docs/development.md; the extraction in ``tests/docs_examples.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -27,9 +28,10 @@ def _page_id(page: Path) -> str:
     return str(page.relative_to(REPO))
 
 
-def _config_keys() -> set[str]:
+@functools.cache
+def _config_keys() -> frozenset[str]:
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text(encoding="utf-8"))
-    return set(schema["properties"])
+    return frozenset(schema["properties"])
 
 
 def _parses(parser_factory, args: list[str], where: str) -> None:

@@ -18,9 +18,9 @@ rule tables:
         ],
         # the full CSVs of the tables with views
         *[
-            csv
-            for csv in table_outputs("csv")
-            if csv not in [shown for _, _, shown, _ in table_shown()]
+            PATHS["table"].format(name=name, extension="csv")
+            for name in table_names()
+            if table_views(name)
         ],
         *table_outputs("md"),
         *table_outputs("rst"),
