@@ -414,6 +414,24 @@ def test_memory_saving_peak_does_not_grow_with_depth_but_twin_activations_do() -
     assert act[8] - act[4] == 2 * (act[4] - act[2])
 
 
+def test_output_and_gradient_handed_over_are_overwritten_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two layers, a memory-saving sequence rebuilds its input in its output's storage and the
+    input's gradient in the incoming gradient's, and each function's output is freed before its
+    gradient is computed: the backward's peak is more than a map below that of a backward that
+    must copy (a caller holding either), which also holds the rebuilt halves beside the originals."""
+    from revunet.reversible import sequence
+
+    shape = (1, 32, 16, 16, 16)
+    map_bytes = numel(shape) * FLOAT32
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 32, 1), residual_coupling_sequence(32, 2, 4), nn.Conv3d(32, 2, 1))
+    handed_over = measure_training_step(model, (1, 2, *shape[2:]), mode="cpu")
+    monkeypatch.setattr(sequence, "engine_gradient", lambda grad, refs: False)
+    copied = measure_training_step(model, (1, 2, *shape[2:]), mode="cpu")
+    saved = copied.phase_peaks["backward"] - handed_over.phase_peaks["backward"]
+    assert saved >= 1.25 * map_bytes, (saved, map_bytes)
+
+
 # --------------------------------------------------------------------------- fake mode at paper size
 
 

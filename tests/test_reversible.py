@@ -303,3 +303,63 @@ def test_second_backward_needs_retain_graph():
     assert torch.allclose(x.grad, 2 * first, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="retain_graph|second time|freed"):
         loss.backward()
+
+
+# --------------------------------------------------------------------------- tensors handed over
+
+
+def _stack(memory_saving: bool = True) -> nn.Sequential:
+    """A sequence between two layers: its output and its incoming gradient belong to no one else."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv3d(2, 8, 1), residual_coupling_sequence(8, 2, 2, memory_saving=memory_saving), nn.Conv3d(8, 2, 1)
+    )
+
+
+def test_gradient_handed_over_becomes_the_input_gradient_in_place():
+    """The engine's fresh gradient is rebuilt into the input's gradient in its own storage."""
+    seq = residual_coupling_sequence(8, 2, 2)
+    x = torch.randn(1, 8, 4, 4, 4, requires_grad=True)
+    arriving: list[int] = []
+    y = seq(x)
+    y.register_hook(lambda g: arriving.append(g.data_ptr()))  # the address only: no reference kept
+    loss = y.square().sum()
+    del y  # nothing but the sequence itself holds its output now
+    loss.backward()
+    assert x.grad is not None and x.grad.data_ptr() == arriving[0]
+
+
+@pytest.mark.parametrize("holder", ["caller", "hook", "output"])
+def test_tensors_someone_else_holds_are_never_overwritten(holder):
+    """A gradient passed to backward(), one a hook keeps, and an output the caller keeps stay intact.
+
+    Only the one tensor named is held: the output is released before backward in the first two
+    cases (``h + 0`` passes the caller's gradient through to the sequence unchanged).
+    """
+    model, twin = _stack(), _stack(memory_saving=False)
+    x = torch.randn(1, 2, 4, 4, 4)
+    passed_gradient = torch.randn(1, 8, 4, 4, 4)
+    grads_seen = {}
+    for name, net in (("saving", model), ("twin", twin)):
+        h = net[1](net[0](x))
+        if holder == "caller":
+            before = passed_gradient.clone()
+            root = h + 0
+            del h
+            root.backward(passed_gradient)
+            assert torch.equal(passed_gradient, before), "the caller's gradient was overwritten"
+        elif holder == "hook":
+            stored: list[torch.Tensor] = []
+            h.register_hook(lambda grad, stored=stored: stored.append(grad))
+            loss = net[2](h).square().sum()
+            del h
+            loss.backward()
+            grads_seen[name] = stored[0]
+        else:
+            kept_output = h.detach().clone()
+            net[2](h).square().sum().backward()
+            assert torch.equal(h.detach(), kept_output), "the kept output was overwritten"
+    if holder == "hook":
+        assert rel_err(grads_seen["saving"], grads_seen["twin"]) <= 1e-6
+    for p, q in zip(model[:2].parameters(), twin[:2].parameters()):
+        assert rel_err(p.grad, q.grad) <= 1e-5

@@ -83,6 +83,8 @@ class AdditiveCoupling(InvertibleModule):
         ``inplace`` (the caller owns ``y`` and ``grad_y``) the input and its gradient
         overwrite them, so a deep sequence allocates nothing per block.
         """
+        if inplace:
+            return self._backward_in_place(y, grad_y, record)
         f_state, g_state = record
         name = type(self).__name__
         y1, y2 = _halves(y, self.split_dim, name)
@@ -96,13 +98,10 @@ class AdditiveCoupling(InvertibleModule):
                 y1_leaf = y1.detach().requires_grad_(True)
                 g_out = self.g(y1_leaf)
             grad_through_g, *g_grads = gradients(g_out, [y1_leaf, *g_params], dy2)
-            del y1_leaf  # G's graph is released: from here on y's storage may be overwritten
-            if inplace:
-                x2 = torch.sub(y2, g_out.detach(), out=y2)
-            else:
-                x2 = y2 - g_out.detach()
+            del y1_leaf
+            x2 = y2 - g_out.detach()
             del g_out
-            dx1 = _plus(dy1, grad_through_g, may_overwrite_base=inplace)  # total gradient reaching y1
+            dx1 = _plus(dy1, grad_through_g, may_overwrite_base=False)  # total gradient reaching y1
             del grad_through_g
 
             with torch.enable_grad(), replaying(f_state):
@@ -110,34 +109,76 @@ class AdditiveCoupling(InvertibleModule):
                 f_out = self.f(x2_leaf)
             grad_through_f, *f_grads = gradients(f_out, [x2_leaf, *f_params], dx1)
             del x2_leaf
-            if inplace:
-                x = y
-                torch.sub(y1, f_out.detach(), out=y1)
-            else:
-                x = torch.empty_like(y)
-                x1_part, x2_part = _halves(x, self.split_dim, name)
-                torch.sub(y1, f_out.detach(), out=x1_part)
-                x2_part.copy_(x2)
+            x = torch.empty_like(y)
+            x1_part, x2_part = _halves(x, self.split_dim, name)
+            torch.sub(y1, f_out.detach(), out=x1_part)
+            x2_part.copy_(x2)
             del f_out, x2
 
-        grad_x = _input_gradient(grad_y, dx1, dy2, grad_through_f, self.split_dim, inplace)
+        grad_x = _input_gradient(dx1, dy2, grad_through_f, self.split_dim)
         return x, grad_x, [*zip(g_params, g_grads), *zip(f_params, f_grads)]
+
+    def _backward_in_place(
+        self, y: torch.Tensor, grad_y: torch.Tensor, record: tuple[RandomState | None, RandomState | None]
+    ) -> tuple[torch.Tensor, torch.Tensor, ParamGrads]:
+        """The backward when ``y`` and ``grad_y`` are ours: ``y`` becomes the input and ``grad_y``
+        its gradient, and each function's output is subtracted (and freed) before its gradient
+        is computed, so that only one function's recomputation is alive at a time."""
+        f_state, g_state = record
+        name = type(self).__name__
+        y1, y2 = _halves(y, self.split_dim, name)
+        dy1, dy2 = _halves(grad_y, self.split_dim, name)
+        with running_stats_frozen(self):
+            grad_through_g, g_grads = _subtract_differentiated(self.g, y1, y2, dy2, g_state)  # y2 is x2
+            _plus(dy1, grad_through_g, may_overwrite_base=True)  # dy1 is the gradient reaching y1
+            del grad_through_g
+            grad_through_f, f_grads = _subtract_differentiated(self.f, y2, y1, dy1, f_state)  # y1 is x1
+            _plus(dy2, grad_through_f, may_overwrite_base=True)
+        return y, grad_y, [*g_grads, *f_grads]
+
+
+def _subtract_differentiated(
+    function: nn.Module,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    grad_target: torch.Tensor,
+    state: RandomState | None,
+) -> tuple[torch.Tensor | None, ParamGrads]:
+    """``target -= function(source)`` in place, and the gradients of ``<function(source), grad_target>``
+    with respect to ``source`` and the function's parameters.
+
+    The function's output is added into ``-target`` as soon as it exists, so it is freed before
+    the gradient is computed (an addition's backward passes the gradient through without a copy);
+    negating twice is exact. ``target`` is written through an alias with a version counter of its
+    own: ``source`` (the other half of the same storage) is saved by the graph, and writing the
+    other half does not change it.
+    """
+    params = trainable_parameters(function)
+    with torch.enable_grad(), replaying(state):
+        leaf = source.detach().requires_grad_(True)
+        root = _separately_versioned(target).neg_().add_(function(leaf))
+    grad_source, *grads = gradients(root, [leaf, *params], grad_target)
+    del leaf
+    root.detach().neg_()
+    return grad_source, list(zip(params, grads))
+
+
+def _separately_versioned(tensor: torch.Tensor) -> torch.Tensor:
+    """An alias of ``tensor`` (same storage, offset, shape and strides) with its own version counter."""
+    alias = torch.empty((0,), dtype=tensor.dtype, device=tensor.device)
+    # The Tensor overload (missing from the type stubs): fake mode would cache a storage argument.
+    return alias.set_(tensor)  # type: ignore[call-overload]
 
 
 def _input_gradient(
-    grad_y: torch.Tensor,
-    dx1: torch.Tensor,
-    dy2: torch.Tensor,
-    grad_through_f: torch.Tensor | None,
-    split_dim: int,
-    inplace: bool,
+    dx1: torch.Tensor, dy2: torch.Tensor, grad_through_f: torch.Tensor | None, split_dim: int
 ) -> torch.Tensor:
-    """The gradient reaching a coupling's input: ``dx1`` and ``dy2 + dF/dx2``; with ``inplace``
-    it is ``grad_y``'s storage (``dx1`` already overwrote ``dy1`` there)."""
-    if inplace:
-        _plus(dy2, grad_through_f, may_overwrite_base=True)
-        return grad_y
-    grad_x = torch.empty_like(grad_y)
+    """The gradient reaching a coupling's input, in a new tensor: ``dx1`` and ``dy2 + dF/dx2``."""
+    grad_x = torch.empty(
+        (*dx1.shape[:split_dim], 2 * dx1.shape[split_dim], *dx1.shape[split_dim + 1 :]),
+        dtype=dx1.dtype,
+        device=dx1.device,
+    )
     gx1, gx2 = _halves(grad_x, split_dim, "AdditiveCoupling")
     gx1.copy_(dx1)
     if grad_through_f is None:

@@ -24,6 +24,8 @@ non-reversible twin used to check gradients and to measure what is saved.
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
@@ -104,8 +106,11 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        walk = BackwardWalk(ctx.param_index, take_output(ctx, "ReversibleSequence"), grad_y)
-        del grad_y  # the walk holds the only references: each output is freed once its input is rebuilt
+        refs = sys.getrefcount(grad_y)  # the first statement, as where the count is calibrated
+        handed_over = engine_gradient(grad_y, refs)
+        y = take_output(ctx, "ReversibleSequence")
+        walk = BackwardWalk(ctx.param_index, y, grad_y, owned=handed_over and sole_tensor(y))
+        del y, grad_y  # the walk holds the only references: each output is freed once its input is rebuilt
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
             walk.through(ctx.sequence, ctx.records)
         grad_x = walk.take()[1] if ctx.needs_input_grad[0] else None
@@ -170,16 +175,25 @@ class BackwardWalk:
     own, so that each output is freed as soon as the block before it is rebuilt. It gathers the
     parameters' gradients (in the slots of ``param_index``) and knows which tensors are its own:
     the saved output may be shared with later layers and the incoming gradients with other
-    branches, and are never overwritten. Tensors a block returns that are neither are ours, and
-    the next block may reuse them in place. Weak references: holding the storages would keep a
-    released output alive, and bare ids could be reused by new storages once it is freed.
+    branches, and are never overwritten unless ``owned`` says that nothing else holds them
+    (:func:`sole_tensor`, :func:`engine_gradient`). Tensors a block returns that are neither are
+    ours, and the next block may reuse them in place. Weak references: holding the storages would
+    keep a released output alive, and bare ids could be reused by new storages once it is freed.
     """
 
-    def __init__(self, param_index: dict[int, int], y: torch.Tensor, grad_y: torch.Tensor, *foreign: torch.Tensor):
+    def __init__(
+        self,
+        param_index: dict[int, int],
+        y: torch.Tensor,
+        grad_y: torch.Tensor,
+        *foreign: torch.Tensor,
+        owned: bool = False,
+    ):
         self.param_index = param_index
         self.param_grads: list[torch.Tensor | None] = [None] * len(param_index)
-        self.foreign = [weakref.ref(t.untyped_storage()) for t in (y, grad_y, *foreign)]
-        self.owned = False
+        owned = owned and y.untyped_storage() is not grad_y.untyped_storage()
+        self.foreign = [weakref.ref(t.untyped_storage()) for t in ((*foreign,) if owned else (y, grad_y, *foreign))]
+        self.owned = owned
         self.y: torch.Tensor | None = y
         self.grad: torch.Tensor | None = grad_y
 
@@ -212,6 +226,52 @@ class BackwardWalk:
                 slot = self.param_index[id(param)]
                 previous = self.param_grads[slot]
                 self.param_grads[slot] = grad if previous is None else previous + grad
+
+
+def sole_tensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is the only tensor on its storage and covers all of it (no views, no
+    other holder: the caller may overwrite it). Python references to ``tensor`` itself are not
+    seen; callers use it on tensors they made and never handed out (a kept output's alias)."""
+    storage = tensor.untyped_storage()
+    holders = torch._C._storage_Use_Count(storage._cdata) - 1  # the probe ``storage`` is one
+    dense = tensor.is_contiguous() and tensor.storage_offset() == 0
+    return holders == 1 and dense and storage.nbytes() == tensor.numel() * tensor.element_size()
+
+
+def engine_gradient(grad: torch.Tensor, python_refs: int) -> bool:
+    """Whether the gradient a backward received is handed over: made by the autograd engine for
+    this node alone, held by no hook, no caller (``backward(grad)``) and no other node.
+
+    ``python_refs`` is ``sys.getrefcount(grad)`` taken as the backward's first statement; it is
+    compared with the count a freshly made gradient shows at that point (calibrated once).
+    """
+    other_holders = grad._use_count() - 1  # type: ignore[attr-defined]  # C++ holders (another node)
+    return python_refs <= _handed_over_refcount() and other_holders == 0 and sole_tensor(grad)
+
+
+@functools.cache
+def _handed_over_refcount() -> int:
+    """``sys.getrefcount`` of a gradient the engine made, as the first statement of a backward."""
+    seen: list[int] = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            return x.clone()
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            refs = sys.getrefcount(grad)
+            seen.append(refs)
+            return grad
+
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), torch.enable_grad():
+        leaf = torch.zeros(2, requires_grad=True)
+        (Probe.apply(leaf) * 2).sum().backward()
+    return seen[0]
 
 
 Binding = tuple[nn.Module, str, torch.Tensor]

@@ -16,6 +16,7 @@ differentiating one block at a time with the sequences' own block protocol.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +27,12 @@ from torch.autograd.function import once_differentiable
 from revunet.reversible.base import trainable_parameters
 from revunet.reversible.sequence import (
     BackwardWalk,
+    engine_gradient,
     ReversibleSequence,
     _parameters_bound,
     forward_recording,
     keep_output,
+    sole_tensor,
     remember_context,
     take_output,
 )
@@ -142,10 +145,13 @@ class _InvertibleUNetFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor | None, grad_bottleneck: torch.Tensor | None) -> tuple[Any, ...]:
+        refs = sys.getrefcount(grad_y)  # the first statement, as where the count is calibrated
+        handed_over = grad_y is None or engine_gradient(grad_y, refs)  # zeros made below are ours too
         y = take_output(ctx, "invertible U-Net")
         path: UNetPath = ctx.path
         grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-        walk = BackwardWalk(ctx.param_index, y, grad_y, *([] if grad_bottleneck is None else [grad_bottleneck]))
+        foreign = [] if grad_bottleneck is None else [grad_bottleneck]
+        walk = BackwardWalk(ctx.param_index, y, grad_y, *foreign, owned=handed_over and sole_tensor(y))
         del y, grad_y  # the walk holds the only references (see BackwardWalk)
         with ctx.autocast.restored(), _parameters_bound(ctx.bindings):
             walk.through(path.decoder[0], ctx.decoder_records[0])
