@@ -69,12 +69,16 @@ def test_bruegger_depth_costs_only_parameters(bruegger):
     assert (full["twin_mb"] > 1.4 * full["measured_mb"]).all()
 
 
-def test_bruegger_reversible_rows_are_close_to_the_paper(bruegger):
+def test_bruegger_reversible_rows_are_well_below_the_paper_and_its_baseline(bruegger):
     reversible = bruegger[bruegger["row"].str.startswith("Reversible")]
-    # Today's PyTorch and our leaner backward: at most 15 % under the paper's counter;
-    # with PyTorch 1.1's GroupNorm, within 6 %.
-    assert reversible["ratio"].between(0.85, 1.0).all()
-    assert reversible["legacy_ratio"].between(0.94, 1.06).all()
+    # Tensors handed over and rebuilt in place, one function's recomputation alive at a time,
+    # lean pooling and in-place inference: at least 30 % under the paper's counter.
+    assert reversible["ratio"].between(0.5, 0.7).all()
+    # PyTorch 1.1's GroupNorm stores one more map per norm: it always costs more.
+    assert (reversible["legacy_ratio"] > reversible["ratio"]).all()
+    # At 128³ the reversible network needs less than the non-reversible baseline, as in the paper.
+    by_row = bruegger.set_index("row")
+    assert by_row.loc["Reversible 1/1 128³", "measured_mb"] < 0.8 * by_row.loc["Baseline", "measured_mb"]
 
 
 def test_invres_iseg_table(tmp_path):

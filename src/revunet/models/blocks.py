@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from revunet.models.lean_layers import LeanLeakyReLU
 from revunet.reversible import AdditiveCoupling, ReversibleSequence
 
 NORMS = ("group", "instance")
@@ -61,7 +62,7 @@ class NormActConv3d(nn.Sequential):
     ) -> None:
         if norm == "group" and channels % groups:
             raise ValueError(f"GroupNorm groups ({groups}) must divide the channel count ({channels})")
-        layers: list[nn.Module] = [make_norm(norm, channels, groups), nn.LeakyReLU(negative_slope, inplace=True)]
+        layers: list[nn.Module] = [make_norm(norm, channels, groups), LeanLeakyReLU(negative_slope)]
         if dropout:
             layers.append(nn.Dropout3d(dropout))
         layers.append(nn.Conv3d(channels, channels, kernel_size=3, padding=1, bias=False))
@@ -109,10 +110,10 @@ class MBConv3d(nn.Sequential):
         layers: list[nn.Module] = [
             nn.Conv3d(channels, hidden, kernel_size=1, bias=False),
             make_norm(norm, hidden, groups),
-            nn.LeakyReLU(negative_slope, inplace=True),
+            LeanLeakyReLU(negative_slope),
             nn.Conv3d(hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=False),
             make_norm(norm, hidden, groups),
-            nn.LeakyReLU(negative_slope, inplace=True),
+            LeanLeakyReLU(negative_slope),
         ]
         if dropout:
             layers.append(nn.Dropout3d(dropout))

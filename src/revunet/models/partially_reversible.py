@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional
 
 from revunet.models.blocks import NORMS, SegmentationHead, channel_list, check_spatial_size, coupling_blocks, make_norm
+from revunet.models.lean_layers import max_pool3d_lean
 from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae, run_vae
 from revunet.reversible import ReversibleSequence
 
@@ -114,24 +115,32 @@ class PartiallyReversibleUNet(nn.Module):
         return functional.conv3d(h, self.fuse[level].weight[:, : h.shape[1]])
 
     def _join(self, level: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """The upsampled map plus the skip (``add``) or the skip's part of the fusion (``concat``)."""
-        if self.fuse is None:
+        """The upsampled map plus the skip (``add``) or the skip's part of the fusion (``concat``).
+
+        The sum is written into ``h`` (the interpolation's output, which nothing else holds and
+        whose backward needs no values) unless that would round it to a narrower dtype.
+        """
+        if self.fuse is not None:
+            skip = functional.conv3d(skip, self.fuse[level].weight[:, h.shape[1] :], self.fuse[level].bias)
+        if torch.result_type(h, skip) != h.dtype:
             return h + skip
-        return h + functional.conv3d(skip, self.fuse[level].weight[:, h.shape[1] :], self.fuse[level].bias)
+        return h.add_(skip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | SegmentationWithVAE:
         check_spatial_size(type(self).__name__, x, self.size_multiple, self.in_channels)
         image = x
         skips = []
-        h = self.encoder[0](self.stem(x))
+        # Every sequence's input is a map made for it alone (in inference it is overwritten),
+        # except the bottleneck's output, which the VAE reads first.
+        h = self.encoder[0](self.stem(x), overwrite_input=True)
         for down, sequence in zip(self.down, self.encoder[1:]):
             skips.append(h)
-            h = sequence(down(functional.max_pool3d(h, 2)))
+            h = sequence(down(max_pool3d_lean(h)), overwrite_input=True)
         vae = run_vae(self.vae, image, h)  # before the decoder: see run_vae
         for level in range(len(self.decoder) - 1, 0, -1):
-            h = self._upsampled_part(level - 1, self.up[level - 1](self.decoder[level](h)))
+            h = self._upsampled_part(level - 1, self.up[level - 1](self.decoder[level](h, overwrite_input=True)))
             h = functional.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False)
             # the skip is popped into the call: in inference nothing else holds it afterwards
             h = self._join(level - 1, h, skips.pop())
-        logits = self.head(self.decoder[0](h))
+        logits = self.head(self.decoder[0](h, overwrite_input=True))
         return attach_vae(self.vae, logits, vae)

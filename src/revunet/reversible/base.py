@@ -54,6 +54,14 @@ class InvertibleModule(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement inverse()")
 
+    def forward_overwriting(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` without a graph, free to write the output into ``x``'s storage.
+
+        The default returns a new tensor; blocks that can compute in place (a coupling) do, so
+        inference holds one map per block instead of an input and an output.
+        """
+        return self.forward(x)
+
     def forward_recording(self, x: torch.Tensor, preserve_rng_state: bool = True) -> tuple[torch.Tensor, Any]:
         """Forward without a graph, plus what :meth:`backward_from_output` needs to replay it."""
         record = RandomState.capture(x) if preserve_rng_state else None

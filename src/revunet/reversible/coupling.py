@@ -56,6 +56,13 @@ class AdditiveCoupling(InvertibleModule):
         x1 = y1 - self.f(x2)
         return torch.cat([x1, x2], dim=self.split_dim)
 
+    def forward_overwriting(self, x: torch.Tensor) -> torch.Tensor:
+        # x1 += F(x2), then x2 += G(x1): the output takes the input's place.
+        x1, x2 = _halves(x, self.split_dim, type(self).__name__)
+        x1.add_(self.f(x2))
+        x2.add_(self.g(x1))
+        return x
+
     def forward_recording(
         self, x: torch.Tensor, preserve_rng_state: bool = True
     ) -> tuple[torch.Tensor, tuple[RandomState | None, RandomState | None]]:

@@ -74,9 +74,19 @@ class ReversibleSequence(nn.Module):
         """The blocks as the constructor checked them to be (a ``ModuleList`` yields plain modules)."""
         return cast(list[InvertibleModule], list(self.blocks))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
+        """The blocks in order.
+
+        ``overwrite_input``: the caller hands ``x`` over (nothing reads it afterwards). Where no
+        graph is built (inference), the blocks then compute in ``x``'s storage, so a level holds
+        one map instead of two; with a graph it changes nothing.
+        """
         params = trainable_parameters(self)
         needs_graph = torch.is_grad_enabled() and (x.requires_grad or bool(params))
+        if overwrite_input and not needs_graph:
+            for block in self._invertible_blocks():
+                x = block.forward_overwriting(x)
+            return x
         if not (self.memory_saving and needs_graph):
             for block in self.blocks:
                 x = block(x)
