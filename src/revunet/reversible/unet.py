@@ -27,13 +27,13 @@ from torch.autograd.function import once_differentiable
 from revunet.reversible.base import trainable_parameters
 from revunet.reversible.sequence import (
     BackwardWalk,
-    engine_gradient,
     ReversibleSequence,
     _parameters_bound,
+    engine_gradient,
     forward_recording,
     keep_output,
-    sole_tensor,
     remember_context,
+    sole_tensor,
     take_output,
 )
 
