@@ -88,8 +88,8 @@ class ReversibleSequence(nn.Module):
                 x = block.forward_overwriting(x)
             return x
         if not (self.memory_saving and needs_graph):
-            for block in self.blocks:
-                x = block(x)
+            for plain in self.blocks:
+                x = plain(x)
             return x
         return _ReversibleFunction.apply(x, self, *params)
 
