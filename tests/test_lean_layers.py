@@ -9,7 +9,7 @@ from torch.nn import functional
 
 from revunet.memory.tracker import LiveTensorTracker
 from revunet.models import build_model
-from revunet.models.blocks import residual_coupling_sequence
+from revunet.models.blocks import GroupInstanceNorm3d, residual_coupling_sequence
 from revunet.models.lean_layers import LeanLeakyReLU, max_pool3d_lean
 
 
@@ -112,3 +112,20 @@ def test_models_infer_and_train_as_their_twins(name, params, size):
 
 def _logits(output):
     return output.logits if hasattr(output, "logits") else output
+
+
+def test_group_instance_norm_is_instance_norm_with_the_same_keys():
+    torch.manual_seed(0)
+    plain = nn.InstanceNorm3d(6, affine=True)
+    lean = GroupInstanceNorm3d(6)
+    assert list(lean.state_dict()) == list(plain.state_dict())
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5), plain.bias.uniform_(-1, 1)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 6, 4, 5, 3)
+    weights = torch.randn(2, 6, 4, 5, 3)
+    for norm in (plain, lean):
+        (norm(x) * weights).sum().backward()
+    torch.testing.assert_close(lean(x), plain(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lean.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-5)
+    assert lean(x)._base is None  # a tensor of its own: an in-place activation needs no copy back

@@ -28,18 +28,33 @@ BLOCKS = ("residual", "mbconv")
 OUTPUTS = ("sigmoid", "softmax")
 
 
-def make_norm(kind: str, channels: int, groups: int = 30) -> nn.Module:
+def make_norm(kind: str, channels: int, groups: int = 30, lean: bool = False) -> nn.Module:
     """GroupNorm or affine InstanceNorm over ``channels``.
 
     For GroupNorm the group count is ``gcd(groups, channels)``: Brügger et al.'s 30 groups
     divide every width they use, and Pendse et al.'s narrower MBConv halves (15 channels)
-    get the largest group count that still divides them.
+    get the largest group count that still divides them. ``lean``: instance normalisation as
+    :class:`GroupInstanceNorm3d` (the layers of the reversible networks; the baselines keep
+    ``nn.InstanceNorm3d``, as the papers ran them).
     """
     if kind == "group":
         return nn.GroupNorm(math.gcd(groups, channels), channels)
     if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
+        return GroupInstanceNorm3d(channels) if lean else nn.InstanceNorm3d(channels, affine=True)
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class GroupInstanceNorm3d(nn.GroupNorm):
+    """``nn.InstanceNorm3d(channels, affine=True)`` computed as a group norm with one group per channel.
+
+    The same function with the same parameters (``weight``, ``bias``: the state_dict keys do not
+    change). ``nn.InstanceNorm3d`` reshapes to a batch norm and returns a view of its output, so an
+    in-place activation after it makes autograd copy the whole map back (three extra maps in
+    backward); the fused group-norm kernel returns a tensor of its own.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, eps=1e-5, affine=True)
 
 
 class NormActConv3d(nn.Sequential):
@@ -62,7 +77,7 @@ class NormActConv3d(nn.Sequential):
     ) -> None:
         if norm == "group" and channels % groups:
             raise ValueError(f"GroupNorm groups ({groups}) must divide the channel count ({channels})")
-        layers: list[nn.Module] = [make_norm(norm, channels, groups), LeanLeakyReLU(negative_slope)]
+        layers: list[nn.Module] = [make_norm(norm, channels, groups, lean=True), LeanLeakyReLU(negative_slope)]
         if dropout:
             layers.append(nn.Dropout3d(dropout))
         layers.append(nn.Conv3d(channels, channels, kernel_size=3, padding=1, bias=False))
@@ -109,15 +124,15 @@ class MBConv3d(nn.Sequential):
         hidden = channels * expand_ratio
         layers: list[nn.Module] = [
             nn.Conv3d(channels, hidden, kernel_size=1, bias=False),
-            make_norm(norm, hidden, groups),
+            make_norm(norm, hidden, groups, lean=True),
             LeanLeakyReLU(negative_slope),
             nn.Conv3d(hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=False),
-            make_norm(norm, hidden, groups),
+            make_norm(norm, hidden, groups, lean=True),
             LeanLeakyReLU(negative_slope),
         ]
         if dropout:
             layers.append(nn.Dropout3d(dropout))
-        layers += [nn.Conv3d(hidden, channels, kernel_size=1, bias=False), make_norm(norm, channels, groups)]
+        layers += [nn.Conv3d(hidden, channels, kernel_size=1, bias=False), make_norm(norm, channels, groups, lean=True)]
         super().__init__(*layers)
 
 

@@ -15,7 +15,10 @@ network keeps.
   gradient over itself when nothing else holds it (the same test as a reversible sequence's,
   :func:`~revunet.reversible.sequence.engine_gradient`) instead of allocating a second one.
 
-Under ``torch.compile`` both are the plain layers (the compiler plans its own buffers).
+* :func:`add_into`: a sum written into a fresh map that nothing else reads (a residual
+  branch's output, an interpolation's), so a join holds two maps instead of three.
+
+Under ``torch.compile`` the layers are the plain ones (the compiler plans its own buffers).
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional
 
 from revunet.reversible.sequence import engine_gradient
+
+
+def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, in ``fresh``'s storage unless that would round the sum to a narrower dtype.
+
+    ``fresh`` must be a map the caller made and nothing else reads: an output no backward
+    needs (a convolution's, an interpolation's), never a saved or shared tensor.
+    """
+    if torch.result_type(fresh, other) != fresh.dtype or fresh.shape != torch.broadcast_shapes(
+        fresh.shape, other.shape
+    ):
+        return fresh + other
+    return fresh.add_(other)
 
 
 def max_pool3d_lean(x: torch.Tensor, kernel: int = 2) -> torch.Tensor:

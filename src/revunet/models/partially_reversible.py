@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional
 
 from revunet.models.blocks import NORMS, SegmentationHead, channel_list, check_spatial_size, coupling_blocks, make_norm
-from revunet.models.lean_layers import max_pool3d_lean
+from revunet.models.lean_layers import add_into, max_pool3d_lean
 from revunet.models.vae import SegmentationWithVAE, VAEBranch, attach_vae, run_vae
 from revunet.reversible import ReversibleSequence
 
@@ -117,14 +117,11 @@ class PartiallyReversibleUNet(nn.Module):
     def _join(self, level: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """The upsampled map plus the skip (``add``) or the skip's part of the fusion (``concat``).
 
-        The sum is written into ``h`` (the interpolation's output, which nothing else holds and
-        whose backward needs no values) unless that would round it to a narrower dtype.
+        The sum is written into ``h``, the interpolation's output (:func:`add_into`).
         """
         if self.fuse is not None:
             skip = functional.conv3d(skip, self.fuse[level].weight[:, h.shape[1] :], self.fuse[level].bias)
-        if torch.result_type(h, skip) != h.dtype:
-            return h + skip
-        return h.add_(skip)
+        return add_into(h, skip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | SegmentationWithVAE:
         check_spatial_size(type(self).__name__, x, self.size_multiple, self.in_channels)

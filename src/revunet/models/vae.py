@@ -22,6 +22,7 @@ from torch.nn import functional
 from torch.utils.checkpoint import checkpoint
 
 from revunet.models.blocks import make_norm
+from revunet.models.lean_layers import LeanLeakyReLU, add_into
 
 REDUCED_CHANNELS = 16  # Myronenko's "VD" block reduces the bottleneck to 16 channels
 
@@ -57,14 +58,14 @@ class _UpStage(nn.Sequential):
         super().__init__()
         self.reduce = nn.Conv3d(in_channels, out_channels, kernel_size=1)
         self.refine = nn.Sequential(
-            make_norm(norm, out_channels, groups),
-            nn.LeakyReLU(0.01),
+            make_norm(norm, out_channels, groups, lean=True),
+            LeanLeakyReLU(0.01),  # in place: the norm's backward needs its input, not its output
             nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = functional.interpolate(self.reduce(x), scale_factor=2, mode="trilinear", align_corners=False)
-        return x + self.refine(x)
+        return add_into(self.refine(x), x)
 
 
 class VAEBranch(nn.Module):
