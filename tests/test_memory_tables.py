@@ -81,6 +81,11 @@ def test_bruegger_reversible_rows_are_well_below_the_paper_and_its_baseline(brue
     assert by_row.loc["Reversible 1/1 128³", "measured_mb"] < 0.8 * by_row.loc["Baseline", "measured_mb"]
 
 
+def test_every_bruegger_row_is_within_30_percent_of_its_floor(bruegger):
+    assert bruegger["measured_vs_floor"].between(0.95, 1.3).all(), bruegger[["row", "measured_mb", "floor_mb"]]
+    assert (bruegger["floor_mb"] < bruegger["measured_mb"] * 1.05).all()
+
+
 def test_invres_iseg_table(tmp_path):
     out = tmp_path / "iseg.csv"
     assert main(["memory", "--table", "invres_iseg", "--out", str(out)]) == 0

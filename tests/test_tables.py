@@ -476,9 +476,9 @@ def test_every_table_reads_in_views_of_at_most_ten_columns(results):
     assert_readable(tables)
     widths = {t.name: [len(v.columns) for v in t.views] for t in tables}
     assert widths == {
-        "bruegger2019": [7, 10, 9, 9],
-        "invres_iseg": [6, 10, 9],
-        "invres_brats": [6, 10, 9, 9],
+        "bruegger2019": [9, 10, 9, 9],
+        "invres_iseg": [8, 10, 9],
+        "invres_brats": [8, 10, 9, 9],
         "pendse2020_memory": [],
         "pendse2020_dice": [5, 6],
         "complexity": [],

@@ -59,7 +59,7 @@ def _paper_table(args: argparse.Namespace) -> int:
     if args.out and not args.out.endswith(".csv"):
         raise SystemExit(f"--out with --table must end in .csv, got {args.out!r}")
     table, modules = measure_table(args.table, mode=args.mode)
-    shown = ["row", "input_shape", "paper_mb", "measured_mb", "ratio", "peak_phase", "activations_mb"]
+    shown = ["row", "input_shape", "paper_mb", "measured_mb", "ratio", "floor_mb", "measured_vs_floor", "peak_phase"]
     shown += [c for c in ("legacy_group_norm_mb", "twin_mb", "fits_budget") if c in table]
     print(f"{args.table} ({args.mode}; MiB):")
     print(table[shown].to_string(index=False))

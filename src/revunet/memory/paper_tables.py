@@ -28,6 +28,7 @@ from torch.nn import functional
 
 from revunet.memory.accounting import CATEGORIES, MIB, MemoryReport, measure_training_step
 from revunet.memory.explanations import MODULE_COLUMNS, explain, first_feature_map, module_rows
+from revunet.memory.floor import Floor, step_floor
 from revunet.memory.tracker import LiveTensorTracker
 from revunet.models import build_model, model_spec
 from revunet.papers import paper_memory_mib, paper_results, paper_row
@@ -221,6 +222,26 @@ def measure_row(
     include_validation: bool = True,
 ) -> MemoryReport:
     """Peak memory of one row under its table's protocol."""
+    model, step = _row_step(table, row, memory_saving, legacy_group_norm, include_validation)
+    return measure_training_step(
+        model,
+        mode=mode,
+        gradients_persist=table.protocol.gradients_persist,
+        extra=step.pop("validation"),
+        **step,
+    )
+
+
+def row_floor(table: MemoryTable, row: MemoryRow) -> Floor:
+    """The memory floor of one row's training step (and validation pass): :mod:`revunet.memory.floor`."""
+    model, step = _row_step(table, row, True, False, True)
+    return step_floor(model, gradients_persist=table.protocol.gradients_persist, **step)
+
+
+def _row_step(
+    table: MemoryTable, row: MemoryRow, memory_saving: bool, legacy_group_norm: bool, include_validation: bool
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The row's model (on the meta device) and the training step's arguments under the table's protocol."""
     protocol = table.protocol
     params = dict(row.params)
     if model_spec(row.model).reversible:
@@ -232,22 +253,28 @@ def measure_row(
     task = get_task(protocol.task)
     # The targets the loss gets from a batch of one label map: their shape and dtype (meta: no memory).
     target = task.targets(torch.zeros((1, *row.patch), dtype=torch.uint8, device="meta"))
-    loss = LOSSES[protocol.loss](*protocol.loss_args)
     validation = None
     if include_validation and protocol.validation_size is not None:
         validation = _validation_pass(protocol.validation_size, task)
-    return measure_training_step(
-        model,
-        (1, task.in_channels, *row.patch),
-        mode=mode,
-        loss_fn=loss,
-        target_shape=target.shape,
-        target_dtype=target.dtype,
-        autocast_dtype=protocol.autocast,
-        gradients_persist=protocol.gradients_persist,
-        loss_needs_input=True,
-        extra=validation,
-    )
+    return model, {
+        "input_shape": (1, task.in_channels, *row.patch),
+        "loss_fn": LOSSES[protocol.loss](*protocol.loss_args),
+        "target_shape": target.shape,
+        "target_dtype": target.dtype,
+        "autocast_dtype": protocol.autocast,
+        "loss_needs_input": True,
+        "validation": validation,
+    }
+
+
+def _floor_columns(table: MemoryTable, row: MemoryRow, report: MemoryReport) -> dict[str, Any]:
+    """The row's floor, the measured peak over it, and what the floor's largest operation is."""
+    floor = row_floor(table, row)
+    return {
+        "floor_mb": _mib(floor.total),
+        "measured_vs_floor": round(report.peak_bytes / floor.total, 3),
+        "floor_largest": floor.largest_op_name,
+    }
 
 
 def _mib(value: float) -> float:
@@ -290,6 +317,7 @@ def measure_table(name: str, mode: str = "fake") -> tuple[pd.DataFrame, pd.DataF
             "ratio": round(report.peak_bytes / MIB / paper_mib, 3),
             "peak_phase": "validation" if report.peak_phase == "extra" else report.peak_phase,
         }
+        record.update(_floor_columns(table, row, report))
         for category in CATEGORIES:
             record[f"{category}_mb"] = _mib(report.breakdown.get(category, 0))
         if report.allocator_peak_bytes is not None:

@@ -123,7 +123,8 @@ def region_table(context: ReportContext, table: str) -> ReportTable:
 def _region_views(columns: list[str], layout: RegionTable, regions: list[str]) -> list[TableView]:
     """Memory; Dice per region (with the data); distances per region; our lesion-wise scores (BraTS)."""
     memory = tuple(c for c in columns if "memory" in c)
-    measured = ["the paper's", "ours measured", "their ratio", "the non-reversible twin's"]
+    measured = ["the paper's", "ours measured", "their ratio", "the floor (what no exact implementation avoids)"]
+    measured += ["measured/floor", "the non-reversible twin's"]
     measured += ["ours with PyTorch 1.1's GroupNorm"] if LEGACY_COLUMN in memory else []
     distance = layout.distance
 
@@ -176,6 +177,8 @@ def _region_record(
     record[f"paper_memory_{suffix}"] = float(entry["memory"])
     record[f"measured_memory_{suffix}"] = measured["measured_mb"] / divisor if measured is not None else None
     record["memory_ratio"] = measured["ratio"] if measured is not None else None
+    record[f"floor_memory_{suffix}"] = optional_memory(measured, "floor_mb", divisor)
+    record["memory_vs_floor"] = optional_memory(measured, "measured_vs_floor", 1.0)
     record[f"twin_memory_{suffix}"] = optional_memory(measured, "twin_mb", divisor)
     if layout.legacy_group_norm:
         record[LEGACY_COLUMN] = optional_memory(measured, "legacy_group_norm_mb", divisor)
@@ -206,14 +209,16 @@ def _region_columns(
     """The Markdown format spec and header of every column of a region table."""
     suffix = unit.lower()
     memory_format = ".0f" if unit == "MiB" else ".2f"
-    formats = {f"{side}_memory_{suffix}": memory_format for side in ("paper", "measured", "twin")}
-    formats.update({"memory_ratio": ".2f", LEGACY_COLUMN: memory_format, "n_cases": ".0f"})
+    formats = {f"{side}_memory_{suffix}": memory_format for side in ("paper", "measured", "floor", "twin")}
+    formats.update({"memory_ratio": ".2f", "memory_vs_floor": ".2f", LEGACY_COLUMN: memory_format, "n_cases": ".0f"})
     headers = {
         "row": "Configuration",
         "experiment": "Experiment",
         f"paper_memory_{suffix}": f"Memory {unit} paper",
         f"measured_memory_{suffix}": f"Memory {unit} measured",
         "memory_ratio": "measured/paper",
+        f"floor_memory_{suffix}": f"floor {unit}",
+        "memory_vs_floor": "measured/floor",
         f"twin_memory_{suffix}": f"non-reversible twin {unit}",
         LEGACY_COLUMN: "measured with PyTorch 1.1 GroupNorm MiB",
         "n_cases": "test cases",
