@@ -154,6 +154,14 @@ def measure_point(
     return measure_row(TABLES[spec.table], row, mode="fake", memory_saving=memory_saving, include_validation=False)
 
 
+def floor_point(spec: CapacityModel, size: int, depth: int = 1, k: int = WIDTH_STEPS) -> int:
+    """The floor (:mod:`revunet.memory.floor`) of the reversible model's step at one point, in bytes."""
+    from revunet.memory.paper_tables import TABLES, MemoryRow, row_floor
+
+    row = MemoryRow(spec.config, spec.model, spec.build_params(size, depth, k), (size, size, size))
+    return row_floor(TABLES[spec.table], row, include_validation=False).total
+
+
 def _fixed_and_scaling(report: MemoryReport) -> tuple[float, float]:
     """The peak's parts that do not grow with the input (weights, their gradients, Adam) and that do."""
     fixed = sum(report.breakdown[c] for c in ("parameters", "buffers", "gradients", "optimizer_state"))
@@ -220,6 +228,11 @@ def search_model(
         return cache[(size, depth, k)]
 
     searches = _searches(spec, at, multiple, budget, fixed_size, max_size, max_depth, max_multiplier)
+    points = {
+        "volume": lambda i: (i * multiple,),
+        "depth": lambda d: (fixed_size, d),
+        "width": lambda k: (fixed_size, 1, k),
+    }
     results: dict[str, dict[str, Any]] = {}
     for dimension in dimensions:
         search = searches[dimension]
@@ -241,6 +254,7 @@ def search_model(
             "measurements": len(cache) - before,
             "seconds": time.perf_counter() - started,
             "widths": spec.widths(found.index) if dimension == "width" else None,
+            "floor_bytes": floor_point(spec, *points[dimension](found.index)) if memory_saving else None,
         }
     return results
 
@@ -387,6 +401,8 @@ def _row(
         "meets_claim": meets,
         "budget_gib": budget_gib,
         "reversible_peak_mib": round(rev["peak_bytes"] / MIB, 1),
+        "reversible_floor_mib": round(rev["floor_bytes"] / MIB, 1),
+        "reversible_vs_floor": round(rev["peak_bytes"] / rev["floor_bytes"], 3),
         "twin_peak_mib": round(tw["peak_bytes"] / MIB, 1),
         "reversible_next_peak_mib": _mib_or_none(rev["next_peak_bytes"]),
         "twin_next_peak_mib": _mib_or_none(tw["next_peak_bytes"]),

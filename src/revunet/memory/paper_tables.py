@@ -232,9 +232,9 @@ def measure_row(
     )
 
 
-def row_floor(table: MemoryTable, row: MemoryRow) -> Floor:
+def row_floor(table: MemoryTable, row: MemoryRow, include_validation: bool = True) -> Floor:
     """The memory floor of one row's training step (and validation pass): :mod:`revunet.memory.floor`."""
-    model, step = _row_step(table, row, True, False, True)
+    model, step = _row_step(table, row, True, False, include_validation)
     return step_floor(model, gradients_persist=table.protocol.gradients_persist, **step)
 
 
