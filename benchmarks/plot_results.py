@@ -157,13 +157,32 @@ def plot_time_overhead(figure: Figure, rows: list[Row]) -> None:
     ratios.bar_label(bars, fmt="%g", fontsize=8)
     ratios.axhline(1.3, color="tab:red", linestyle=":", label="our target: 1.3")
     ratios.axhline(1.5, color="black", linestyle="--", label='papers: "about 50 %"')
-    ratios.set_ylim(1.0, 1.6)
+    ratios.set_ylim(min([0.9, *column(rows, "ratio")]) - 0.05, max([1.6, *column(rows, "ratio")]) + 0.05)
     ratios.set_ylabel("reversible / twin step time")
     ratios.set_title("cost of recomputation")
     ratios.legend(loc="upper right")
     for axis in (times, ratios):
         axis.set_xticks(positions, names, rotation=15)
-    figure.suptitle("time_overhead.py: reversible vs twin (2-core AMD EPYC, CPU, 2 threads)")
+    figure.suptitle("time_overhead.py: reversible vs twin (2 CPU cores, 2 threads)")
+
+
+def plot_resident_memory(figure: Figure, rows: list[Row]) -> None:
+    """The resident set's rise in one training step per case, before and after, beside the accounted bytes."""
+    axis = figure.subplots(1, 1)
+    cases = list(dict.fromkeys(row["case"] for row in rows))
+    codes = list(dict.fromkeys(row["code"] for row in rows))
+    width = 0.8 / len(codes)
+    for number, (code, colour) in enumerate(zip(codes, ("tab:gray", "tab:blue"))):
+        picked = [where(rows, code=code, case=case)[0] for case in cases]
+        positions = [i + (number - (len(codes) - 1) / 2) * width for i in range(len(cases))]
+        bars = axis.bar(positions, column(picked, "rss_rise_mib"), width, color=colour, label=f"resident rise, {code}")
+        axis.bar_label(bars, fmt="%.0f", fontsize=8)
+        axis.scatter(positions, column(picked, "accounted_rise_mib"), color="black", marker="_", s=300, zorder=3)
+    axis.scatter([], [], color="black", marker="_", s=300, label="accounted tensor bytes")
+    axis.set_xticks(range(len(cases)), cases, rotation=8)
+    axis.set_ylabel("MiB above the resident set before the step")
+    axis.legend(loc="upper left")
+    figure.suptitle("resident_memory.py: one real CPU training step of Brügger et al.'s networks at 128³")
 
 
 QUALITY_GROUPS = (
@@ -230,6 +249,7 @@ PLOTTERS: dict[str, tuple[Plotter, tuple[float, float]]] = {
     "reversible-core-time": (plot_reversible_time, (11.0, 4.6)),
     "reconstruction-error": (plot_reconstruction, (11.0, 4.6)),
     "time-overhead": (plot_time_overhead, (11.0, 4.6)),
+    "resident-memory": (plot_resident_memory, (10.0, 5.0)),
     "quality-bar-seeds": (plot_quality_seeds, (10.0, 7.5)),
     "quality-bar-validation": (plot_quality_validation, (9.0, 5.0)),
 }

@@ -73,7 +73,7 @@ REPORT_TABLE_VIEWS: dict[str, tuple[str, ...]] = {
     "invres_iseg": ("memory", "segmentation", "distances"),
     "invres_brats": ("memory", "segmentation", "distances", "lesion_wise"),
     "pendse2020_dice": ("early", "converged"),
-    "capacity": ("claims", "searches"),
+    "capacity": ("claims", "searches", "floor"),
     "postprocessing": ("whole_volume", "lesion_wise"),
     SMOKE_TABLE: ("run", "speed", "memory"),
 }

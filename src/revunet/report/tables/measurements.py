@@ -24,6 +24,8 @@ CAPACITY_HEADERS = {
     "measured_ratio": "measured ratio",
     "meets_claim": "meets claim",
     "search_capped": "search capped",
+    "reversible_floor_mib": "reversible floor MiB",
+    "reversible_vs_floor": "reversible measured/floor",
     "budget_gib": "budget GiB",
 }
 
@@ -105,6 +107,8 @@ def capacity_report_table(context: ReportContext) -> ReportTable:
         "twin_value": "g",
         "claimed_ratio": "g",
         "measured_ratio": ".2f",
+        "reversible_floor_mib": ".0f",
+        "reversible_vs_floor": ".2f",
         "budget_gib": "g",
     }
     missing = {c: "not measured" for c in frame.columns}
@@ -113,7 +117,8 @@ def capacity_report_table(context: ReportContext) -> ReportTable:
         "Largest cubic input (ratio of voxels), encoder depth and channel multiplier whose training step fits the "
         "budget, reversible model vs its non-reversible twin (`revunet capacity`, fake tensors, batch 1, Adam); "
         "claimed ratios from Pendse et al.'s abstract. A capped search means the true ratio may be larger. "
-        "What bounds the reversible models (the memory tables' `_modules` attribution): their peak is in backward, "
+        "What bounds the reversible models (the floor and the memory tables' `_modules` attribution): their peak, "
+        "within 20 % of their floor at the values found, is in backward, "
         "at the top level, full-resolution maps (the top decoder coupling's recomputation with its gradients, the "
         "stored top encoder output feeding the skip, the gradient at the head's input, the top upsampling and skip "
         "sums), which grow with the voxels and the width as the twin's stored activations do; depth adds only "
@@ -153,8 +158,14 @@ def _capacity_views(with_budget: bool) -> list[TableView]:
         TableView(
             "searches",
             "What each search found: the largest value whose training step fits, for the reversible model and "
-            "its twin.",
+            "its twin, and the reversible model's floor there (what no exact implementation avoids).",
             (*keys, "ratio_of", "reversible_value", "twin_value", "search_capped", *budget),
+        ),
+        TableView(
+            "floor",
+            "The reversible model's peak at the value found over its floor: near 1, the architecture, not the "
+            "implementation, bounds the capacity.",
+            (*keys, "ratio_of", "reversible_value", "reversible_floor_mib", "reversible_vs_floor"),
         ),
     ]
 
@@ -179,8 +190,15 @@ def _capacity_record(
         "measured_ratio": float(row["ratio"]),
         "meets_claim": bool(float(row["ratio"]) >= claim),
         "search_capped": capped,
+        "reversible_floor_mib": _optional_number(row, "reversible_floor_mib"),
+        "reversible_vs_floor": _optional_number(row, "reversible_vs_floor"),
         "budget_gib": float(row["budget_gib"]),
     }
+
+
+def _optional_number(row: pd.Series, column: str) -> float | None:
+    """A column that tables written before it existed lack."""
+    return None if column not in row or pd.isna(row[column]) else float(row[column])
 
 
 def _unmeasured_capacity(dimension: str, claim: float) -> dict[str, Any]:
