@@ -2,11 +2,11 @@
 
 A measured peak says what our implementation holds; the floor says how much of that is
 necessary, so that ``measured / floor`` tells how much is left to win. It is computed from the
-step itself (fake tensors, any size), in three parts held at once at the backward's peak:
+step itself (fake tensors, any size):
 
 ``persistent``
-    parameters, their gradients (where they persist between steps), the optimizer's state (after a warm-up step, as measured),
-    buffers, and the batch with its labels;
+    parameters, the optimizer's state (after a warm-up step, as measured), buffers, the batch
+    with its labels, and the gradients where they persist between steps;
 ``kept``
     what the network's non-invertible operations save from forward to backward: every tensor
     autograd packs during forward and loss (``torch.autograd.graph.saved_tensors_hooks``),
@@ -14,14 +14,17 @@ step itself (fake tensors, any size), in three parts held at once at the backwar
     (its blocks run without a graph); its output counts where the operation after it saves it.
     Checkpointed stages count only what the checkpoint keeps;
 ``largest_op``
-    the largest single operation of the forward: its inputs that are not already kept, its
-    outputs, and one gradient as large as the larger of the two (backward needs the incoming
-    gradient and produces the outgoing one while the operation's tensors exist).
+    what backward's worst moment holds beyond ``kept``. Backward passes the forward's
+    operations in reverse; when it reaches one, what earlier operations saved is still alive,
+    plus what the operation itself needs (in forward its inputs and new outputs, in backward its
+    output's gradient and its inputs'). At a call of a coupling's F or G, the coupling's map and
+    its gradient are alive too, plus the same walk through F's own recomputed graph; at a
+    checkpointed VAE stage, its input and its output's gradient, plus its recomputation.
 
 A protocol with a validation pass adds a second floor: the largest set of maps that must be
 alive at once in that pass (each tensor from the operation that makes it to the last one that
-reads it; what nothing reads, such as labels held on the device, to the end), plus the
-persistent state. The floor is the larger of the two.
+reads it; what nothing reads but was made from nothing, such as labels held on the device, to
+the end), plus the persistent state. The floor is the larger of the two.
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ Key = int  # id() of an untyped storage, kept alive by the trace that holds it
 
 @dataclasses.dataclass(frozen=True)
 class Floor:
-    """The floor's parts in bytes (see the module docstring); ``validation`` is 0 without that pass."""
+    """The floor's parts in bytes (see the module docstring); ``validation`` is 0 without that pass.
+
+    ``largest_op_name`` names the operation of backward's worst moment ("convolution in
+    NormActConv3d": inside a coupling function's recomputation).
+    """
 
     persistent: int
     kept: int
@@ -166,7 +173,7 @@ def _forward_kept(
         alive = kept_at[index] + around + inner
         if alive > peak:
             peak, name = alive, f"{inner_name} in {type(function).__name__}"
-    kept = sum(kept_at[-1:])
+    kept = kept_at[-1]
     return kept, peak - kept if peak > kept else 0, name, sum(t.untyped_storage().nbytes() for t in batch)
 
 
