@@ -28,9 +28,11 @@ def _activations(table: pd.DataFrame, method: str) -> list[float]:
 
 
 def test_reversible_activations_do_not_grow_with_depth(table):
+    """Never above the one-block chain's; deeper chains may read lower: once the parameters' gradients
+    outweigh one block's maps, the step's peak moves to the end of backward, where fewer maps live."""
     values = _activations(table, "reversible")
-    assert max(values) <= 1.03 * min(values)
-    assert abs(table[table.method == "reversible"]["growth_exponent"].iloc[0]) < 0.05
+    assert max(values) <= 1.03 * values[0]
+    assert table[table.method == "reversible"]["growth_exponent"].iloc[0] < 0.05
 
 
 def test_naive_grows_linearly_and_checkpointing_in_between(table):
