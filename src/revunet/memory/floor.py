@@ -136,11 +136,13 @@ def step_floor(
     )
     with torch.random.fork_rng(devices=[]), accounting._tensor_world("fake") as fake_mode:
         net = accounting._private_copy(model, torch.device("cpu"), fake_mode).train()
-        opt = accounting.adam()([p for p in net.parameters() if p.requires_grad])
-        step.run(net, opt, None, [])  # creates the optimizer state
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        opt = accounting.adam()(trainable)
+        for parameter in trainable:  # one step on zero gradients creates the optimizer's state
+            parameter.grad = torch.zeros_like(parameter)
+        opt.step()
         opt.zero_grad(set_to_none=True)
         state = accounting.existing_tensors(net, opt)
-        trainable = [p for p in net.parameters() if p.requires_grad]
         grads = sum(p.numel() * p.element_size() for p in trainable) if gradients_persist else 0
         persistent = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in state}
         kept, largest, name, batch = _forward_kept(step, net, persistent)
@@ -168,8 +170,12 @@ def _forward_kept(
             args = (*batch[1:], *batch[:1]) if step.loss_needs_input else tuple(batch[1:])
             step.loss_fn(output, *args)
     kept_at, peak, name = recorder.backward_peak(excluded)
+    recomputed: dict[tuple[str, tuple[int, ...], torch.dtype], tuple[int, str]] = {}
     for index, function, given_input, around in calls:
-        inner, inner_name = _recomputation_peak(function, given_input, step.autocast_dtype, excluded)
+        key = (repr(function), tuple(given_input.shape), given_input.dtype)  # equal functions, equal peaks
+        if key not in recomputed:
+            recomputed[key] = _recomputation_peak(function, given_input, step.autocast_dtype, excluded)
+        inner, inner_name = recomputed[key]
         alive = kept_at[index] + around + inner
         if alive > peak:
             peak, name = alive, f"{inner_name} in {type(function).__name__}"
