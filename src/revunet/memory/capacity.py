@@ -43,6 +43,7 @@ import pandas as pd
 
 from revunet.memory.accounting import MIB, MemoryReport
 from revunet.memory.grid_search import CapacityError, largest_fitting
+from revunet.memory.paper_tables import TABLES, MemoryRow, measure_row, row_floor
 
 GIB = 2**30
 DIMENSIONS = ("volume", "depth", "width")
@@ -148,18 +149,18 @@ def measure_point(
     spec: CapacityModel, memory_saving: bool, size: int, depth: int = 1, k: int = WIDTH_STEPS
 ) -> MemoryReport:
     """One training step of ``spec`` (or its twin) at input size³, encoder depth and multiplier k/8."""
-    from revunet.memory.paper_tables import TABLES, MemoryRow, measure_row
-
-    row = MemoryRow(spec.config, spec.model, spec.build_params(size, depth, k), (size, size, size))
+    row = _point_row(spec, size, depth, k)
     return measure_row(TABLES[spec.table], row, mode="fake", memory_saving=memory_saving, include_validation=False)
 
 
 def floor_point(spec: CapacityModel, size: int, depth: int = 1, k: int = WIDTH_STEPS) -> int:
     """The floor (:mod:`revunet.memory.floor`) of the reversible model's step at one point, in bytes."""
-    from revunet.memory.paper_tables import TABLES, MemoryRow, row_floor
+    return row_floor(TABLES[spec.table], _point_row(spec, size, depth, k), include_validation=False).total
 
-    row = MemoryRow(spec.config, spec.model, spec.build_params(size, depth, k), (size, size, size))
-    return row_floor(TABLES[spec.table], row, include_validation=False).total
+
+def _point_row(spec: CapacityModel, size: int, depth: int, k: int) -> MemoryRow:
+    """The memory-table row of ``spec`` at input size³, encoder depth and multiplier k/8."""
+    return MemoryRow(spec.config, spec.model, spec.build_params(size, depth, k), (size, size, size))
 
 
 def _fixed_and_scaling(report: MemoryReport) -> tuple[float, float]:
@@ -186,9 +187,10 @@ def predicted_width_factor(report: MemoryReport, budget_bytes: float) -> float:
 
 @dataclass(frozen=True)
 class _Search:
-    """One dimension's search: grid ``[lo, hi]``, peak and feature of an index, first hints, the value it stands for."""
+    """One dimension's search: grid ``[lo, hi]``, the point (input edge, depth, multiplier) and feature of an
+    index, first hints, the value it stands for."""
 
-    measure: Callable[[int], int]
+    point: Callable[[int], tuple[int, ...]]
     lo: int
     hi: int
     feature: Callable[[int], float]
@@ -227,18 +229,16 @@ def search_model(
             cache[(size, depth, k)] = measure_point(spec, memory_saving, size, depth, k)
         return cache[(size, depth, k)]
 
+    def peaks(point: Callable[[int], tuple[int, ...]]) -> Callable[[int], int]:
+        return lambda index: at(*point(index)).peak_bytes
+
     searches = _searches(spec, at, multiple, budget, fixed_size, max_size, max_depth, max_multiplier)
-    points = {
-        "volume": lambda i: (i * multiple,),
-        "depth": lambda d: (fixed_size, d),
-        "width": lambda k: (fixed_size, 1, k),
-    }
     results: dict[str, dict[str, Any]] = {}
     for dimension in dimensions:
         search = searches[dimension]
         started, before = time.perf_counter(), len(cache)
         try:
-            found = largest_fitting(search.measure, search.lo, search.hi, budget, search.feature, search.hints())
+            found = largest_fitting(peaks(search.point), search.lo, search.hi, budget, search.feature, search.hints())
         except CapacityError as error:
             variant = "reversible" if memory_saving else "twin"
             raise CapacityError(
@@ -254,7 +254,7 @@ def search_model(
             "measurements": len(cache) - before,
             "seconds": time.perf_counter() - started,
             "widths": spec.widths(found.index) if dimension == "width" else None,
-            "floor_bytes": floor_point(spec, *points[dimension](found.index)) if memory_saving else None,
+            "floor_bytes": floor_point(spec, *search.point(found.index)) if memory_saving else None,
         }
     return results
 
@@ -274,7 +274,7 @@ def _searches(
     reference = fixed_size // multiple
     return {
         "volume": _Search(
-            lambda i: at(i * multiple).peak_bytes,
+            lambda i: (i * multiple,),
             1,
             max_size // multiple,
             lambda i: float(i * multiple) ** 3,
@@ -283,7 +283,7 @@ def _searches(
             f"{multiple}^3 input",
         ),
         "depth": _Search(
-            lambda d: at(fixed_size, d).peak_bytes,
+            lambda d: (fixed_size, d),
             1,
             max_depth,
             float,
@@ -292,7 +292,7 @@ def _searches(
             f"encoder depth 1 at {fixed_size}^3",
         ),
         "width": _Search(
-            lambda k: at(fixed_size, 1, k).peak_bytes,
+            lambda k: (fixed_size, 1, k),
             1,
             max_multiplier * WIDTH_STEPS,
             lambda k: sum(spec.widths(k)) / base_widths,  # the multiplier after rounding

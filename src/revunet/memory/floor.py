@@ -215,8 +215,10 @@ class _Recorder:
         for index in range(1, len(kept_at)):
             kept_at[index] += kept_at[index - 1]
         peak, name = 0, ""
+        held, saved_in_order = set(excluded), sorted(first.items(), key=lambda item: item[1])
         for index, (op, inputs, outputs) in enumerate(ops):
-            held = excluded | {k for k, i in first.items() if i <= index}
+            while saved_in_order and saved_in_order[0][1] <= index:
+                held.add(saved_in_order.pop(0)[0])
             alive = kept_at[index] + _operation_bytes(inputs, outputs, held, given)
             if alive > peak:
                 peak, name = alive, op
@@ -283,7 +285,7 @@ def _operation_bytes(
     made = sum(nbytes for key, nbytes in outputs if key not in input_keys)
     grad_out = sum(nbytes for key, nbytes in outputs if key not in given)
     in_place = any(key in input_keys for key, _ in outputs)
-    grad_in = 0 if in_place else max((n for k, n in inputs if k not in held or k not in given), default=0)
+    grad_in = 0 if in_place else max((n for _, n in inputs), default=0)
     return max(sum(fresh.values()) + made, grad_out + grad_in)
 
 
@@ -291,9 +293,7 @@ def _validation_live_peak(net: nn.Module, validation: Callable[[nn.Module, Any],
     """The most bytes alive at once in the validation pass if each tensor lived from its
     making to its last reader (to the end if nothing reads it)."""
     trace = _Trace()
-    before = set()
-    for tensor in [*net.parameters(), *net.buffers()]:
-        before.add(trace.key(tensor))
+    before = {trace.key(tensor) for tensor in [*net.parameters(), *net.buffers()]}
     with trace:
         validation(net, None)
     first: dict[Key, int] = {}

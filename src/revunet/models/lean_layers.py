@@ -47,9 +47,14 @@ def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return fresh.add_(other)
 
 
+def _runs_plain(x: torch.Tensor) -> bool:
+    """No graph to save anything for, or a compiler that plans its own buffers: the plain layer."""
+    return not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling()
+
+
 def max_pool3d_lean(x: torch.Tensor, kernel: int = 2) -> torch.Tensor:
     """``functional.max_pool3d(x, kernel)`` (stride = kernel) that saves only ``x`` for backward."""
-    if not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
+    if _runs_plain(x):
         with torch.autocast(x.device.type, enabled=False):
             return functional.max_pool3d(x, kernel)
     output: torch.Tensor = _LeanMaxPool3d.apply(x, kernel)
@@ -81,7 +86,7 @@ class LeanLeakyReLU(nn.LeakyReLU):
         super().__init__(negative_slope, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
+        if _runs_plain(x):
             return functional.leaky_relu(x, self.negative_slope, inplace=True)
         output: torch.Tensor = _LeakyReLUInPlace.apply(x, self.negative_slope)
         return output

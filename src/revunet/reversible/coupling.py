@@ -122,7 +122,7 @@ class AdditiveCoupling(InvertibleModule):
             x2_part.copy_(x2)
             del f_out, x2
 
-        grad_x = _input_gradient(dx1, dy2, grad_through_f, self.split_dim)
+        grad_x = _input_gradient(grad_y, dx1, dy2, grad_through_f, self.split_dim)
         return x, grad_x, [*zip(g_params, g_grads), *zip(f_params, f_grads)]
 
     def _backward_in_place(
@@ -178,14 +178,10 @@ def _separately_versioned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _input_gradient(
-    dx1: torch.Tensor, dy2: torch.Tensor, grad_through_f: torch.Tensor | None, split_dim: int
+    grad_y: torch.Tensor, dx1: torch.Tensor, dy2: torch.Tensor, grad_through_f: torch.Tensor | None, split_dim: int
 ) -> torch.Tensor:
     """The gradient reaching a coupling's input, in a new tensor: ``dx1`` and ``dy2 + dF/dx2``."""
-    grad_x = torch.empty(
-        (*dx1.shape[:split_dim], 2 * dx1.shape[split_dim], *dx1.shape[split_dim + 1 :]),
-        dtype=dx1.dtype,
-        device=dx1.device,
-    )
+    grad_x = torch.empty_like(grad_y)
     gx1, gx2 = _halves(grad_x, split_dim, "AdditiveCoupling")
     gx1.copy_(dx1)
     if grad_through_f is None:

@@ -10,6 +10,7 @@ import pandas as pd
 from revunet.papers import paper_results
 from revunet.report.inputs import ReportContext, ReportInputError, capacity_table, complexity_table
 from revunet.report.markdown import ReportTable, TableView
+from revunet.report.tables.common import optional_memory
 
 # The rows of the paper's complexity table, and the method names `revunet complexity` writes.
 COMPLEXITY_METHODS = {"naive": "naive", "checkpointing": "checkpointing", "invertible": "reversible"}
@@ -117,8 +118,8 @@ def capacity_report_table(context: ReportContext) -> ReportTable:
         "Largest cubic input (ratio of voxels), encoder depth and channel multiplier whose training step fits the "
         "budget, reversible model vs its non-reversible twin (`revunet capacity`, fake tensors, batch 1, Adam); "
         "claimed ratios from Pendse et al.'s abstract. A capped search means the true ratio may be larger. "
-        "What bounds the reversible models (the floor and the memory tables' `_modules` attribution): their peak, "
-        "within 20 % of their floor at the values found, is in backward, "
+        "What bounds the reversible models (the floor view and the memory tables' `_modules` attribution): their "
+        "peak is in backward, "
         "at the top level, full-resolution maps (the top decoder coupling's recomputation with its gradients, the "
         "stored top encoder output feeding the skip, the gradient at the head's input, the top upsampling and skip "
         "sums), which grow with the voxels and the width as the twin's stored activations do; depth adds only "
@@ -158,7 +159,7 @@ def _capacity_views(with_budget: bool) -> list[TableView]:
         TableView(
             "searches",
             "What each search found: the largest value whose training step fits, for the reversible model and "
-            "its twin, and the reversible model's floor there (what no exact implementation avoids).",
+            "its twin.",
             (*keys, "ratio_of", "reversible_value", "twin_value", "search_capped", *budget),
         ),
         TableView(
@@ -190,15 +191,10 @@ def _capacity_record(
         "measured_ratio": float(row["ratio"]),
         "meets_claim": bool(float(row["ratio"]) >= claim),
         "search_capped": capped,
-        "reversible_floor_mib": _optional_number(row, "reversible_floor_mib"),
-        "reversible_vs_floor": _optional_number(row, "reversible_vs_floor"),
+        "reversible_floor_mib": optional_memory(row, "reversible_floor_mib", 1.0),
+        "reversible_vs_floor": optional_memory(row, "reversible_vs_floor", 1.0),
         "budget_gib": float(row["budget_gib"]),
     }
-
-
-def _optional_number(row: pd.Series, column: str) -> float | None:
-    """A column that tables written before it existed lack."""
-    return None if column not in row or pd.isna(row[column]) else float(row[column])
 
 
 def _unmeasured_capacity(dimension: str, claim: float) -> dict[str, Any]:
