@@ -43,7 +43,7 @@ def test_lean_max_pool_keeps_no_indices_from_forward_to_backward():
     assert kept["plain"] - kept["lean"] == 8 * 8**3 * 8  # channels x pooled voxels x int64
 
 
-def test_lean_leaky_relu_equals_the_plain_layer_and_reuses_the_gradient():
+def test_lean_leaky_relu_gives_the_plain_layers_gradient_and_is_one():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 5, 5, 5)
     weights = torch.randn(2, 4, 5, 5, 5)
