@@ -1,0 +1,1 @@
+"""revunet's networks inside other frameworks (each integration is an optional extra)."""
