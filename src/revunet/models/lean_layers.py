@@ -52,8 +52,8 @@ def _runs_plain(x: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling()
 
 
-def max_pool3d_lean(x: torch.Tensor, kernel: int = 2) -> torch.Tensor:
-    """``functional.max_pool3d(x, kernel)`` (stride = kernel) that saves only ``x`` for backward."""
+def max_pool3d_lean(x: torch.Tensor, kernel: int | tuple[int, int, int] = 2) -> torch.Tensor:
+    """``functional.max_pool3d(x, kernel)`` (stride = kernel, one per axis or one for all) that saves only ``x``."""
     if _runs_plain(x):
         with torch.autocast(x.device.type, enabled=False):
             return functional.max_pool3d(x, kernel)
@@ -63,9 +63,9 @@ def max_pool3d_lean(x: torch.Tensor, kernel: int = 2) -> torch.Tensor:
 
 class _LeanMaxPool3d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, kernel: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, kernel: int | tuple[int, int, int]) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.kernel = kernel
+        ctx.kernel = [kernel] * 3 if isinstance(kernel, int) else list(kernel)
         with torch.autocast(x.device.type, enabled=False):
             return functional.max_pool3d(x, kernel)
 
@@ -73,7 +73,7 @@ class _LeanMaxPool3d(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        kernel = [ctx.kernel] * 3
+        kernel = ctx.kernel
         _, indices = functional.max_pool3d(x, kernel, return_indices=True)
         backward = torch.ops.aten.max_pool3d_with_indices_backward
         return backward(grad, x, kernel, kernel, [0] * 3, [1] * 3, False, indices), None
