@@ -10,22 +10,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from revunet.commands._arguments import positive_int
+from revunet.commands._arguments import positive_float, positive_int
 
 if TYPE_CHECKING:  # torch and pandas are imported inside the command: building the parser must stay fast
     import pandas as pd
 
     from revunet.memory.capacity import CapacityModel
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _capacity(args: argparse.Namespace) -> int:
@@ -146,7 +136,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "encoder depth and channel multiplier whose training step fits the budget (fake tensors: any budget, "
         "any machine), and compare the ratios with Pendse et al.'s claim (3x volume, 1.25x depth, 2x channels).",
     )
-    capacity.add_argument("--budget-gib", type=_positive_float, help="memory budget in GiB (default 16)")
+    capacity.add_argument("--budget-gib", type=positive_float, help="memory budget in GiB (default 16)")
     capacity.add_argument(
         "--models", nargs="+", metavar="MODEL", help="bruegger, mbconv-base, invres_partial, invres_full (default: all)"
     )
