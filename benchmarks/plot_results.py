@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -244,6 +245,35 @@ def plot_quality_validation(figure: Figure, rows: list[Row]) -> None:
     figure.suptitle("quality_bar.py, demo recipe: validation curves (one CPU thread, about 130 CPU-s per run)")
 
 
+def _voxels(step: str) -> float:
+    """Patch voxels of an ``AxBxC/N`` cell (0 for ``none``: nothing fits)."""
+    if step == "none":
+        return 0.0
+    return float(np.prod([int(v) for v in step.split("/")[0].split("x")]))
+
+
+def plot_nnunet_resenc(figure: Figure, rows: list[Row]) -> None:
+    """nnU-Net's ResEnc presets: peaks at the planned step beside published VRAM; patches within 11 GiB."""
+    peaks, patches = figure.subplots(1, 2)
+    presets = [r["preset"] for r in rows]
+    x = np.arange(len(rows))
+    peaks.bar(x - 0.2, column(rows, "original_gib"), 0.4, label="nnU-Net's ResEnc (accounted)")
+    peaks.bar(x + 0.2, column(rows, "reversible_gib"), 0.4, label="reversible counterpart, same patch and batch")
+    published = [v * 1e9 / 2**30 for v in column(rows, "published_vram_gb")]
+    peaks.scatter(x - 0.2, published, marker="_", s=600, color="black", label="published VRAM (nnU-Net docs)")
+    peaks.axhline(11, color="grey", linestyle=":", label="11 GiB")
+    peaks.set_xticks(x, [f"{r['preset']}\n{r['patch']}, batch {r['batch']}" for r in rows])
+    peaks.set_ylabel("training step peak (GiB)")
+    peaks.legend(loc="upper left")
+    original = [_voxels(r["original_at_11gib"]) / 1e6 for r in rows]
+    reversible = [_voxels(r["reversible_at_11gib"]) / 1e6 for r in rows]
+    patches.bar(x - 0.2, original, 0.4, label="nnU-Net's ResEnc")
+    patches.bar(x + 0.2, reversible, 0.4, label="reversible counterpart")
+    patches.set_xticks(x, presets)
+    patches.set_ylabel("patch within 11 GiB (million voxels)")
+    patches.legend(loc="upper left")
+
+
 PLOTTERS: dict[str, tuple[Plotter, tuple[float, float]]] = {
     "reversible-core-memory": (plot_reversible_memory, (11.0, 4.6)),
     "reversible-core-time": (plot_reversible_time, (11.0, 4.6)),
@@ -252,6 +282,7 @@ PLOTTERS: dict[str, tuple[Plotter, tuple[float, float]]] = {
     "resident-memory": (plot_resident_memory, (10.0, 5.0)),
     "quality-bar-seeds": (plot_quality_seeds, (10.0, 7.5)),
     "quality-bar-validation": (plot_quality_validation, (9.0, 5.0)),
+    "nnunet-resenc": (plot_nnunet_resenc, (11.0, 4.6)),
 }
 
 

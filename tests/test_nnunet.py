@@ -184,7 +184,8 @@ def test_sizing_finds_a_patch_and_batch_no_step_larger_fits_and_keeps_the_plans_
     budget = step_peak(Step(arch, (20, 20, 8), 2), labels) + 2**20
     new_plans, (sized,) = size_plans(plans, DATASET_JSON, budget)
     step = sized.sized
-    assert sized.sized_peak == step_peak(step, labels) <= budget and sized.patch_gained > 1
+    assert sized.sized_peak == step_peak(step, labels) <= budget and np.prod(step.patch) > 16 * 16 * 8
+    assert sized.original_sized is not None and sized.patch_gained >= 1
     # no larger patch (one stride product more along any axis, up to the median image) fits
     for patch in _grow(step.patch, (4, 4, 2), (24, 24, 12)):
         assert step_peak(Step(arch, patch, step.batch), labels) > budget
@@ -205,7 +206,7 @@ def test_sizing_shrinks_when_the_plans_patch_does_not_fit() -> None:
     arch = {**plans["configurations"]["3d_fullres"]["architecture"], "network_class_name": OURS}
     budget = step_peak(Step(arch, (16, 24, 12), 2), labels) + 2**20
     _, (sized,) = size_plans(plans, DATASET_JSON, budget)
-    assert sized.sized_peak <= budget and sized.patch_gained < 1
+    assert sized.sized_peak <= budget and np.prod(sized.sized.patch) < 24 * 24 * 12
 
 
 def test_plans_errors_name_the_key_and_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,10 +9,9 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 import nibabel as nib
 import numpy as np
+import pytest
 
 from revunet.cli import main
 from revunet.data.synth.generate import write_dataset

@@ -53,20 +53,20 @@ def _nnunet_plans(args: argparse.Namespace) -> int:
 
 
 def _print_rows(rows: list[dict[str, object]], budget_gib: float) -> None:
-    """The comparison per configuration: the original and reversible peaks at the plans' patch, then sized."""
+    """Per configuration: both networks' peaks at the plans' step, then the step each fits in the budget."""
     import pandas as pd
 
-    table = pd.DataFrame(rows).rename(
-        columns={
-            "original_mib": "original MiB",
-            "reversible_mib": "reversible MiB",
-            "sized_patch": f"patch at {budget_gib:g} GiB",
-            "sized_batch": "batch",
-            "sized_mib": "sized MiB",
-            "patch_gained": "patch gained",
-        }
-    )
-    print(table.to_string(index=False))
+    headers = {
+        "configuration": "configuration",
+        "patch": "plans' patch",
+        "original_mib": "original MiB",
+        "reversible_mib": "reversible MiB",
+        "original_in_budget": f"original in {budget_gib:g} GiB",
+        "reversible_in_budget": f"reversible in {budget_gib:g} GiB",
+        "reversible_in_budget_mib": "MiB",
+        "patch_gained": "patch gained",
+    }
+    print(pd.DataFrame(rows).rename(columns=headers).to_string(index=False))
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -36,6 +36,7 @@ NETWORKS = {
 }
 RESENC = "ResidualEncoderUNet"
 MIB = 2**20
+MIN_BATCH = 2  # nnU-Net's planners' UNet_min_batch_size
 
 
 class PlansError(ValueError):
@@ -169,7 +170,10 @@ def step_peak(step: Step, labels: Labels, batch_dice: bool = False) -> int:
 
 @dataclass(frozen=True)
 class Sized:
-    """One configuration before and after: peaks in bytes, the patch and batch the budget allows."""
+    """One configuration: peaks in bytes at the plans' step, and the largest steps each network fits in the budget.
+
+    ``original_sized`` is None where no patch of the original network fits the budget.
+    """
 
     configuration: str
     original: Step
@@ -177,25 +181,33 @@ class Sized:
     reversible_peak_same_patch: int
     sized: Step
     sized_peak: int
+    original_sized: Step | None
 
     @property
-    def patch_gained(self) -> float:
-        """Voxels per patch, sized over original."""
-        return float(np.prod(self.sized.patch) / np.prod(self.original.patch))
+    def patch_gained(self) -> float | None:
+        """Voxels per patch within the budget: the reversible network's over the original network's."""
+        if self.original_sized is None:
+            return None
+        return float(np.prod(self.sized.patch) / np.prod(self.original_sized.patch))
 
     def row(self) -> dict[str, Any]:
-        """The row ``revunet nnunet-plans`` prints and writes (MiB, patches as AxBxC)."""
+        """The row ``revunet nnunet-plans`` prints (MiB, patches as AxBxC)."""
+        gained = self.patch_gained
         return {
             "configuration": self.configuration,
-            "patch": "x".join(map(str, self.original.patch)),
-            "batch": self.original.batch,
+            "patch": _patch(self.original),
             "original_mib": round(self.original_peak / MIB),
             "reversible_mib": round(self.reversible_peak_same_patch / MIB),
-            "sized_patch": "x".join(map(str, self.sized.patch)),
-            "sized_batch": self.sized.batch,
-            "sized_mib": round(self.sized_peak / MIB),
-            "patch_gained": round(self.patch_gained, 2),
+            "original_in_budget": "none fits" if self.original_sized is None else _patch(self.original_sized),
+            "reversible_in_budget": _patch(self.sized),
+            "reversible_in_budget_mib": round(self.sized_peak / MIB),
+            "patch_gained": None if gained is None else round(gained, 2),
         }
+
+
+def _patch(step: Step) -> str:
+    """``AxBxC, batch N``: a step's patch and batch as a table cell."""
+    return f"{'x'.join(map(str, step.patch))}, batch {step.batch}"
 
 
 def _divisors(arch: dict[str, Any]) -> tuple[int, ...]:
@@ -233,14 +245,16 @@ def size_step(
 ) -> tuple[Step, int]:
     """The largest patch, then batch, from ``start`` whose step fits ``budget`` bytes, and its peak.
 
-    Shrinks first if ``start`` does not fit (down to one stride product per axis). The batch
+    As nnU-Net's planner: the patch first, at nnU-Net's smallest batch (2), shrunk if it does
+    not fit (down to one stride product per axis) or grown while it fits; then the batch. The batch
     grows at most to the dataset's voxels per patch (``cases`` median images), the cap of
     nnU-Net's residual-encoder planners (``max_dataset_covered = 1``). Each candidate is one
     measurement: about a second to a minute on a CPU.
     """
     divisors = _divisors(start.architecture)
     caps = _caps(median, divisors, start.patch)
-    step, peak = start, step_peak(start, labels, batch_dice)
+    step = Step(start.architecture, start.patch, min(start.batch, MIN_BATCH))
+    peak = step_peak(step, labels, batch_dice)
     while peak > budget:
         smaller = _shrink(step.patch, divisors, caps)
         if smaller is None:
@@ -308,19 +322,31 @@ def size_plans(
             if configurations:
                 raise
             continue
-        same_patch = Step(ours, original.patch, original.batch)
-        batch_dice = configuration.batch_dice
-        median = configuration.median_image_size_in_voxels
-        step, peak = size_step(same_patch, median, cases, labels, budget_bytes, batch_dice)
-        new_plans["configurations"][name].update(architecture=ours, patch_size=list(step.patch), batch_size=step.batch)
-        sized.append(
-            Sized(
-                name,
-                original,
-                step_peak(original, labels, batch_dice),
-                step_peak(same_patch, labels, batch_dice),
-                step,
-                peak,
-            )
+        one = _size_configuration(name, original, ours, configuration, cases, labels, budget_bytes)
+        new_plans["configurations"][name].update(
+            architecture=ours, patch_size=list(one.sized.patch), batch_size=one.sized.batch
         )
+        sized.append(one)
     return new_plans, sized
+
+
+def _size_configuration(
+    name: str,
+    original: Step,
+    ours: dict[str, Any],
+    configuration: ConfigurationManager,
+    cases: int,
+    labels: Labels,
+    budget: int,
+) -> Sized:
+    """Both networks at the plans' step, and each sized to the budget by the same search."""
+    same_patch = Step(ours, original.patch, original.batch)
+    batch_dice = configuration.batch_dice
+    median = configuration.median_image_size_in_voxels
+    step, peak = size_step(same_patch, median, cases, labels, budget, batch_dice)
+    try:
+        original_sized: Step | None = size_step(original, median, cases, labels, budget, batch_dice)[0]
+    except PlansError:
+        original_sized = None
+    original_peak = step_peak(original, labels, batch_dice)
+    return Sized(name, original, original_peak, step_peak(same_patch, labels, batch_dice), step, peak, original_sized)
