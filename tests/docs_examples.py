@@ -20,7 +20,8 @@ RUN_MARKER = "<!-- docs-test: run -->"
 # Programs a bash example may name without a further check of its arguments.
 ALLOWED_PROGRAMS = frozenset(
     "pip cd cp mv rm ls cat mkdir export sbatch squeue scancel sacct sinfo xdg-open open mkdocs "
-    "torchrun nvidia-smi tail env git head wc grep du df tar".split()
+    "torchrun nvidia-smi tail env git head wc grep du df tar "
+    "nnUNetv2_plan_and_preprocess nnUNetv2_train nnUNetv2_predict".split()
 )
 _FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>[A-Za-z0-9_+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.S | re.M
