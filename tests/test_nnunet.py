@@ -114,18 +114,50 @@ def test_resenc_gradients_equal_its_twin_with_deep_supervision(compiled: bool) -
     assert_same_gradients(gradients(net, x), gradients(twin, x), 1e-4)
 
 
-def test_partially_reversible_takes_the_plans_topology_and_matches_its_twin() -> None:
+@pytest.mark.parametrize("block", ["residual", "mbconv"])
+def test_partially_reversible_takes_the_plans_topology_and_matches_its_twin(block: str) -> None:
     topology = {k: ARCH_KWARGS[k] for k in ("n_stages", "features_per_stage", "strides")}
     torch.manual_seed(0)
     name = "revunet.integrations.nnunet.PartiallyReversibleNNUNet"
-    net = with_random_norms(get_network_from_plans(name, topology, [], 4, 3, deep_supervision=True))
-    twin = PartiallyReversibleNNUNet(4, 3, **topology, deep_supervision=True, memory_saving=False)
+    net = with_random_norms(get_network_from_plans(name, {**topology, "block": block}, [], 4, 3, deep_supervision=True))
+    twin = PartiallyReversibleNNUNet(4, 3, **topology, block=block, deep_supervision=True, memory_saving=False)
     twin.load_state_dict(net.state_dict())
     x = torch.randn(2, 4, 16, 16, 8)
     assert [o.shape for o in net(x)] == [o.shape for o in build(RESENC)(x)]
     assert_same_gradients(gradients(net, x), gradients(twin, x), 1e-4)
     net.decoder.deep_supervision = False
     assert net(x).shape == (2, 3, 16, 16, 8)
+
+
+def mixed_precision_gradient(net: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """nnU-Net's step up to the optimizer: autocast, GradScaler, unscaling, clipping at 12; the flat gradient."""
+    optimizer = torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=dtype is not None)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss = sum((o.float() ** 2).mean() for o in net(x))
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+    return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+
+
+def test_resenc_under_autocast_and_grad_scaler_adds_no_error_to_half_precision() -> None:
+    """In float16 the rebuilt inputs differ from the stored ones by rounding: the reversible
+    network's gradient must stay as close to the float32 gradient as the twin's float16 one is."""
+    reversible = with_random_norms(build(OURS))
+    twin = build(OURS, memory_saving=False)
+    twin.load_state_dict(reversible.state_dict())
+    x = torch.randn(2, 4, 16, 16, 8)
+    exact = mixed_precision_gradient(twin, x, None)
+    ours = mixed_precision_gradient(reversible, x, torch.float16)
+    theirs = mixed_precision_gradient(twin, x, torch.float16)
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    assert distance(ours, exact) < 1.25 * distance(theirs, exact)
+    assert distance(ours, theirs) < distance(theirs, exact)
 
 
 def test_contract_errors_name_what_was_given() -> None:
