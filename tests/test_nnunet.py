@@ -213,7 +213,7 @@ def test_sizing_finds_a_patch_and_batch_no_step_larger_fits_and_keeps_the_plans_
     labels = dataset_labels(plans, DATASET_JSON)
     assert (labels.input_channels, labels.output_channels, labels.regions) == (4, 3, True)
     arch = {**plans["configurations"]["3d_fullres"]["architecture"], "network_class_name": OURS}
-    budget = step_peak(Step(arch, (20, 20, 8), 2), labels) + 2**20
+    budget = step_peak(Step(arch, (20, 20, 8), 2), labels)
     new_plans, (sized,) = size_plans(plans, DATASET_JSON, budget)
     step = sized.sized
     assert sized.sized_peak == step_peak(step, labels) <= budget and np.prod(step.patch) > 16 * 16 * 8
@@ -236,7 +236,7 @@ def test_sizing_shrinks_when_the_plans_patch_does_not_fit() -> None:
     plans = tiny_plans(patch=[24, 24, 12])
     labels = dataset_labels(plans, DATASET_JSON)
     arch = {**plans["configurations"]["3d_fullres"]["architecture"], "network_class_name": OURS}
-    budget = step_peak(Step(arch, (16, 24, 12), 2), labels) + 2**20
+    budget = step_peak(Step(arch, (16, 24, 12), 2), labels)
     _, (sized,) = size_plans(plans, DATASET_JSON, budget)
     assert sized.sized_peak <= budget and np.prod(sized.sized.patch) < 24 * 24 * 12
 

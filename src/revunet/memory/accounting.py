@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from revunet.memory.attribution import ModuleAttribution
+from revunet.memory.autocast_policy import POLICIES, CudaAutocastPolicy
 from revunet.memory.tracker import LiveTensorTracker
 
 MODES = ("cuda", "cpu", "fake")
@@ -158,19 +159,18 @@ def measure_training_step(
     target_dtype: torch.dtype | None = None,
     gradients_persist: bool = False,
     loss_needs_input: bool = False,
+    autocast_policy: str = "cpu",
 ) -> MemoryReport:
     """Peak memory of one steady-state training step of ``model`` on an input of ``input_shape``.
 
     Args:
-        model: left untouched; a copy is measured (build it on ``device="meta"`` to
-            make the copy free for fake measurements of large models).
+        model: left untouched; a copy is measured (on ``device="meta"`` the copy is free).
         input_shape: full input shape including batch and channels, e.g. ``(1, 4, 160, 192, 160)``.
         mode: ``"fake"`` (no memory, any size), ``"cpu"`` (real tensors) or ``"cuda"``.
         optimizer: factory building the optimizer from the parameters (default Adam).
         loss_fn: ``loss_fn(output)`` or, with ``target_shape``, ``loss_fn(output, target)``;
             default sums every floating output.
-        target_shape: shape of a target tensor (zeros/ones pattern, created with the input
-            and counted as an input).
+        target_shape: shape of a target tensor (zeros and ones, counted as an input).
         input_dtype: dtype of the input tensor.
         autocast_dtype: run forward and loss under autocast with this dtype.
         extra: called after the optimizer step inside the measurement, as
@@ -179,14 +179,15 @@ def measure_training_step(
         gradients_persist: keep zero-filled gradients between steps (PyTorch < 2.0's default, which
             the papers' code used), so they exist during the forward; else they are freed.
         loss_needs_input: also pass the input to the loss, last (a VAE's reconstruction term).
+        autocast_policy: ``"cuda"``: CUDA's autocast lists on a CPU (:mod:`~revunet.memory.autocast_policy`).
     """
     shape = _checked_shape(input_shape, mode)
     device = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
     targets = None if target_shape is None else tuple(target_shape)
-    target_type = target_dtype or input_dtype
-    step = _TrainingStep(
-        shape, device, loss_fn or sum_of_outputs, input_dtype, targets, target_type, autocast_dtype, loss_needs_input
-    )
+    loss = loss_fn or sum_of_outputs
+    policy = _cuda_policy(autocast_policy, device)
+    step = _TrainingStep(shape, device, loss, input_dtype, targets, target_dtype or input_dtype, autocast_dtype)
+    step = dataclasses.replace(step, loss_needs_input=loss_needs_input, cuda_policy=policy)
     with torch.random.fork_rng(devices=[]), _tensor_world(mode) as fake_mode:
         net = _private_copy(model, device, fake_mode).train()
         opt = (optimizer or adam())([p for p in net.parameters() if p.requires_grad])
@@ -205,6 +206,13 @@ def measure_training_step(
         phase_peaks=dict(tracker.phase_peaks),
         modules={phase: _owners(tracker, labels, phase) for phase in tracker.phase_peaks},
     )
+
+
+def _cuda_policy(autocast_policy: str, device: torch.device) -> bool:
+    """Whether CUDA's autocast lists are emulated: asked for, on a CPU."""
+    if autocast_policy not in POLICIES:
+        raise ValueError(f"autocast_policy must be one of {POLICIES}, got {autocast_policy!r}")
+    return autocast_policy == "cuda" and device.type == "cpu"
 
 
 def _breakdown(tracker: LiveTensorTracker, labels: dict[int, str]) -> dict[str, int]:
@@ -251,7 +259,8 @@ class _TrainingStep:
     target_shape: tuple[int, ...] | None
     target_dtype: torch.dtype
     autocast_dtype: torch.dtype | None
-    loss_needs_input: bool
+    loss_needs_input: bool = False
+    cuda_policy: bool = False  # CUDA's autocast dtypes on the CPU, the reversible recomputation included
 
     def run(
         self, net: nn.Module, opt: torch.optim.Optimizer, tracker: LiveTensorTracker | None, inputs: list[torch.Tensor]
@@ -270,15 +279,16 @@ class _TrainingStep:
         if tracker is not None:
             inputs[:] = batch
         enter("forward")
-        with _autocast(self.device.type, self.autocast_dtype):
-            output = net(x)
-            if self.loss_needs_input:
-                loss = self.loss_fn(output, *batch[1:], *batch[:1])
-            else:
-                loss = self.loss_fn(output, *batch[1:])
-        del output
-        enter("backward")
-        loss.backward()
+        with CudaAutocastPolicy() if self.cuda_policy else contextlib.nullcontext():
+            with _autocast(self.device.type, self.autocast_dtype):
+                output = net(x)
+                if self.loss_needs_input:
+                    loss = self.loss_fn(output, *batch[1:], *batch[:1])
+                else:
+                    loss = self.loss_fn(output, *batch[1:])
+            del output
+            enter("backward")
+            loss.backward()
         del loss, x, batch
         enter("optimizer")
         opt.step()

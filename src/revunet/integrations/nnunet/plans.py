@@ -4,7 +4,7 @@ nnU-Net's planner sizes a configuration's patch by a heuristic (``compute_conv_f
 against a reference value per GPU budget). Here each configuration's training step is measured
 instead: the network nnU-Net would build (through nnU-Net's own ``get_network_from_plans``),
 nnU-Net's loss with deep supervision, its SGD with Nesterov momentum and half-precision
-autocast, on fake tensors (:func:`revunet.memory.accounting.measure_training_step`: exact
+autocast with CUDA's dtype choices (:mod:`revunet.memory.autocast_policy`), on fake tensors (:func:`revunet.memory.accounting.measure_training_step`: exact
 tensor bytes, no memory used, seconds per measurement). The architecture keeps the plans'
 topology; only the patch grows (by each axis' stride product, nnU-Net's divisibility rule, up
 to the median image size) and then the batch, while the step fits the budget.
@@ -164,6 +164,7 @@ def step_peak(step: Step, labels: Labels, batch_dice: bool = False) -> int:
         target_shape=(step.batch, target_channels, *step.patch),
         target_dtype=torch.float32 if labels.regions else torch.int16,
         autocast_dtype=torch.float16,
+        autocast_policy="cuda",  # nnU-Net trains under CUDA autocast
     )
     return int(report.peak_bytes)
 
