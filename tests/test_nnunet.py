@@ -270,6 +270,26 @@ def test_command_writes_a_new_plans_identifier(tmp_path: Path, capsys: pytest.Ca
     assert written["plans_name"] == "nnUNetResEncUNetMPlans_revunet0.05G"
     out = capsys.readouterr().out
     assert "original MiB" in out and "-p nnUNetResEncUNetMPlans_revunet0.05G" in out
+    ours = tmp_path / "partially.json"
+    assert (
+        main(
+            [
+                "nnunet-plans",
+                "--plans",
+                str(plans),
+                "--budget-gib",
+                "0.05",
+                "--network",
+                "partially-reversible",
+                "--out",
+                str(ours),
+            ]
+        )
+        == 0
+    )
+    arch = json.loads(ours.read_text())["configurations"]["3d_fullres"]["architecture"]
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 4, 3)
+    assert isinstance(net, PartiallyReversibleNNUNet) and net.strides == [(2, 2, 2), (2, 2, 1)]
 
 
 @pytest.mark.slow(90)
