@@ -20,4 +20,4 @@ print("nnunet extra:", ", ".join(f"{name} {version(name)}" for name in ("torch",
 if not torch.__version__.startswith(sys.argv[1]):
     sys.exit(f"the nnunet extra replaced torch {sys.argv[1]} by {torch.__version__}")
 PY
-python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m nnunet
+python -m pytest -q -p no:cacheprovider -n 2 -m nnunet --durations 8
