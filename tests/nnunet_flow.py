@@ -28,6 +28,7 @@ def _environment(work: Path) -> None:
         os.environ[name] = str(work / name)
         (work / name).mkdir(parents=True, exist_ok=True)
     os.environ["nnUNet_compile"] = "false"
+    os.environ["nnUNet_def_n_proc"] = "1"  # nnU-Net's worker pools (export, prediction): one process on 2 cores
 
 
 def prepare(work: Path) -> Path:

@@ -74,9 +74,6 @@ class ReversibleSequence(nn.Module):
         """The blocks as the constructor checked them to be (a ``ModuleList`` yields plain modules)."""
         return cast(list[InvertibleModule], list(self.blocks))
 
-    # Under a whole-model ``torch.compile`` the sequence is a graph break and runs eager (its blocks
-    # too): its backward recomputes, which a traced graph would replace by saved activations.
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
         """The blocks in order.
 

@@ -34,6 +34,18 @@ def _level_strides(strides: Sequence[Any], n_stages: int) -> list[tuple[int, int
     return expanded[1:]  # type: ignore[return-value]
 
 
+@torch.compiler.disable
+def eager(sequence: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A level's reversible sequence on a map made for it alone, eager under nnU-Net's whole-model ``torch.compile``.
+
+    The sequence is a custom autograd function whose backward recomputes; traced, its graph
+    would save the activations it exists not to store. So it is a graph break, and the levels'
+    transitions and heads between the breaks are compiled.
+    """
+    result: torch.Tensor = sequence(x, overwrite_input=True)
+    return result
+
+
 class PartiallyReversibleNNUNet(PartiallyReversibleUNet):
     """:class:`~revunet.models.partially_reversible.PartiallyReversibleUNet` with nnU-Net's constructor and outputs.
 
@@ -89,20 +101,20 @@ class PartiallyReversibleNNUNet(PartiallyReversibleUNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
         check_spatial_size(type(self).__name__, x, 1, self.in_channels)
         skips = []
-        h = self.encoder[0](self.stem(x), overwrite_input=True)
+        h = eager(self.encoder[0], self.stem(x))
         for stride, down, sequence in zip(self.strides, self.down, self.encoder[1:]):
             skips.append(h)
-            h = sequence(down(max_pool3d_lean(h, stride)), overwrite_input=True)
+            h = eager(sequence, down(max_pool3d_lean(h, stride)))
         supervised = bool(self.decoder.deep_supervision)
         outputs = []
         for level in range(len(self.decoder) - 1, 0, -1):
-            h = self.decoder[level](h, overwrite_input=True)
+            h = eager(self.decoder[level], h)
             if supervised and level < len(self.decoder) - 1:
                 outputs.append(self.deep_supervision_heads[level - 1](h))
             h = self._upsampled_part(level - 1, self.up[level - 1](h))
             h = functional.interpolate(h, scale_factor=self.strides[level - 1], mode="trilinear", align_corners=False)
             h = self._join(level - 1, h, skips.pop())
-        outputs.append(self.head(self.decoder[0](h, overwrite_input=True)))
+        outputs.append(self.head(eager(self.decoder[0], h)))
         outputs.reverse()  # full resolution first
         return outputs if supervised else outputs[0]
 

@@ -69,9 +69,11 @@ class ReversibleStage(nn.Module):
         self.transition = transition
         self.couplings = couplings
 
-    # Eager under nnU-Net's whole-model torch.compile: the stages differ in shape, so dynamo would
-    # recompile this one frame with dynamic shapes, and inductor (torch 2.13) fails to lower the
-    # backward of the transition's strided convolution then (``ValueRangeError: Invalid ranges``).
+    # Eager under nnU-Net's whole-model torch.compile: the reversible sequence is a custom autograd
+    # function whose backward recomputes (traced, its graph would save the activations it exists
+    # not to store); and the stages differ in shape, so dynamo would recompile this one frame with
+    # dynamic shapes, where inductor (torch 2.13) fails to lower the backward of the transition's
+    # strided convolution (``ValueRangeError: Invalid ranges``).
     @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transition is not None:
