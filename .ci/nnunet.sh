@@ -2,7 +2,7 @@
 # The nnU-Net v2 integration (docs/nnunet.md): install the `nnunet` extra into .venv with the
 # constraints (torch stays at the pinned build), check the dependency tree, report the versions,
 # then run the tests marked `nnunet`, nnU-Net's own pipeline end to end on CPU among them.
-# About 3 minutes on 2 cores; needs .venv from `.ci/setup`.
+# About 2 minutes on 2 cores; needs .venv from `.ci/setup`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
