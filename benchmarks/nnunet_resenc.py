@@ -11,7 +11,7 @@ converted to nnU-Net's raw format and fingerprinted by nnU-Net. For each preset'
 * the patch and batch ``revunet nnunet-plans --budget-gib 11`` gives the reversible network.
 
 Usage: ``python benchmarks/nnunet_resenc.py --standins DIR --work DIR --out benchmarks/results/nnunet-resenc.csv``
-(about 10 minutes on 2 cores, most of it the 11 GiB searches; needs the ``nnunet`` extra).
+(about a minute on 2 cores, most of it the 11 GiB searches; needs the ``nnunet`` extra).
 """
 
 from __future__ import annotations
@@ -65,38 +65,24 @@ def stand_for_brats2021(dataset_json: Path) -> None:
 
 def measure(preprocessed: Path) -> list[dict[str, object]]:
     """One row per preset: planned patch and batch, peaks of the original and reversible networks, 11 GiB sizing."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from revunet.integrations.nnunet.plans import (
-        Step,
-        architecture,
-        dataset_labels,
-        read_json,
-        reversible_architecture,
-        size_plans,
-        step_peak,
-    )
+    from revunet.integrations.nnunet.plans import read_json, size_plans
 
     dataset = read_json(preprocessed / "dataset.json", "dataset.json")
     rows = []
     for preset in PRESETS:
         plans = read_json(preprocessed / f"nnUNetResEncUNet{preset}Plans.json", "plans")
-        labels = dataset_labels(plans, dataset)
-        configuration = PlansManager(plans).get_configuration(CONFIGURATION)
-        original = Step(architecture(configuration), tuple(configuration.patch_size), configuration.batch_size)
         started = time.perf_counter()
-        peak = step_peak(original, labels, configuration.batch_dice)
-        ours = Step(reversible_architecture(original.architecture, "resenc", preset), original.patch, original.batch)
-        reversible = step_peak(ours, labels, configuration.batch_dice)
+        # both networks at the plans' step, and each sized to the budget
         _, (sized,) = size_plans(plans, dataset, int(BUDGET_GIB * GIB), configurations=[CONFIGURATION])
+        original = sized.original
         rows.append(
             {
                 "preset": preset,
                 "patch": "x".join(map(str, original.patch)),
                 "batch": original.batch,
                 "published_vram_gb": PUBLISHED_VRAM_GB[preset],
-                "original_gib": round(peak / GIB, 2),
-                "reversible_gib": round(reversible / GIB, 2),
+                "original_gib": round(sized.original_peak / GIB, 2),
+                "reversible_gib": round(sized.reversible_peak_same_patch / GIB, 2),
                 "original_at_11gib": _step(sized.original_sized),
                 "reversible_at_11gib": _step(sized.sized),
                 "reversible_peak_at_11gib": round(sized.sized_peak / GIB, 2),

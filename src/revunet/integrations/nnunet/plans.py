@@ -13,6 +13,7 @@ to the median image size) and then the batch, while the step fits the budget.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,10 +136,14 @@ def nnunet_loss(labels: Labels, outputs: int, batch_dice: bool) -> nn.Module:
     return DeepSupervisionWrapper(loss, weights / weights.sum())
 
 
+def _cumulative_strides(arch: dict[str, Any]) -> np.ndarray:
+    """Each stage's downsampling per axis from the input: the products of the strides up to it."""
+    return np.cumprod(np.array(arch["arch_kwargs"]["strides"], dtype=np.int64), axis=0)
+
+
 def _scales(arch: dict[str, Any]) -> list[tuple[int, ...]]:
     """Each deep-supervision output's downsampling per axis, full resolution first (as nnU-Net's)."""
-    strides = np.cumprod(np.array(arch["arch_kwargs"]["strides"], dtype=np.int64), axis=0)
-    return [tuple(int(v) for v in s) for s in strides[:-1]]
+    return [tuple(int(v) for v in s) for s in _cumulative_strides(arch)[:-1]]
 
 
 def _training_loss(labels: Labels, arch: dict[str, Any], batch_dice: bool) -> Callable[..., torch.Tensor]:
@@ -153,15 +158,25 @@ def _training_loss(labels: Labels, arch: dict[str, Any], batch_dice: bool) -> Ca
 
 
 def step_peak(step: Step, labels: Labels, batch_dice: bool = False) -> int:
-    """Bytes of live tensors at the peak of one nnU-Net training step (fake tensors, exact)."""
-    net = build_network(step.architecture, labels)
+    """Bytes of live tensors at the peak of one nnU-Net training step (fake tensors, exact).
+
+    Remembered per step: a search revisits steps (a patch that did not fit is tried again after
+    another axis grew; the plans' own step starts both the search and the report).
+    """
+    return _measured_peak(json.dumps(step.architecture, sort_keys=True), step.patch, step.batch, labels, batch_dice)
+
+
+@functools.cache
+def _measured_peak(architecture_json: str, patch: tuple[int, ...], batch: int, labels: Labels, batch_dice: bool) -> int:
+    arch = json.loads(architecture_json)
+    net = build_network(arch, labels)
     target_channels = labels.output_channels if labels.regions else 1
     report = measure_training_step(
         net,
-        (step.batch, labels.input_channels, *step.patch),
+        (batch, labels.input_channels, *patch),
         optimizer=lambda params: torch.optim.SGD(params, 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5),
-        loss_fn=_training_loss(labels, step.architecture, batch_dice),
-        target_shape=(step.batch, target_channels, *step.patch),
+        loss_fn=_training_loss(labels, arch, batch_dice),
+        target_shape=(batch, target_channels, *patch),
         target_dtype=torch.float32 if labels.regions else torch.int16,
         autocast_dtype=torch.float16,
         autocast_policy="cuda",  # nnU-Net trains under CUDA autocast
@@ -213,8 +228,7 @@ def _patch(step: Step) -> str:
 
 def _divisors(arch: dict[str, Any]) -> tuple[int, ...]:
     """Each axis' product of strides: nnU-Net's patch sizes are multiples of it."""
-    strides = np.array(arch["arch_kwargs"]["strides"], dtype=np.int64)
-    return tuple(int(v) for v in np.prod(strides, axis=0))
+    return tuple(int(v) for v in _cumulative_strides(arch)[-1])
 
 
 def _caps(median: list[float], divisors: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:

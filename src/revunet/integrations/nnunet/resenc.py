@@ -110,7 +110,7 @@ class ReversibleResidualEncoder(nn.Module):
         strides = _per_stage(strides, n_stages)
         depths = [int(d) for d in _per_stage(n_blocks_per_stage, n_stages)]
         stem_width = stem_channels or widths[0]
-        self.stem = StackedConvBlocks(1, conv_op, input_channels, stem_width, kernel_sizes[0], 1, **_nnunet_ops(ops))
+        self.stem = StackedConvBlocks(1, conv_op, input_channels, stem_width, kernel_sizes[0], 1, **ops)
         stages, width_in = [], stem_width
         for width, kernel, stride, depth in zip(widths, kernel_sizes, strides, depths):
             stages.append(self._stage(conv_op, width_in, width, kernel, stride, depth, ops, memory_saving))
@@ -138,9 +138,7 @@ class ReversibleResidualEncoder(nn.Module):
         if width % 2:
             raise ValueError(f"a coupling splits a stage's width in halves; features_per_stage holds {width}, odd")
         changes_shape = width_in != width or any(s != 1 for s in maybe_convert_scalar_to_list(conv_op, stride))
-        transition = (
-            BasicBlockD(conv_op, width_in, width, kernel, stride, **_nnunet_ops(ops)) if changes_shape else None
-        )
+        transition = BasicBlockD(conv_op, width_in, width, kernel, stride, **ops) if changes_shape else None
         n_couplings = depth - 1 if changes_shape else depth
         couplings = [
             AdditiveCoupling(
@@ -160,35 +158,24 @@ class ReversibleResidualEncoder(nn.Module):
         return skips
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Feature-map elements a training step stores, in nnU-Net's convention (see :func:`stored_maps`)."""
-        return stored_maps(self, input_size)
+        """What nnU-Net's planner weighs, for the reversible encoder: stored conv outputs, in elements.
 
-
-def stored_maps(encoder: ReversibleResidualEncoder, input_size: Sequence[int]) -> np.int64:
-    """What nnU-Net's planner weighs, for the reversible encoder: stored conv outputs, in elements.
-
-    The stem and each shape-changing block count as nnU-Net counts them; a reversible sequence
-    stores one map (its output), plus, once for the whole encoder, the largest coupling's
-    working set during its recomputation (F's two convolution outputs: the full width and half).
-    """
-    total = encoder.stem.compute_conv_feature_map_size(input_size)
-    size = list(input_size)
-    working = np.int64(0)
-    for stage, stride, width in zip(encoder.stages, encoder.strides, encoder.output_channels):
-        if stage.transition is not None:
-            total += stage.transition.compute_conv_feature_map_size(size)
-            size = [i // j for i, j in zip(size, stride)]
-        if stage.couplings is not None:
-            voxels = np.prod(size, dtype=np.int64)
-            total += width * voxels
-            working = max(working, (width + width // 2) * voxels)
-    return np.int64(total + working)
-
-
-def _nnunet_ops(ops: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments nnU-Net's own blocks take, in their order."""
-    keys = ("conv_bias", "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs")
-    return {key: ops[key] for key in keys}
+        The stem and each shape-changing block count as nnU-Net counts them; a reversible sequence
+        stores one map (its output), plus, once for the whole encoder, the largest coupling's
+        working set during its recomputation (F's two convolution outputs: the full width and half).
+        """
+        total = self.stem.compute_conv_feature_map_size(input_size)
+        size = list(input_size)
+        working = np.int64(0)
+        for stage, stride, width in zip(self.stages, self.strides, self.output_channels):
+            if stage.transition is not None:
+                total += stage.transition.compute_conv_feature_map_size(size)
+                size = [i // j for i, j in zip(size, stride)]
+            if stage.couplings is not None:
+                voxels = np.prod(size, dtype=np.int64)
+                total += width * voxels
+                working = max(working, (width + width // 2) * voxels)
+        return np.int64(total + working)
 
 
 class ReversibleResEncUNet(nn.Module):
@@ -259,10 +246,12 @@ class ReversibleResEncUNet(nn.Module):
         return self.decoder(self.encoder(x))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """nnU-Net's planner heuristic: the encoder's stored maps (:func:`stored_maps`) plus the decoder's."""
+        """nnU-Net's planner heuristic: the encoder's stored maps plus the decoder's."""
         if len(input_size) != convert_conv_op_to_dim(self.encoder.conv_op):
             raise ValueError(f"give the spatial size only (no batch or channel axis), got {tuple(input_size)}")
-        return stored_maps(self.encoder, input_size) + self.decoder.compute_conv_feature_map_size(input_size)
+        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
+            input_size
+        )
 
     @staticmethod
     def initialize(module: nn.Module) -> None:
